@@ -1,0 +1,1 @@
+"""Load generator and report for OpenAI-compatible endpoints (vLLM, Ollama, the gateway)."""

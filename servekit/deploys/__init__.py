@@ -1,0 +1,1 @@
+"""pyinfra @deploy blocks: NVIDIA driver, CUDA, vLLM, Ollama, gateway, monitoring."""

@@ -1,0 +1,1 @@
+"""pyinfra facts servekit reads from hosts (GPUs, driver, NVSwitch, CUDA, engine health)."""
