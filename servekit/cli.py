@@ -1,0 +1,242 @@
+"""The `servekit` command: plan, render (and, from their modules, cloud and bench)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from servekit import catalog, planner
+from servekit.catalog.hf_config import resolve_model
+from servekit.errors import FleetError
+from servekit.inventory import load_plan
+from servekit.placement import FleetPlan
+from servekit.render import render_host, write_tree
+
+app = typer.Typer(
+    help="Plan, deploy and benchmark LLM serving (vLLM, Ollama) on your own machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+# Tables are wide: keep them readable when piped (rich assumes 80 columns off a terminal).
+out = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _plan_record(plan: planner.ModelPlan, **extra: Any) -> dict[str, Any]:
+    return {**plan.model_dump(mode="json"), **extra}
+
+
+def _fleet_records(fleet_plan: FleetPlan) -> list[dict[str, Any]]:
+    return [
+        _plan_record(
+            summary.plan,
+            serve=summary.name,
+            replicas=len(summary.replicas),
+            hosts=summary.replicas,
+            port=summary.port,
+            served_names=summary.served_names,
+            cost_usd_hour=summary.cost_usd_hour,
+        )
+        for summary in fleet_plan.serves
+    ]
+
+
+def _gpus_cell(plan: planner.ModelPlan, indices: list[int] | None = None) -> str:
+    if plan.gpus == 0:
+        return "cpu"
+    text = f"{plan.gpus // plan.nodes}×{plan.gpu}"
+    if plan.nodes > 1:
+        text += f" ×{plan.nodes} nodes"
+    if indices is not None and indices != list(range(len(indices))):
+        text += f" [{','.join(str(i) for i in indices)}]"
+    return text
+
+
+def _model_row(plan: planner.ModelPlan) -> list[str]:
+    quantization = plan.quantization or (plan.dtype if plan.dtype != "auto" else "bf16/fp16")
+    if plan.engine == "ollama":
+        return [
+            quantization,
+            f"{plan.weights_gib:.1f}",
+            f"{plan.max_model_len} ctx",
+            f"{plan.max_concurrency:g} parallel",
+            f"{plan.decode_tokens_per_s:.0f}" if plan.decode_tokens_per_s else "-",
+        ]
+    return [
+        quantization,
+        f"{plan.weights_gib_per_gpu:.1f}",
+        f"{plan.kv_cache_tokens:,}",
+        f"{plan.max_concurrency:g} @ {plan.max_model_len}",
+        f"{plan.decode_tokens_per_s:.0f}",
+    ]
+
+
+def _print_fleet(fleet_plan: FleetPlan) -> None:
+    table = Table(title=f"fleet {fleet_plan.fleet}", title_justify="left")
+    for column in (
+        "host",
+        "serves",
+        "engine",
+        "GPUs",
+        "TP×PP",
+        "quant",
+        "GiB/GPU",
+        "KV tokens",
+        "concurrency",
+        "≤tok/s",
+        "port",
+        "$/h",
+    ):
+        table.add_column(column, overflow="fold")
+    notes: list[str] = []
+    for host in fleet_plan.hosts.values():
+        cost = host.price_usd_hour
+        rows = 0
+        for instance in host.vllm:
+            plan = instance.plan
+            layout = f"{plan.tensor_parallel}×{plan.pipeline_parallel}"
+            role = "" if instance.role == "server" else f" ({instance.role} {instance.node_rank})"
+            table.add_row(
+                host.name,
+                instance.serve + role,
+                "vllm",
+                _gpus_cell(plan, instance.gpu_indices),
+                layout,
+                *_model_row(plan),
+                str(instance.port) if instance.role == "server" else "-",
+                f"{cost:.2f}" if cost is not None and rows == 0 else "",
+            )
+            rows += 1
+        if host.ollama:
+            for tag, plan in zip(host.ollama.models, host.ollama.plans, strict=True):
+                table.add_row(
+                    host.name,
+                    tag,
+                    "ollama",
+                    _gpus_cell(plan),
+                    "-",
+                    *_model_row(plan),
+                    host.ollama.listen.rsplit(":", 1)[-1],
+                    "",
+                )
+                notes += [f"{host.name} {tag}: {note}" for note in plan.notes]
+        if not rows and not host.ollama:
+            roles = ", ".join(host.roles) or "no role"
+            table.add_row(host.name, f"({roles})", *[""] * 10)
+    out.print(table)
+    for summary in fleet_plan.serves:
+        notes += [
+            f"{summary.name}: {note}" for note in summary.plan.notes if summary.engine == "vllm"
+        ]
+    for note in dict.fromkeys(notes):
+        out.print(f"  note: {note}", highlight=False)
+    if fleet_plan.cost_usd_hour is not None:
+        hourly = fleet_plan.cost_usd_hour
+        out.print(f"  cloud cost: ${hourly:,.2f}/h, ${hourly * 24:,.2f}/day (on-demand list price)")
+
+
+def _print_single(plan: planner.ModelPlan) -> None:
+    table = Table(title=f"{plan.model} on {_gpus_cell(plan)}", title_justify="left")
+    table.add_column("")
+    table.add_column("")
+    rows = [
+        ("checkpoint", plan.checkpoint),
+        ("tensor x pipeline parallel", f"{plan.tensor_parallel} x {plan.pipeline_parallel}"),
+        ("quantization", plan.quantization or "none"),
+        ("weights", f"{plan.weights_gib:.2f} GiB ({plan.weights_gib_per_gpu:.2f} GiB per GPU)"),
+        (
+            "KV cache",
+            f"{plan.kv_cache_gib_per_gpu:.2f} GiB per GPU, {plan.kv_bytes_per_token:,} B/token",
+        ),
+        ("KV capacity", f"{plan.kv_cache_tokens:,} tokens"),
+        ("max model len", f"{plan.max_model_len:,}"),
+        ("max concurrency", f"{plan.max_concurrency:g} requests at max model len"),
+        ("decode ceiling", f"{plan.decode_tokens_per_s:.0f} tokens/s for one stream"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+    for note in plan.notes:
+        out.print(f"  note: {note}", highlight=False)
+
+
+@app.command()
+def plan(
+    inventory: Annotated[
+        Path | None, typer.Argument(help="inventory file (or use --model ...)")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="catalog name, HF id or Ollama tag")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU model, e.g. A100-80GB")] = None,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs per node")] = 1,
+    nodes: Annotated[int, typer.Option(min=1)] = 1,
+    max_model_len: Annotated[int | None, typer.Option(min=256)] = None,
+    gpu_memory_utilization: Annotated[float, typer.Option(min=0.05, max=0.99)] = 0.92,
+    dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float16")] = "auto",
+    kv_cache_dtype: Annotated[str, typer.Option(help="auto or fp8")] = "auto",
+    quantization: Annotated[str, typer.Option(help="auto, none, fp8 or awq")] = "auto",
+    tensor_parallel: Annotated[int | None, typer.Option(min=1)] = None,
+    pipeline_parallel: Annotated[int | None, typer.Option(min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Will it fit? Plan an inventory's fleet, or one model on some GPUs. Offline."""
+    if inventory is not None:
+        try:
+            _fleet, fleet_plan = load_plan(inventory)
+        except FleetError as error:
+            raise fail(str(error)) from None
+        if as_json:
+            print(json.dumps(_fleet_records(fleet_plan), indent=2))
+        else:
+            _print_fleet(fleet_plan)
+        return
+    if model is None or gpu is None:
+        raise fail("give an INVENTORY, or --model and --gpu (and --gpus, --nodes)", 2)
+    try:
+        gpu_info = catalog.gpu(gpu)
+        model_info = resolve_model(model)
+        request = planner.Request(
+            max_model_len=max_model_len,
+            dtype=dtype,
+            quantization=quantization,
+            kv_cache_dtype=kv_cache_dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel=tensor_parallel,
+            pipeline_parallel=pipeline_parallel,
+        )
+        result = planner.plan_vllm(model_info, gpu_info, gpus, nodes, request)
+    except (catalog.CatalogError, planner.PlanRefused) as error:
+        raise fail(str(error)) from None
+    if as_json:
+        print(json.dumps([_plan_record(result)], indent=2))
+    else:
+        _print_single(result)
+
+
+@app.command()
+def render(
+    inventory: Annotated[Path, typer.Argument(help="inventory file")],
+    outdir: Annotated[Path, typer.Argument(help="folder to write HOST/etc/... into")],
+) -> None:
+    """Write each host's files (configs, units; secrets as placeholders) for review in git."""
+    try:
+        _fleet, fleet_plan = load_plan(inventory)
+    except FleetError as error:
+        raise fail(str(error)) from None
+    for name, host in fleet_plan.hosts.items():
+        for path in write_tree(render_host(host), outdir / name):
+            out.print(str(path), highlight=False)
+
+
+if __name__ == "__main__":
+    app(prog_name="servekit")

@@ -1,0 +1,100 @@
+"""Errors that stop servekit before it touches a host, each naming the field and the fix.
+
+FleetError derives from pyinfra's PyinfraError so that, raised while pyinfra loads an inventory,
+pyinfra prints the message alone (no traceback) and exits before connecting anywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from pyinfra.api.exceptions import PyinfraError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a fleet: where (a dotted field path), what, and how to fix it."""
+
+    field: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.field}: {self.message}" if self.field else self.message
+        return f"{text}\n    fix: {self.fix}" if self.fix else text
+
+
+class FleetError(PyinfraError):
+    """A fleet declaration that cannot work."""
+
+    def __init__(self, problems: Sequence[Problem], fleet: str | None = None) -> None:
+        self.problems = list(problems)
+        self.fleet = fleet
+        head = f"fleet {fleet!r} cannot work" if fleet else "invalid fleet"
+        count = len(self.problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{head} ({count} problem{'s' if count != 1 else ''}):\n{lines}")
+
+    @property
+    def fields(self) -> list[str]:
+        return [p.field for p in self.problems]
+
+
+def field_path(loc: Iterable[int | str]) -> str:
+    """('serve', 0, 'port') -> 'serve[0].port'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+_FIXES = {
+    "missing": "add this field",
+    "greater_than_equal": "use a larger value",
+    "greater_than": "use a larger value",
+    "less_than_equal": "use a smaller value",
+    "less_than": "use a smaller value",
+    "literal_error": "use one of the values listed",
+    "string_pattern_mismatch": "use lower-case letters, digits and '-' (it names units and tags)",
+    "int_parsing": "use a whole number",
+    "too_short": "add at least one entry",
+}
+
+
+def _problem(error: ErrorDetails, prefix: str, known_fields: dict[str, list[str]]) -> Problem:
+    loc = error["loc"]
+    kind = error["type"]
+    # A discriminated union puts the chosen tag in the path ('machines.0.ssh.port'): drop it.
+    path = field_path(part for part in loc if part not in ("ssh", "local", "aws", "function-after"))
+    path = f"{prefix}.{path}" if prefix and path else prefix or path
+    message = error["msg"].removeprefix("Value error, ")
+    fix = _FIXES.get(kind, "")
+    if kind == "extra_forbidden" and loc:
+        name = str(loc[-1])
+        parent_fields = known_fields.get(field_path(loc[:-1]), [])
+        close = difflib.get_close_matches(name, parent_fields, n=1)
+        message = f"unknown field {name!r}"
+        fix = f"did you mean {close[0]!r}?" if close else "remove it (see servekit/spec.py)"
+    if " | fix: " in message:
+        message, fix = message.split(" | fix: ", 1)
+    return Problem(path, message, fix)
+
+
+def from_validation_error(
+    error: ValidationError, prefix: str = "", known_fields: dict[str, list[str]] | None = None
+) -> FleetError:
+    """Turn pydantic's error into a FleetError with one Problem per invalid field."""
+    problems = [_problem(e, prefix, known_fields or {}) for e in error.errors()]
+    return FleetError(problems)
+
+
+def invalid(message: str, fix: str) -> ValueError:
+    """A ValueError for a pydantic validator that carries its fix through to the Problem."""
+    return ValueError(f"{message} | fix: {fix}")

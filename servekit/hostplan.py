@@ -1,0 +1,148 @@
+"""What the planner decides for each host: the data a pyinfra inventory hands to the deploys.
+
+Every host of an inventory carries one `HostPlan`, dumped to JSON under the host-data key
+`servekit` (readable with `pyinfra INVENTORY debug-inventory`); deploys load it back with
+`HostPlan.from_host_data(host.data)`. This is the one contract between planning and deploying.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from servekit.planner import ModelPlan
+
+HOST_DATA_KEY = "servekit"
+
+VLLM_HOME = "/var/lib/vllm"
+VLLM_CONFIG_DIR = "/etc/vllm"
+VLLM_VENVS = "/opt/vllm/venvs"
+
+
+class SecretRefLike(Protocol):
+    @property
+    def file(self) -> Path | None: ...
+    @property
+    def env(self) -> str | None: ...
+
+
+class Plain(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(Plain):
+    """A secret by reference (a file or env variable on the control machine), never its value."""
+
+    file: str | None = None
+    env: str | None = None
+
+    def describe(self) -> str:
+        return f"file {self.file}" if self.file else f"env {self.env}"
+
+    @classmethod
+    def of(cls, ref: SecretRefLike) -> SecretSource:
+        return cls(file=str(ref.file) if ref.file else None, env=ref.env)
+
+
+class VllmInstance(Plain):
+    """One vLLM process (one replica's share of one node) and its systemd unit."""
+
+    serve: str
+    unit: str
+    role: Literal["server", "worker", "ray-worker"]
+    replica: int
+    node_rank: int
+    nnodes: int
+    head: str
+    head_address: str | None
+    master_port: int | None
+    gpu_indices: list[int]
+    bind_address: str
+    port: int
+    checkpoint: str
+    revision: str | None
+    weights_gib: float
+    ready_timeout_s: int
+    served_names: list[str]
+    config: dict[str, Any] = Field(description="vLLM flags for `vllm serve --config`")
+    env: dict[str, str] = Field(description="non-secret environment of the unit")
+    secret_env: dict[str, SecretSource] = Field(description="variables filled from secrets")
+    plan: ModelPlan
+
+
+class OllamaHost(Plain):
+    """Ollama on one host: version, listen address, settings, and the models it must hold."""
+
+    version: str
+    listen: str
+    env: dict[str, str]
+    models: list[str]
+    prune: bool
+    plans: list[ModelPlan]
+
+
+class Route(Plain):
+    """A model name the gateway answers to, and the engine endpoints behind it."""
+
+    model: str
+    upstreams: list[str]
+    engine: str
+
+
+class GatewayHost(Plain):
+    port: int
+    routes: list[Route]
+    api_keys: SecretSource
+    engine_api_key: SecretSource | None
+
+
+class ScrapeJob(Plain):
+    job: str
+    targets: list[str]
+    metrics_path: str = "/metrics"
+
+
+class MonitoringHost(Plain):
+    port: int
+    scrape_interval: str
+    retention: str
+    jobs: list[ScrapeJob]
+
+
+class HostPlan(Plain):
+    """Everything servekit decided for one host."""
+
+    fleet: str
+    name: str
+    roles: list[str]
+    connection: Literal["ssh", "local"]
+    address: str | None = Field(description="where SSH reaches it; None until cloud apply")
+    cluster_address: str | None
+    os: Literal["linux", "macos"]
+    sudo: bool
+    gpu_model: str | None
+    gpu_count: int
+    nvswitch_expected: bool
+    cloud_group: str | None = None
+    price_usd_hour: float | None = Field(None, description="on-demand list price (cloud hosts)")
+    vllm: list[VllmInstance] = []
+    ollama: OllamaHost | None = None
+    gateway: GatewayHost | None = None
+    monitoring: MonitoringHost | None = None
+    firewall_allow: list[str] = Field(
+        default_factory=list, description="addresses admitted to engine, metrics and cluster ports"
+    )
+    versions: dict[str, Any]
+    sources: dict[str, Any]
+    gpu_setup: dict[str, Any]
+
+    def to_host_data(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_host_data(cls, data: Any) -> HostPlan:
+        """Load from pyinfra host data (`host.data`), or from the dumped dict itself."""
+        raw = data.get(HOST_DATA_KEY) if hasattr(data, "get") else None
+        return cls.model_validate(raw if raw is not None else data)

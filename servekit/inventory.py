@@ -1,0 +1,124 @@
+"""Turn a Fleet into pyinfra inventory groups, and load inventory files for servekit's commands.
+
+An inventory file builds a Fleet and ends with::
+
+    gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)
+
+pyinfra then sees five groups whose hosts carry their HostPlan under the host-data key
+`servekit` (plus the SSH settings pyinfra's connector reads). Planning happens right there, so a
+fleet that cannot work stops with a FleetError before pyinfra connects anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from servekit.errors import FleetError, Problem
+from servekit.hostplan import HOST_DATA_KEY, HostPlan
+from servekit.placement import FleetPlan, NodeAddress, plan_fleet
+from servekit.spec import AwsNodeGroup, Fleet, LocalHost, SshHost
+
+HostEntry = tuple[str, dict[str, Any]]
+
+_quiet_pending_cloud = False
+
+
+class Groups(NamedTuple):
+    """pyinfra groups, in the order inventory files unpack them."""
+
+    gpu: list[HostEntry]
+    vllm: list[HostEntry]
+    ollama: list[HostEntry]
+    gateway: list[HostEntry]
+    monitoring: list[HostEntry]
+
+
+def state_dir() -> Path:
+    """Where `servekit cloud` keeps fleet state: $SERVEKIT_STATE_DIR, else ./cloud."""
+    return Path(os.environ.get("SERVEKIT_STATE_DIR", "cloud"))
+
+
+def cloud_addresses(fleet: Fleet) -> dict[str, NodeAddress]:
+    """Addresses of the fleet's cloud nodes from its state file (none before `cloud apply`)."""
+    path = state_dir() / f"{fleet.name}.json"
+    if not path.is_file():
+        return {}
+    state = json.loads(path.read_text())
+    addresses = {}
+    for resource in state.get("resources", []):
+        if resource.get("type") != "aws_instance":
+            continue
+        attributes = resource.get("attributes", {})
+        addresses[resource["name"]] = NodeAddress(
+            public=attributes.get("public_ip"), private=attributes.get("private_ip")
+        )
+    return addresses
+
+
+def _connection_data(fleet: Fleet, plan: HostPlan) -> tuple[str, dict[str, Any]]:
+    machine = fleet.machine_of(plan.name)
+    if isinstance(machine, LocalHost):
+        return "@local", {"_sudo": plan.sudo}
+    data: dict[str, Any] = {"_sudo": plan.sudo}
+    if isinstance(machine, SshHost):
+        data["ssh_port"] = machine.ssh_port
+        if machine.ssh_user:
+            data["ssh_user"] = machine.ssh_user
+        if machine.ssh_key:
+            data["ssh_key"] = str(machine.ssh_key.expanduser())
+    elif isinstance(machine, AwsNodeGroup):
+        data["ssh_user"] = machine.ssh_user
+        data["ssh_key"] = str(machine.ssh_key.expanduser())
+    if plan.address:
+        data["ssh_hostname"] = plan.address
+    return plan.name, data
+
+
+def pyinfra_groups(fleet: Fleet) -> Groups:
+    """Plan the fleet (FleetError if it cannot work) and return its pyinfra groups."""
+    addresses = cloud_addresses(fleet)
+    plan = plan_fleet(fleet, addresses)
+    pending = [h.name for h in plan.hosts.values() if h.connection == "ssh" and not h.address]
+    if pending and not _quiet_pending_cloud:
+        print(
+            f"servekit: fleet {fleet.name!r}: {', '.join(pending)} have no address yet; run "
+            "`servekit cloud apply` on this inventory first (pyinfra cannot reach them before)",
+            file=sys.stderr,
+        )
+    groups: dict[str, list[HostEntry]] = {role: [] for role in Groups._fields}
+    for host in plan.hosts.values():
+        name, data = _connection_data(fleet, host)
+        data[HOST_DATA_KEY] = host.to_host_data()
+        for role in host.roles:
+            groups[role].append((name, data))
+    return Groups(**groups)
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Run an inventory file the way pyinfra does and return the Fleet it declares."""
+    global _quiet_pending_cloud
+    path = Path(path)
+    if not path.is_file():
+        raise FleetError([Problem("inventory", f"{path} does not exist", "give an inventory file")])
+    _quiet_pending_cloud = True
+    try:
+        module = runpy.run_path(str(path), run_name="__servekit_inventory__")
+    finally:
+        _quiet_pending_cloud = False
+    fleets = [value for value in module.values() if isinstance(value, Fleet)]
+    if len(fleets) != 1:
+        raise FleetError(
+            [Problem("inventory", f"{path} declares {len(fleets)} fleets", "declare exactly one")]
+        )
+    return fleets[0]
+
+
+def load_plan(path: str | Path) -> tuple[Fleet, FleetPlan]:
+    """The fleet an inventory file declares and its plan (cloud addresses when applied)."""
+    fleet = load_fleet(path)
+    return fleet, plan_fleet(fleet, cloud_addresses(fleet))

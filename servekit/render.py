@@ -1,0 +1,156 @@
+"""Render the files a host gets (engine configs, environment files, systemd units) from its plan.
+
+One rendering path for both consumers: the deploys upload these files, and `servekit render`
+writes them to a folder for review (secrets replaced by placeholders, facts not yet gathered
+shown as placeholders too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from servekit.hostplan import (
+    VLLM_CONFIG_DIR,
+    VLLM_HOME,
+    VLLM_VENVS,
+    HostPlan,
+    SecretSource,
+    VllmInstance,
+)
+
+SecretResolver = Callable[[SecretSource], str]
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """A file for a host: its absolute path there, content, mode and owner."""
+
+    path: str
+    content: str
+    mode: str = "0644"
+    user: str = "root"
+    group: str = "root"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What rendering needs from the host itself; unknown values render as placeholders."""
+
+    interfaces: dict[str, str] = field(default_factory=dict)  # address -> interface name
+
+
+def placeholder(source: SecretSource) -> str:
+    return f"<secret from {source.describe()}>"
+
+
+def templates_dir() -> Path:
+    """Templates ship inside the wheel as servekit/templates; a checkout keeps them at the top."""
+    packaged = Path(str(resources.files("servekit"))) / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "templates"
+
+
+@cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_template(name: str, **values: object) -> str:
+    return environment().get_template(name).render(**values)
+
+
+def vllm_instance_name(instance: VllmInstance) -> str:
+    return instance.unit.removeprefix("vllm-")
+
+
+def vllm_paths(plan: HostPlan, instance: VllmInstance) -> dict[str, str]:
+    name = vllm_instance_name(instance)
+    return {
+        "config_file": f"{VLLM_CONFIG_DIR}/{name}.yaml",
+        "env_file": f"{VLLM_CONFIG_DIR}/{name}.env",
+        "unit_file": f"/etc/systemd/system/{instance.unit}.service",
+        "venv": f"{VLLM_VENVS}/{plan.versions['vllm']}",
+    }
+
+
+def _cluster_env(instance: VllmInstance, plan: HostPlan, facts: HostFacts) -> dict[str, str]:
+    """Interface variables NCCL and Gloo need on a multi-node replica (from the host's facts)."""
+    if instance.nnodes < 2:
+        return {}
+    address = plan.cluster_address or ""
+    interface = facts.interfaces.get(address, f"<interface holding {address or plan.name}>")
+    return {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface}
+
+
+def vllm_files(
+    plan: HostPlan, instance: VllmInstance, secret: SecretResolver, facts: HostFacts
+) -> list[RenderedFile]:
+    paths = vllm_paths(plan, instance)
+    common = {
+        "fleet": plan.fleet,
+        "vllm_version": plan.versions["vllm"],
+        "unit": instance.unit,
+    }
+    config = render_template("vllm.yaml.j2", **common, config=instance.config, plan=instance.plan)
+    env = render_template(
+        "vllm.env.j2",
+        **common,
+        secrets={key: secret(source) for key, source in instance.secret_env.items()},
+    )
+    unit = render_template(
+        "vllm.service.j2",
+        **common,
+        serve=instance.serve,
+        role=instance.role,
+        replica=instance.replica,
+        node_rank=instance.node_rank,
+        nnodes=instance.nnodes,
+        checkpoint=instance.checkpoint,
+        home=VLLM_HOME,
+        env={**instance.env, **_cluster_env(instance, plan, facts)},
+        env_file=paths["env_file"],
+        config_file=paths["config_file"],
+        venv=paths["venv"],
+        ready_timeout_s=instance.ready_timeout_s,
+    )
+    return [
+        RenderedFile(paths["config_file"], config, "0644", "root", "vllm"),
+        RenderedFile(paths["env_file"], env, "0600"),
+        RenderedFile(paths["unit_file"], unit, "0644"),
+    ]
+
+
+def render_host(
+    plan: HostPlan, secret: SecretResolver = placeholder, facts: HostFacts | None = None
+) -> list[RenderedFile]:
+    """Every file servekit writes on this host, in a stable order."""
+    facts = facts or HostFacts()
+    files: list[RenderedFile] = []
+    for instance in plan.vllm:
+        if instance.role != "ray-worker":
+            files += vllm_files(plan, instance, secret, facts)
+    return files
+
+
+def write_tree(files: list[RenderedFile], root: Path) -> list[Path]:
+    """Write rendered files under `root` (mirroring their absolute paths) for review."""
+    written = []
+    for rendered in files:
+        target = root / rendered.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(rendered.content, encoding="utf-8")
+        target.chmod(int(rendered.mode, 8))
+        written.append(target)
+    return written

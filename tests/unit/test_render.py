@@ -1,0 +1,162 @@
+"""What `servekit render` and the deploys write: every vLLM flag exists in vLLM 0.33.0, secrets
+never leak into configs or units, and the files match the plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from servekit.hostplan import HostPlan
+from servekit.inventory import load_plan
+from servekit.placement import plan_fleet
+from servekit.render import HostFacts, render_host
+from servekit.spec import Fleet, Gpu, HuggingFace, SecretRef, Serve, Sources, SshHost
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORIES = sorted((ROOT / "inventories").glob("*.py"))
+FLAGS = json.loads((ROOT / "tests/data/vllm-0.33.0-flags.json").read_text())["flags"]
+FLAG_BY_NAME = {name: flag for flag in FLAGS for name in flag["names"]}
+
+
+def check_vllm_config(config: dict[str, Any]) -> None:
+    """Each key is a long flag of vLLM 0.33.0 that takes the kind of value given."""
+    for key, value in config.items():
+        flag = FLAG_BY_NAME.get(f"--{key}")
+        assert flag is not None, f"--{key} is not a vLLM 0.33.0 flag"
+        assert flag["names"][0] == f"--{key}", f"--{key} is an alias of {flag['names'][0]}"
+        if isinstance(value, bool):
+            assert not flag["takes_value"] and value is True, key
+            continue
+        assert flag["takes_value"], f"--{key} takes no value"
+        if isinstance(value, list):
+            assert flag["many"], f"--{key} takes one value"
+        elif flag["choices"]:
+            assert str(value) in flag["choices"], f"--{key} {value} not in {flag['choices']}"
+
+
+def all_rendered() -> list[tuple[str, str, str, str]]:
+    rendered = []
+    for inventory in INVENTORIES:
+        _fleet, plan = load_plan(inventory)
+        for host in plan.hosts.values():
+            for file in render_host(host):
+                rendered.append((inventory.stem, file.path, file.content, file.mode))
+    return rendered
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES, ids=lambda p: p.stem)
+def test_every_rendered_vllm_flag_exists_in_0_33_0(inventory: Path) -> None:
+    _fleet, plan = load_plan(inventory)
+    configs = [f for h in plan.hosts.values() for f in render_host(h) if f.path.endswith(".yaml")]
+    if inventory.stem != "laptop":
+        assert configs
+    for config in configs:
+        check_vllm_config(yaml.safe_load(config.content))
+
+
+def test_flag_checker_catches_unknown_and_wrong_flags() -> None:
+    with pytest.raises(AssertionError, match="not a vLLM"):
+        check_vllm_config({"tensor-paralel-size": 2})
+    with pytest.raises(AssertionError, match="alias"):
+        check_vllm_config({"device-memory-utilization": 0.9})
+    with pytest.raises(AssertionError, match="not in"):
+        check_vllm_config({"dtype": "bf16"})
+
+
+def test_secrets_only_in_0600_env_files() -> None:
+    for _inventory, path, content, mode in all_rendered():
+        if "<secret from" in content:
+            assert path.endswith(".env") and mode == "0600", path
+        assert "--api-key" not in content
+        assert "api-key" not in content.split("#")[0]
+
+
+def test_rendered_config_matches_plan() -> None:
+    _fleet, plan = load_plan(ROOT / "inventories/node_8xa100.py")
+    files = {f.path: f for f in render_host(plan.hosts["hgx1"])}
+    config = yaml.safe_load(files["/etc/vllm/llama-3-1-70b-instruct.yaml"].content)
+    assert config["tensor-parallel-size"] == 8
+    assert config["model"] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert config["max-model-len"] == 131072
+    unit = files["/etc/systemd/system/vllm-llama-3-1-70b-instruct.service"].content
+    assert "ExecStart=/opt/vllm/venvs/0.33.0/bin/vllm serve --config" in unit
+    assert "EnvironmentFile=/etc/vllm/llama-3-1-70b-instruct.env" in unit
+    assert "User=vllm" in unit and "NoNewPrivileges=yes" in unit
+    assert "CUDA_VISIBLE_DEVICES" not in unit  # the replica has the whole node
+
+
+def _two_models_one_node() -> HostPlan:
+    key = SecretRef(env="ENGINE_KEY")
+    fleet = Fleet(
+        name="shared",
+        machines=[SshHost(name="box", address="10.1.0.5", gpu=Gpu(model="L40S", count=4))],
+        serve=[
+            Serve(model="llama-3.1-8b-instruct", gpus_per_replica=1, replicas=2),
+            Serve(model="qwen2.5-14b-instruct", gpus_per_replica=2, port=8100),
+        ],
+        engine_api_key=key,
+        sources=Sources(weights=HuggingFace(token=SecretRef(env="HF"))),
+    )
+    return plan_fleet(fleet).hosts["box"]
+
+
+def test_models_sharing_a_node_get_disjoint_gpus_and_ports() -> None:
+    host = _two_models_one_node()
+    assert [(v.unit, v.port, v.gpu_indices) for v in host.vllm] == [
+        ("vllm-llama-3-1-8b-instruct-0", 8000, [0]),
+        ("vllm-llama-3-1-8b-instruct-1", 8001, [1]),
+        ("vllm-qwen2-5-14b-instruct", 8100, [2, 3]),
+    ]
+    units = [f.content for f in render_host(host) if f.path.endswith(".service")]
+    assert "Environment=CUDA_VISIBLE_DEVICES=2,3" in units[2]
+    for file in render_host(host):
+        if file.path.endswith(".yaml"):
+            check_vllm_config(yaml.safe_load(file.content))
+
+
+def test_secret_resolver_fills_env_file_only() -> None:
+    host = _two_models_one_node()
+    files = render_host(host, secret=lambda source: f"VALUE-OF-{source.env}")
+    env = next(f for f in files if f.path.endswith(".env"))
+    assert "VLLM_API_KEY=VALUE-OF-ENGINE_KEY" in env.content
+    assert "HF_TOKEN=VALUE-OF-HF" in env.content
+    assert not any("VALUE-OF" in f.content for f in files if not f.path.endswith(".env"))
+
+
+def test_multinode_replica_flags_and_interfaces() -> None:
+    fleet = Fleet(
+        name="mn",
+        machines=[
+            SshHost(name="n0", address="10.2.0.10", gpu=Gpu(model="H100", count=8)),
+            SshHost(name="n1", address="10.2.0.11", gpu=Gpu(model="H100", count=8)),
+        ],
+        serve=[
+            Serve(
+                model="llama-3.1-405b-instruct",
+                nodes_per_replica=2,
+                quantization="none",
+                max_model_len=32768,
+            )
+        ],
+        engine_api_key=SecretRef(env="K"),
+        sources=Sources(weights=HuggingFace(token=SecretRef(env="HF"))),
+    )
+    plan = plan_fleet(fleet)
+    head, worker = plan.hosts["n0"].vllm[0], plan.hosts["n1"].vllm[0]
+    assert (head.role, worker.role) == ("server", "worker")
+    assert head.config["nnodes"] == worker.config["nnodes"] == 2
+    assert worker.config["node-rank"] == 1 and worker.config["headless"] is True
+    assert worker.config["master-addr"] == "10.2.0.10"
+    assert head.config["tensor-parallel-size"] == 8 and head.config["pipeline-parallel-size"] == 2
+    assert worker.env["VLLM_HOST_IP"] == "10.2.0.11"
+    assert plan.hosts["n1"].firewall_allow == ["10.2.0.10"]
+    files = render_host(plan.hosts["n1"], facts=HostFacts(interfaces={"10.2.0.11": "ens5"}))
+    unit = next(f.content for f in files if f.path.endswith(".service"))
+    assert "Environment=NCCL_SOCKET_IFNAME=ens5" in unit
+    assert "Environment=GLOO_SOCKET_IFNAME=ens5" in unit
+    check_vllm_config(head.config)
+    check_vllm_config(worker.config)
