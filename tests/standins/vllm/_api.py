@@ -370,16 +370,19 @@ class Api:
         choice["finish_reason"] = plan.finish_reason if final else None
         if final or not chat:
             choice["stop_reason"] = None
-        obj = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-               "created": created, "model": model, "choices": [choice],
-               "usage": self._usage(plan, i + 1)}
+        obj: dict[str, Any] = {
+            "id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created, "model": model, "choices": [choice],
+            "usage": self._usage(plan, i + 1),
+        }
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
     def _usage_chunk(self, plan: Plan, rid: str, created: int, model: str, chat: bool,
                      sent: int) -> bytes:
-        obj = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-               "created": created, "model": model, "choices": [],
-               "usage": self._usage(plan, sent)}
+        obj: dict[str, Any] = {
+            "id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created, "model": model, "choices": [], "usage": self._usage(plan, sent),
+        }
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
     def _full_response(self, plan: Plan, rid: str, created: int, model: str, chat: bool,

@@ -20,6 +20,7 @@ def uvicorn(message: str) -> None:
     sys.stderr.flush()
 
 
-# asyncio.wait_for raises asyncio.TimeoutError, which is the builtin TimeoutError only from 3.11 on;
-# catching both keeps the stand-in working on Python 3.10 (Ubuntu 22.04) too.
+# asyncio.wait_for raises asyncio.TimeoutError, which is the builtin TimeoutError (an OSError) only
+# from 3.11 on; catching both keeps the stand-in working on Python 3.10 (Ubuntu 22.04) too.
 WAIT_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError)
+NET_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)

@@ -17,7 +17,7 @@ import contextlib
 import os
 import socket
 
-from ._log import WAIT_TIMEOUT, log
+from ._log import NET_ERRORS, log
 
 HEARTBEAT_S = 1.0
 
@@ -47,7 +47,7 @@ async def _watch(reader: asyncio.StreamReader) -> None:
     while True:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout)
-        except (*WAIT_TIMEOUT, ConnectionError):
+        except NET_ERRORS:
             return
         if not line:
             return
@@ -88,7 +88,7 @@ class Head:
         peer = writer.get_extra_info("peername")
         try:
             line = await asyncio.wait_for(reader.readline(), node_timeout())
-        except (*WAIT_TIMEOUT, ConnectionError):
+        except NET_ERRORS:
             writer.close()
             return
         parts = line.decode(errors="replace").split()
@@ -146,7 +146,7 @@ async def run_worker(addr: str, port: int, rank: int, nnodes: int) -> int:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(addr, port), 5)
             break
-        except (*WAIT_TIMEOUT, OSError) as exc:
+        except NET_ERRORS as exc:
             attempt += 1
             if loop.time() >= deadline:
                 log("ERROR", "multinode.py",
@@ -161,7 +161,7 @@ async def run_worker(addr: str, port: int, rank: int, nnodes: int) -> int:
     await writer.drain()
     try:
         reply = await asyncio.wait_for(reader.readline(), node_timeout())
-    except (*WAIT_TIMEOUT, ConnectionError):
+    except NET_ERRORS:
         reply = b""
     if reply.strip() != b"OK":
         log("ERROR", "multinode.py",
@@ -174,7 +174,7 @@ async def run_worker(addr: str, port: int, rank: int, nnodes: int) -> int:
         while True:
             try:
                 line = await asyncio.wait_for(reader.readline(), timeout)
-            except (*WAIT_TIMEOUT, ConnectionError):
+            except NET_ERRORS:
                 line = b""
             if not line:
                 break
