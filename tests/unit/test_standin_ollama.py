@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -173,9 +174,24 @@ def test_version_command(ollama_bin: Path, env: dict[str, str], tmp_path: Path) 
     offline = cli(ollama_bin, env, "--version")
     assert offline.returncode == 0
     assert "Warning: could not connect to a running Ollama instance" in offline.stdout
-    with h.running([str(ollama_bin), "serve"], env, tmp_path, "v", ready_log="Listening on"):
+    with h.running([str(ollama_bin), "serve"], env, tmp_path, "v",
+                   ready_log="Listening on") as server:
         for flag in ("--version", "-v"):
             assert cli(ollama_bin, env, flag).stdout == f"ollama version is {VERSION}\n"
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit(10) == 0
+
+
+def test_serve_fails_like_ollama(ollama_bin: Path, env: dict[str, str], tmp_path: Path) -> None:
+    no_home = {k: v for k, v in env.items() if k != "HOME"}
+    proc = subprocess.run([str(ollama_bin), "serve"], env=no_home, capture_output=True,
+                          text=True, timeout=20)
+    assert proc.returncode == 1 and "Error: $HOME is not defined" in proc.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run([str(ollama_bin), "serve"], capture_output=True, text=True,
+                          env={**env, "OLLAMA_MODELS": str(blocker / "models")}, timeout=20)
+    assert proc.returncode == 1 and f"Error: mkdir {blocker}/models" in proc.stderr
 
 
 def test_serve_logs_config_and_answers_liveness(server: Any, env: dict[str, str]) -> None:

@@ -478,11 +478,13 @@ def test_worker_retries_until_head_appears(tmp_path: Path) -> None:
     try:
         worker.wait_log("Waiting for the head node")
         with h.running(h.vllm_argv("serve", *common, "--port", str(api_port)), env, tmp_path,
-                       "late-head", ready_log=READY):
+                       "late-head", ready_log=READY) as head:
             h.wait_http(api_port)
             worker.wait_log("Joined the head node")
             worker.signal(signal.SIGTERM)
-            assert worker.wait_exit(10) == 0
+            assert worker.wait_exit(10) == 0  # a clean stop
+            assert head.wait_exit(10) == 1  # the engine lost a node: the head dies too
+            assert "Worker node rank 1 died" in head.stderr
     finally:
         worker.stop()
 

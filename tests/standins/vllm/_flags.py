@@ -28,7 +28,7 @@ _SOURCE_DATA = _PKG.parent.parent / "data"
 # Flags whose values the stand-in reads, with the type vLLM gives them (others stay strings).
 _INT_FLAGS = {
     "port", "master_port", "nnodes", "node_rank", "tensor_parallel_size",
-    "pipeline_parallel_size", "data_parallel_size", "max_num_seqs", "block_size", "seed",
+    "pipeline_parallel_size", "max_num_seqs",
 }
 _FLOAT_FLAGS = {"gpu_memory_utilization"}
 

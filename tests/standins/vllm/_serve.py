@@ -37,6 +37,14 @@ class StartupError(Exception):
     """vLLM would stop here with an exception (exit code 1)."""
 
 
+def _int_or(value: object, default: int) -> int:
+    """A flag vLLM types loosely (e.g. `--block-size None`): its int value, else the default."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return default
+
+
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
 
@@ -221,18 +229,20 @@ def run_serve(ns: argparse.Namespace) -> int:
     if ns.headless:
         return _run(_worker(master_addr, master_port, ns.node_rank, nnodes))
     effective = _effective(ns, model, served, max_len, keys, knobs)
+    block_size = _int_or(ns.block_size, 16)
+    num_blocks = _int_or(ns.num_gpu_blocks_override, 8192)
     cache_info = {
-        "block_size": str(ns.block_size or 16), "cache_dtype": ns.kv_cache_dtype or "auto",
+        "block_size": str(block_size), "cache_dtype": ns.kv_cache_dtype or "auto",
         "enable_prefix_caching": str(ns.enable_prefix_caching is not False),
         "gpu_memory_utilization": str(ns.gpu_memory_utilization or 0.92),
-        "num_gpu_blocks": str(ns.num_gpu_blocks_override or 8192), "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(num_blocks), "num_cpu_blocks": "None",
         "kv_cache_memory_bytes": str(ns.kv_cache_memory_bytes),
         "prefix_caching_hash_algo": ns.prefix_caching_hash_algo or "sha256",
     }
     engine = Engine(
         model_name=served[0], max_model_len=max_len,
         max_num_seqs=ns.max_num_seqs or DEFAULT_MAX_NUM_SEQS, cache_info=cache_info, knobs=knobs,
-        block_size=ns.block_size or 16, num_gpu_blocks=int(ns.num_gpu_blocks_override or 8192),
+        block_size=block_size, num_gpu_blocks=num_blocks,
     )
     api = Api(engine, served, model, keys)
     head = Head(master_addr, master_port, nnodes) if nnodes > 1 else None
