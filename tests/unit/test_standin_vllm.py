@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import re
 import resource
 import shutil
@@ -529,38 +530,52 @@ def test_wheel_is_valid_and_deterministic(tmp_path: Path) -> None:
             assert digest == build._record_hash(data) and int(size) == len(data)
 
 
+def _isolated_env() -> dict[str, str]:
+    """No pip config (no extra indexes or find-links), no PYTHONPATH to the source tree."""
+    env = {**h.vllm_env(), "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INPUT": "1"}
+    env.pop("PYTHONPATH")
+    return env
+
+
 @pytest.mark.timeout(120)
-def test_wheel_installs_with_pip_and_uv(tmp_path: Path) -> None:
+def test_wheel_installs_with_pip_no_index(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     build.build_vllm_wheel(wheels)
-    isolated = {**h.vllm_env(), "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1"}
-    isolated.pop("PYTHONPATH")
+    env = _isolated_env()
     bin_dir = _venv(tmp_path / "pipvenv")
-    no_yaml = subprocess.run(
-        [str(bin_dir / "pip"), "install", "-q", "--no-index", "--find-links", str(wheels),
-         "vllm==0.33.0"], env=isolated, capture_output=True, text=True, timeout=60)
+    install = [str(bin_dir / "pip"), "install", "-q", "--no-index", "--find-links", str(wheels),
+               "vllm==0.33.0"]
+    no_yaml = subprocess.run(install, env=env, capture_output=True, text=True, timeout=60)
     assert no_yaml.returncode != 0 and "pyyaml" in no_yaml.stderr.lower()  # declared dependency
     _copy_pyyaml(bin_dir)
-    subprocess.run([str(bin_dir / "pip"), "install", "-q", "--no-index", "--find-links",
-                    str(wheels), "vllm==0.33.0"], env=isolated, check=True, timeout=60)
-    out = subprocess.run([str(bin_dir / "vllm"), "--version"], env=isolated,
-                         capture_output=True, text=True, timeout=20)
+    subprocess.run(install, env=env, check=True, timeout=60)
+    out = subprocess.run([str(bin_dir / "vllm"), "--version"], env=env, capture_output=True,
+                         text=True, timeout=20)
     assert out.stdout.strip() == "0.33.0"
     config = tmp_path / "c.yaml"
     config.write_text("model: org/m\nbogus: 1\n")
-    bad = subprocess.run([str(bin_dir / "vllm"), "serve", "--config", str(config)],
-                         env=isolated, capture_output=True, text=True, timeout=20)
+    bad = subprocess.run([str(bin_dir / "vllm"), "serve", "--config", str(config)], env=env,
+                         capture_output=True, text=True, timeout=20)
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
-    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
-    if uv is None:
-        pytest.skip("uv is not installed here (pip path verified)")
+
+UV = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(UV is None, reason="uv is not installed (pip install uv)")
+@pytest.mark.timeout(120)
+def test_wheel_installs_with_uv(tmp_path: Path) -> None:
+    assert UV is not None
+    wheels = tmp_path / "wheels"
+    build.build_vllm_wheel(wheels)
+    env = _isolated_env()
     uv_venv = tmp_path / "uvvenv"
-    subprocess.run([uv, "venv", "-q", str(uv_venv)], env=isolated, check=True, timeout=60)
-    env = {**isolated, "VIRTUAL_ENV": str(uv_venv)}
-    # --no-index: with PyPI in reach, uv would prefer the real vllm 0.33.0 of the same version.
-    subprocess.run([uv, "pip", "install", "-q", "--no-index", "--no-deps", "--find-links",
+    subprocess.run([UV, "venv", "-q", str(uv_venv)], env=env, check=True, timeout=60)
+    env["VIRTUAL_ENV"] = str(uv_venv)
+    # --no-index: with PyPI in reach, uv would pick the real vllm 0.33.0 (same version); --no-deps:
+    # PyYAML is not in this offline wheel dir (the pip test proves the dependency is declared).
+    subprocess.run([UV, "pip", "install", "-q", "--no-index", "--no-deps", "--find-links",
                     str(wheels), "vllm==0.33.0"], env=env, check=True, timeout=60)
-    out = subprocess.run([str(uv_venv / "bin" / "vllm"), "--version"], env=isolated,
+    out = subprocess.run([str(uv_venv / "bin" / "vllm"), "--version"], env=env,
                          capture_output=True, text=True, timeout=20)
     assert out.stdout.strip() == "0.33.0"

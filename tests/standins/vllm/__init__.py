@@ -17,7 +17,8 @@ Behaviour knobs (environment variables):
   "stop"` after max(N, min_tokens) tokens (if that is below max_tokens).
 - `VLLM_STANDIN_CHUNK_LOG`: a file; one line per streamed chunk is appended:
   `<time.time() after the write> <request id> <token index> <kind>`, kind being `token` (index
-  0-based) or `role`, `usage`, `error`, `done` (index -1). Flushed when each request ends.
+  0-based) or `role`, `usage`, `error`, `done` (index -1). Flushed before `data: [DONE]` is sent
+  (so a client that has read it finds every token line) and when the request ends.
 - `VLLM_STANDIN_NODE_TIMEOUT`: seconds of heartbeat silence after which a multi-node peer counts as
   gone (5).
 

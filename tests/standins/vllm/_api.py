@@ -284,9 +284,12 @@ class Api:
                 await resp.write(self._usage_chunk(plan, rid, created, model, chat, sent))
                 if logging:
                     eng.log_chunk(rid, -1, "usage")
+            if logging:
+                eng.flush_log()  # a client that has read [DONE] finds every token line
             await resp.write(DONE)
             if logging:
                 eng.log_chunk(rid, -1, "done")
+                eng.flush_log()
             await resp.end()
         finally:
             eng.used_blocks -= blocks
@@ -322,8 +325,10 @@ class Api:
             return
         await resp.write(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
         self.engine.log_chunk(plan.request_id, -1, "error")
+        self.engine.flush_log()
         await resp.write(DONE)
         self.engine.log_chunk(plan.request_id, -1, "done")
+        self.engine.flush_log()
         await resp.end()
 
     # -- chunk shapes -------------------------------------------------------------------------
