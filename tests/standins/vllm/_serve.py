@@ -135,6 +135,9 @@ def validate_parallel(ns: argparse.Namespace) -> None:
         raise StartupError(f"nnodes must be at least 1, got {nnodes}")
     if not 0 <= rank < nnodes:
         raise StartupError(f"node_rank ({rank}) must be in [0, nnodes) with nnodes={nnodes}")
+    if ns.headless and nnodes == 1 and ns.data_parallel_start_rank is not None:
+        raise StartupError("the stand-in does not implement data-parallel headless nodes "
+                           "(--headless --data-parallel-start-rank); use --nnodes/--node-rank")
     if ns.headless and rank == 0:
         raise StartupError("--headless is for worker nodes: it needs --node-rank >= 1 (rank 0 is "
                            "the head node that runs the API server)")
