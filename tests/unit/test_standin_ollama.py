@@ -80,8 +80,13 @@ def env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
     base = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
-    return {**base, "HOME": str(home), "OLLAMA_HOST": f"127.0.0.1:{h.free_port()}",
-            "OLLAMA_STANDIN_TTFT": "0", "OLLAMA_STANDIN_TOKENS_PER_S": "0"}
+    return {
+        **base,
+        "HOME": str(home),
+        "OLLAMA_HOST": f"127.0.0.1:{h.free_port()}",
+        "OLLAMA_STANDIN_TTFT": "0",
+        "OLLAMA_STANDIN_TOKENS_PER_S": "0",
+    }
 
 
 def _port(env: dict[str, str]) -> int:
@@ -90,14 +95,21 @@ def _port(env: dict[str, str]) -> int:
 
 @pytest.fixture
 def server(ollama_bin: Path, env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    with h.running([str(ollama_bin), "serve"], env, tmp_path, "serve",
-                   ready_log="Listening on") as proc:
+    with h.running(
+        [str(ollama_bin), "serve"], env, tmp_path, "serve", ready_log="Listening on"
+    ) as proc:
         yield proc
 
 
 def cli(ollama_bin: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ollama_bin), *args], env=env, capture_output=True, text=True,
-                          timeout=30, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(ollama_bin), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def ndjson(port: int, path: str, body: Any) -> tuple[int, list[dict[str, Any]]]:
@@ -112,8 +124,7 @@ def ndjson(port: int, path: str, body: Any) -> tuple[int, list[dict[str, Any]]]:
 def test_release_assets_and_checksums(tmp_path: Path) -> None:
     rel = build.build_ollama_release(tmp_path / "a", VERSION)
     assert rel == tmp_path / "a" / f"v{VERSION}"
-    assert sorted(p.name for p in rel.iterdir()) == ["ollama-linux-amd64.tar.zst",
-                                                     "sha256sum.txt"]
+    assert sorted(p.name for p in rel.iterdir()) == ["ollama-linux-amd64.tar.zst", "sha256sum.txt"]
     (line,) = (rel / "sha256sum.txt").read_text().splitlines()
     digest, name = line.split("  ")
     assert name == "ollama-linux-amd64.tar.zst"
@@ -163,8 +174,10 @@ def test_ollama_host_and_durations_parse_like_ollama() -> None:
     assert fmt(dur("500ms", default)) == "500ms"
 
     name = ollama_src.Name("llama3.2")
-    assert (name.full, name.short) == ("registry.ollama.ai/library/llama3.2:latest",
-                                       "llama3.2:latest")
+    assert (name.full, name.short) == (
+        "registry.ollama.ai/library/llama3.2:latest",
+        "llama3.2:latest",
+    )
     assert ollama_src.Name("registry.ollama.ai/library/qwen2.5:7b").short == "qwen2.5:7b"
     assert ollama_src.Name("team/custom:v1").short == "team/custom:v1"
     assert not ollama_src.Name("bad name!").valid
@@ -174,8 +187,9 @@ def test_version_command(ollama_bin: Path, env: dict[str, str], tmp_path: Path) 
     offline = cli(ollama_bin, env, "--version")
     assert offline.returncode == 0
     assert "Warning: could not connect to a running Ollama instance" in offline.stdout
-    with h.running([str(ollama_bin), "serve"], env, tmp_path, "v",
-                   ready_log="Listening on") as server:
+    with h.running(
+        [str(ollama_bin), "serve"], env, tmp_path, "v", ready_log="Listening on"
+    ) as server:
         for flag in ("--version", "-v"):
             assert cli(ollama_bin, env, flag).stdout == f"ollama version is {VERSION}\n"
         server.signal(signal.SIGTERM)
@@ -184,20 +198,26 @@ def test_version_command(ollama_bin: Path, env: dict[str, str], tmp_path: Path) 
 
 def test_serve_fails_like_ollama(ollama_bin: Path, env: dict[str, str], tmp_path: Path) -> None:
     no_home = {k: v for k, v in env.items() if k != "HOME"}
-    proc = subprocess.run([str(ollama_bin), "serve"], env=no_home, capture_output=True,
-                          text=True, timeout=20)
+    proc = subprocess.run(
+        [str(ollama_bin), "serve"], env=no_home, capture_output=True, text=True, timeout=20
+    )
     assert proc.returncode == 1 and "Error: $HOME is not defined" in proc.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = subprocess.run([str(ollama_bin), "serve"], capture_output=True, text=True,
-                          env={**env, "OLLAMA_MODELS": str(blocker / "models")}, timeout=20)
+    proc = subprocess.run(
+        [str(ollama_bin), "serve"],
+        capture_output=True,
+        text=True,
+        env={**env, "OLLAMA_MODELS": str(blocker / "models")},
+        timeout=20,
+    )
     assert proc.returncode == 1 and f"Error: mkdir {blocker}/models" in proc.stderr
 
 
 def test_serve_logs_config_and_answers_liveness(server: Any, env: dict[str, str]) -> None:
     port = _port(env)
     log = server.stderr
-    assert "msg=\"server config\" env=\"map[" in log
+    assert 'msg="server config" env="map[' in log
     assert f"OLLAMA_HOST:http://127.0.0.1:{port}" in log
     assert f"OLLAMA_MODELS:{env['HOME']}/.ollama/models" in log
     assert "OLLAMA_KEEP_ALIVE:5m0s" in log
@@ -217,7 +237,8 @@ def test_serve_logs_config_and_answers_liveness(server: Any, env: dict[str, str]
 
 
 def test_pull_writes_real_layout_persists_and_deletes(
-        ollama_bin: Path, env: dict[str, str], tmp_path: Path) -> None:
+    ollama_bin: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     models = tmp_path / "models"
     env = {**env, "OLLAMA_MODELS": str(models), "OLLAMA_KEEP_ALIVE": "10m"}
     port = _port(env)
@@ -229,8 +250,9 @@ def test_pull_writes_real_layout_persists_and_deletes(
         assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
         progress = [e for e in events if e["status"].startswith("pulling ") and "digest" in e]
         assert progress and all(e["status"] == f"pulling {e['digest'][7:19]}" for e in progress)
-        assert all(e["completed"] == e["total"] for e in progress if "completed" in e
-                   and e is progress[-1])
+        assert all(
+            e["completed"] == e["total"] for e in progress if "completed" in e and e is progress[-1]
+        )
 
         manifest_path = models / "manifests/registry.ollama.ai/library/llama3.2/latest"
         manifest = json.loads(manifest_path.read_text())
@@ -243,13 +265,15 @@ def test_pull_writes_real_layout_persists_and_deletes(
             assert blob.stat().st_size == desc["size"]
             assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == desc["digest"]
 
-        stream_false = h.request(port, "POST", "/api/pull",
-                                 {"model": "llama3.2:3b", "stream": False})
+        stream_false = h.request(
+            port, "POST", "/api/pull", {"model": "llama3.2:3b", "stream": False}
+        )
         assert stream_false[0] == 200 and json.loads(stream_false[2]) == {"status": "success"}
         assert cli(ollama_bin, env, "pull", "qwen2.5:0.5b").returncode == 0
 
-    with h.running([str(ollama_bin), "serve"], env, tmp_path, "s2",
-                   ready_log="Listening on") as again:
+    with h.running(
+        [str(ollama_bin), "serve"], env, tmp_path, "s2", ready_log="Listening on"
+    ) as again:
         assert "total unused blobs removed: 0" in again.stderr
         tags = json.loads(h.request(port, "GET", "/api/tags")[2])["models"]
         by_name = {m["name"]: m for m in tags}
@@ -282,15 +306,19 @@ def test_pull_writes_real_layout_persists_and_deletes(
         assert "llama3.2" not in h.request(port, "GET", "/api/tags")[2].decode()
 
 
-def test_pull_unknown_name_errors_after_200(server: Any, ollama_bin: Path,
-                                            env: dict[str, str]) -> None:
+def test_pull_unknown_name_errors_after_200(
+    server: Any, ollama_bin: Path, env: dict[str, str]
+) -> None:
     port = _port(env)
     status, events = ndjson(port, "/api/pull", {"model": "no-such-model:1b"})
     assert status == 200
-    assert events == [{"status": "pulling manifest"},
-                      {"error": "pull model manifest: file does not exist"}]
-    status, _, body = h.request(port, "POST", "/api/pull",
-                                {"model": "no-such-model", "stream": False})
+    assert events == [
+        {"status": "pulling manifest"},
+        {"error": "pull model manifest: file does not exist"},
+    ]
+    status, _, body = h.request(
+        port, "POST", "/api/pull", {"model": "no-such-model", "stream": False}
+    )
     assert status == 500
     assert json.loads(body) == {"error": "pull model manifest: file does not exist"}
     assert h.request(port, "POST", "/api/pull", {"model": "bad name!"})[0] == 400
@@ -310,13 +338,19 @@ def test_extra_library_names(ollama_bin: Path, env: dict[str, str], tmp_path: Pa
         assert names == {"acme/coder:13b", "private-llm:latest"}
 
 
-def test_openai_chat_streams_and_ignores_ignore_eos(ollama_bin: Path, env: dict[str, str],
-                                                    tmp_path: Path) -> None:
+def test_openai_chat_streams_and_ignores_ignore_eos(
+    ollama_bin: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     env = {**env, "OLLAMA_STANDIN_EOS_AFTER": "3"}
     port = _port(env)
     with h.running([str(ollama_bin), "serve"], env, tmp_path, "chat", ready_log="Listening on"):
-        chat = {"model": "gemma3:4b", "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}}
+        chat = {
+            "model": "gemma3:4b",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 5,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         status, _, body = h.request(port, "POST", "/v1/chat/completions", chat)
         assert status == 404 and "not found" in json.loads(body)["error"]["message"]
         assert ndjson(port, "/api/pull", {"model": "gemma3:4b"})[1][-1] == {"status": "success"}
@@ -324,15 +358,19 @@ def test_openai_chat_streams_and_ignores_ignore_eos(ollama_bin: Path, env: dict[
         events = h.sse_events(port, "/v1/chat/completions", {**chat, "ignore_eos": True})
         assert events[-1][1] == "[DONE]"
         chunks = [json.loads(d) for _, d in events[:-1]]
-        texts = [c["choices"][0]["delta"]["content"] for c in chunks
-                 if c["choices"] and c["choices"][0]["delta"]["content"]]
+        texts = [
+            c["choices"][0]["delta"]["content"]
+            for c in chunks
+            if c["choices"] and c["choices"][0]["delta"]["content"]
+        ]
         assert len(texts) == 3  # Ollama's OpenAI endpoint has no ignore_eos
         assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
         assert all(c["object"] == "chat.completion.chunk" for c in chunks)
 
-        status, _, body = h.request(port, "POST", "/v1/chat/completions",
-                                    {**chat, "stream": False, "max_tokens": 2})
+        status, _, body = h.request(
+            port, "POST", "/v1/chat/completions", {**chat, "stream": False, "max_tokens": 2}
+        )
         result = json.loads(body)
         assert status == 200 and result["choices"][0]["finish_reason"] == "length"
         assert result["usage"]["completion_tokens"] == 2

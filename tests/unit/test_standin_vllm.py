@@ -44,25 +44,38 @@ pytestmark = pytest.mark.timeout(60)
 READY = "Application startup complete."
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(h.vllm_argv(*args), env=env or h.vllm_env(), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        h.vllm_argv(*args),
+        env=env or h.vllm_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def parsed(*args: str) -> dict[str, Any]:
     """The namespace `vllm serve ARGS` parses to, from a subprocess."""
-    code = ("import json, sys; from vllm._flags import parse_serve_args; "
-            "print(json.dumps(vars(parse_serve_args(sys.argv[1:]))))")
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=h.vllm_env(),
-                          capture_output=True, text=True, timeout=20)
+    code = (
+        "import json, sys; from vllm._flags import parse_serve_args; "
+        "print(json.dumps(vars(parse_serve_args(sys.argv[1:]))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=h.vllm_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
 
 
-def serve(tmp_path: Path, name: str, *args: str, port: int | None = None,
-          **env: str) -> Any:
+def serve(tmp_path: Path, name: str, *args: str, port: int | None = None, **env: str) -> Any:
     """Context manager: `vllm serve ARGS --port P`, ready when it logs startup complete."""
     port = port or h.free_port()
     argv = h.vllm_argv("serve", *args, "--host", "127.0.0.1", "--port", str(port))
@@ -109,10 +122,26 @@ def test_version_and_argparse_errors() -> None:
 
 
 def test_flag_forms_match_vllm() -> None:
-    ns = parsed("org/m", "-tp", "4", "--pipeline_parallel_size=2", "--disable-prefix-caching",
-                "--api-key", "k1", "k2", "--served-model-name", "a", "b", "--max-model-len",
-                "1K", "--hf-token", "--compilation-config.mode", "3", "-O2",
-                "--kv-cache-dtype=fp8")
+    ns = parsed(
+        "org/m",
+        "-tp",
+        "4",
+        "--pipeline_parallel_size=2",
+        "--disable-prefix-caching",
+        "--api-key",
+        "k1",
+        "k2",
+        "--served-model-name",
+        "a",
+        "b",
+        "--max-model-len",
+        "1K",
+        "--hf-token",
+        "--compilation-config.mode",
+        "3",
+        "-O2",
+        "--kv-cache-dtype=fp8",
+    )
     assert ns["model_tag"] == "org/m"
     assert ns["tensor_parallel_size"] == 4 and ns["pipeline_parallel_size"] == 2
     assert ns["enable_prefix_caching"] is False
@@ -126,11 +155,19 @@ def test_flag_forms_match_vllm() -> None:
 
 def test_config_yaml_merges_with_cli_precedence(tmp_path: Path) -> None:
     config = tmp_path / "vllm.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": "org/from-config", "port": 9001, "max_model_len": 2048,
-        "tensor-parallel-size": 2, "enable_prefix_caching": False,
-        "served-model-name": ["x", "y"], "enforce-eager": True,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": "org/from-config",
+                "port": 9001,
+                "max_model_len": 2048,
+                "tensor-parallel-size": 2,
+                "enable_prefix_caching": False,
+                "served-model-name": ["x", "y"],
+                "enforce-eager": True,
+            }
+        )
+    )
     ns = parsed("--config", str(config), "--port", "9002", "--tensor-parallel-size", "8")
     assert ns["port"] == 9002  # command line wins
     assert ns["tensor_parallel_size"] == 8
@@ -189,8 +226,7 @@ def test_weights_local_dir_and_offline_cache(tmp_path: Path) -> None:
     (repo / "refs" / "main").write_text("abc123")
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
-    with serve(tmp_path, "offline", "org/model", HF_HUB_OFFLINE="1",
-               HF_HOME=str(hf_home)) as srv:
+    with serve(tmp_path, "offline", "org/model", HF_HUB_OFFLINE="1", HF_HOME=str(hf_home)) as srv:
         assert h.request(srv_port(srv), "GET", "/health")[0] == 200
 
 
@@ -226,8 +262,7 @@ def test_readiness_logs_and_sigterm(tmp_path: Path) -> None:
 
 
 def test_api_key_guards_v1_only(tmp_path: Path) -> None:
-    with serve(tmp_path, "keys", "org/m", "--api-key", "k1", "k2",
-               VLLM_API_KEY="from-env") as srv:
+    with serve(tmp_path, "keys", "org/m", "--api-key", "k1", "k2", VLLM_API_KEY="from-env") as srv:
         port = srv_port(srv)
         for path in ("/health", "/metrics", "/version"):
             assert h.request(port, "GET", path)[0] == 200, path
@@ -235,13 +270,16 @@ def test_api_key_guards_v1_only(tmp_path: Path) -> None:
         assert status == 401 and json.loads(body) == {"error": "Unauthorized"}
         bearer = {"Authorization": "Bearer from-env"}  # the command line wins over the env var
         assert h.request(port, "GET", "/v1/models", headers=bearer)[0] == 401
-        assert h.request(port, "GET", "/v1/models",
-                         headers={"Authorization": "Bearer k2"})[0] == 200
+        assert (
+            h.request(port, "GET", "/v1/models", headers={"Authorization": "Bearer k2"})[0] == 200
+        )
     with serve(tmp_path, "envkey", "org/m", VLLM_API_KEY="from-env") as srv:
         port = srv_port(srv)
         assert h.request(port, "GET", "/v1/models")[0] == 401
-        assert h.request(port, "GET", "/v1/models",
-                         headers={"Authorization": "Bearer from-env"})[0] == 200
+        assert (
+            h.request(port, "GET", "/v1/models", headers={"Authorization": "Bearer from-env"})[0]
+            == 200
+        )
 
 
 def _chunks(events: list[tuple[float, str]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -257,27 +295,42 @@ def _chunks(events: list[tuple[float, str]]) -> tuple[list[dict[str, Any]], list
 
 
 def test_streaming_shapes_and_token_counts(tmp_path: Path) -> None:
-    with serve(tmp_path, "stream", "org/m", "--served-model-name", "first", "second",
-               VLLM_STANDIN_EOS_AFTER="3", VLLM_STANDIN_TOKENS_PER_S="0",
-               VLLM_STANDIN_TTFT="0") as srv:
+    with serve(
+        tmp_path,
+        "stream",
+        "org/m",
+        "--served-model-name",
+        "first",
+        "second",
+        VLLM_STANDIN_EOS_AFTER="3",
+        VLLM_STANDIN_TOKENS_PER_S="0",
+        VLLM_STANDIN_TTFT="0",
+    ) as srv:
         port = srv_port(srv)
         models = json.loads(h.request(port, "GET", "/v1/models")[2])
         assert [m["id"] for m in models["data"]] == ["first", "second"]
 
-        chat = {"model": "second", "messages": [{"role": "user", "content": "Hello, world!"}],
-                "max_tokens": 7, "ignore_eos": True, "stream": True,
-                "stream_options": {"include_usage": True}}
+        chat = {
+            "model": "second",
+            "messages": [{"role": "user", "content": "Hello, world!"}],
+            "max_tokens": 7,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         objs, texts = _chunks(h.sse_events(port, "/v1/chat/completions", chat))
         assert len(texts) == 7
         assert objs[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-        assert all(o["object"] == "chat.completion.chunk" and o["model"] == "second"
-                   for o in objs)
+        assert all(o["object"] == "chat.completion.chunk" and o["model"] == "second" for o in objs)
         assert len({o["id"] for o in objs}) == 1 and objs[0]["id"].startswith("chatcmpl-")
         token_chunks = [o for o in objs if o["choices"]]
         assert token_chunks[-1]["choices"][0]["finish_reason"] == "length"
         assert objs[-1]["choices"] == []
-        assert objs[-1]["usage"] == {"prompt_tokens": 10, "completion_tokens": 7,
-                                     "total_tokens": 17}  # 4 tokens + 4 per message + 2
+        assert objs[-1]["usage"] == {
+            "prompt_tokens": 10,
+            "completion_tokens": 7,
+            "total_tokens": 17,
+        }  # 4 tokens + 4 per message + 2
 
         del chat["ignore_eos"]  # a natural end after VLLM_STANDIN_EOS_AFTER tokens
         objs, texts = _chunks(h.sse_events(port, "/v1/chat/completions", chat))
@@ -286,8 +339,14 @@ def test_streaming_shapes_and_token_counts(tmp_path: Path) -> None:
         chat["min_tokens"] = 5
         assert len(_chunks(h.sse_events(port, "/v1/chat/completions", chat))[1]) == 5
 
-        comp = {"model": "first", "prompt": "one two three", "max_tokens": 12,
-                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        comp = {
+            "model": "first",
+            "prompt": "one two three",
+            "max_tokens": 12,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         objs, texts = _chunks(h.sse_events(port, "/v1/completions", comp))
         assert len(texts) == 12 and objs[0]["object"] == "text_completion"
         assert objs[-1]["usage"]["prompt_tokens"] == 3
@@ -308,8 +367,9 @@ def test_streaming_shapes_and_token_counts(tmp_path: Path) -> None:
 def test_max_model_len_rejects_long_requests(tmp_path: Path) -> None:
     with serve(tmp_path, "maxlen", "org/m", "--max-model-len", "16") as srv:
         port = srv_port(srv)
-        status, _, body = h.request(port, "POST", "/v1/completions",
-                                    {"prompt": "a b c d", "max_tokens": 13})
+        status, _, body = h.request(
+            port, "POST", "/v1/completions", {"prompt": "a b c d", "max_tokens": 13}
+        )
         error = json.loads(body)["error"]
         assert status == 400 and error["type"] == "BadRequestError" and error["code"] == 400
         assert "maximum context length is 16 tokens" in error["message"]
@@ -319,8 +379,14 @@ def test_max_model_len_rejects_long_requests(tmp_path: Path) -> None:
 
 def test_ttft_and_decode_rate_are_honoured(tmp_path: Path) -> None:
     log = tmp_path / "chunks.log"
-    with serve(tmp_path, "timing", "org/m", VLLM_STANDIN_TTFT="0.3",
-               VLLM_STANDIN_TOKENS_PER_S="20", VLLM_STANDIN_CHUNK_LOG=str(log)) as srv:
+    with serve(
+        tmp_path,
+        "timing",
+        "org/m",
+        VLLM_STANDIN_TTFT="0.3",
+        VLLM_STANDIN_TOKENS_PER_S="20",
+        VLLM_STANDIN_CHUNK_LOG=str(log),
+    ) as srv:
         port = srv_port(srv)
         body = {"prompt": "hi", "max_tokens": 10, "ignore_eos": True, "stream": True}
         sent = time.monotonic()
@@ -343,18 +409,30 @@ def test_ttft_and_decode_rate_are_honoured(tmp_path: Path) -> None:
 
 
 def test_metrics_count_served_requests(tmp_path: Path) -> None:
-    with serve(tmp_path, "metrics", "org/m", "--served-model-name", "svc",
-               VLLM_STANDIN_TOKENS_PER_S="0", VLLM_STANDIN_TTFT="0") as srv:
+    with serve(
+        tmp_path,
+        "metrics",
+        "org/m",
+        "--served-model-name",
+        "svc",
+        VLLM_STANDIN_TOKENS_PER_S="0",
+        VLLM_STANDIN_TTFT="0",
+    ) as srv:
         port = srv_port(srv)
         before = metrics(port)
         assert metric(before, "vllm:num_requests_running", model_name="svc") == 0
         assert metric(before, "vllm:num_requests_waiting", model_name="svc") == 0
         assert metric(before, "vllm:cache_config_info") == 1
         for _ in range(3):
-            h.sse_events(port, "/v1/completions", {"prompt": "a b", "max_tokens": 4,
-                                                   "stream": True})
-        h.request(port, "POST", "/v1/chat/completions",
-                  {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5})
+            h.sse_events(
+                port, "/v1/completions", {"prompt": "a b", "max_tokens": 4, "stream": True}
+            )
+        h.request(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5},
+        )
         after = metrics(port)
 
         def grew(name: str, **labels: str) -> float:
@@ -371,17 +449,18 @@ def test_metrics_count_served_requests(tmp_path: Path) -> None:
 
 
 def test_fail_after_tokens_ends_stream_with_error(tmp_path: Path) -> None:
-    with serve(tmp_path, "fail", "org/m", VLLM_STANDIN_FAIL_AFTER_TOKENS="3",
-               VLLM_STANDIN_TOKENS_PER_S="0") as srv:
+    with serve(
+        tmp_path, "fail", "org/m", VLLM_STANDIN_FAIL_AFTER_TOKENS="3", VLLM_STANDIN_TOKENS_PER_S="0"
+    ) as srv:
         port = srv_port(srv)
-        events = h.sse_events(port, "/v1/completions",
-                              {"prompt": "x", "max_tokens": 10, "stream": True})
+        events = h.sse_events(
+            port, "/v1/completions", {"prompt": "x", "max_tokens": 10, "stream": True}
+        )
         assert events[-1][1] == "[DONE]"
         payloads = [json.loads(d) for _, d in events[:-1]]
         assert len([p for p in payloads if "choices" in p]) == 3
         assert payloads[-1]["error"]["code"] == 500
-        status, _, _ = h.request(port, "POST", "/v1/completions",
-                                 {"prompt": "x", "max_tokens": 10})
+        status, _, _ = h.request(port, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 10})
         assert status == 500
         assert metric(metrics(port), "vllm:request_success_total", finished_reason="error") == 2
 
@@ -392,13 +471,17 @@ def test_holds_many_concurrent_streams(tmp_path: Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2 * streams:  # this client holds a socket per stream too
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * streams), hard))
-    with serve(tmp_path, "load", "org/m", VLLM_STANDIN_TOKENS_PER_S="25",
-               VLLM_STANDIN_TTFT="0.2") as srv:
+    with serve(
+        tmp_path, "load", "org/m", VLLM_STANDIN_TOKENS_PER_S="25", VLLM_STANDIN_TTFT="0.2"
+    ) as srv:
         port = srv_port(srv)
-        body = json.dumps({"prompt": "x", "max_tokens": tokens, "ignore_eos": True,
-                           "stream": True}).encode()
-        head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        body = json.dumps(
+            {"prompt": "x", "max_tokens": tokens, "ignore_eos": True, "stream": True}
+        ).encode()
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         peak = 0.0
         done = 0
 
@@ -444,20 +527,35 @@ def test_holds_many_concurrent_streams(tmp_path: Path) -> None:
 
 def test_multinode_head_waits_for_worker(tmp_path: Path) -> None:
     api_port, master_port = h.free_port(), h.free_port()
-    common = ("org/m", "-tp", "2", "--nnodes", "2", "--master-addr", "127.0.0.1",
-              "--master-port", str(master_port))
-    env = h.vllm_env(VLLM_STANDIN_NODE_TIMEOUT="2", VLLM_ENGINE_READY_TIMEOUT_S="30",
-                     NCCL_SOCKET_IFNAME="lo")
-    head = h.Proc(h.vllm_argv("serve", *common, "--node-rank", "0", "--port", str(api_port)),
-                  env, tmp_path, "head")
+    common = (
+        "org/m",
+        "-tp",
+        "2",
+        "--nnodes",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(master_port),
+    )
+    env = h.vllm_env(
+        VLLM_STANDIN_NODE_TIMEOUT="2", VLLM_ENGINE_READY_TIMEOUT_S="30", NCCL_SOCKET_IFNAME="lo"
+    )
+    head = h.Proc(
+        h.vllm_argv("serve", *common, "--node-rank", "0", "--port", str(api_port)),
+        env,
+        tmp_path,
+        "head",
+    )
     worker = None
     try:
         head.wait_log("waiting for 1 worker node")
         assert "NCCL_SOCKET_IFNAME=lo" in head.stderr
         time.sleep(0.5)
         assert not h.port_open(api_port)  # no /health until every worker is in
-        worker = h.Proc(h.vllm_argv("serve", *common, "--node-rank", "1", "--headless"),
-                        env, tmp_path, "worker")
+        worker = h.Proc(
+            h.vllm_argv("serve", *common, "--node-rank", "1", "--headless"), env, tmp_path, "worker"
+        )
         head.wait_log(READY)
         h.wait_http(api_port)
         worker.wait_log("Joined the head node")
@@ -474,12 +572,21 @@ def test_worker_retries_until_head_appears(tmp_path: Path) -> None:
     api_port, master_port = h.free_port(), h.free_port()
     common = ("org/m", "-pp", "2", "--nnodes", "2", "--master-port", str(master_port))
     env = h.vllm_env(VLLM_ENGINE_READY_TIMEOUT_S="20")
-    worker = h.Proc(h.vllm_argv("serve", *common, "--node-rank", "1", "--headless"), env,
-                    tmp_path, "early-worker")
+    worker = h.Proc(
+        h.vllm_argv("serve", *common, "--node-rank", "1", "--headless"),
+        env,
+        tmp_path,
+        "early-worker",
+    )
     try:
         worker.wait_log("Waiting for the head node")
-        with h.running(h.vllm_argv("serve", *common, "--port", str(api_port)), env, tmp_path,
-                       "late-head", ready_log=READY) as head:
+        with h.running(
+            h.vllm_argv("serve", *common, "--port", str(api_port)),
+            env,
+            tmp_path,
+            "late-head",
+            ready_log=READY,
+        ) as head:
             h.wait_http(api_port)
             worker.wait_log("Joined the head node")
             worker.signal(signal.SIGTERM)
@@ -543,19 +650,32 @@ def test_wheel_installs_with_pip_no_index(tmp_path: Path) -> None:
     build.build_vllm_wheel(wheels)
     env = _isolated_env()
     bin_dir = _venv(tmp_path / "pipvenv")
-    install = [str(bin_dir / "pip"), "install", "-q", "--no-index", "--find-links", str(wheels),
-               "vllm==0.33.0"]
+    install = [
+        str(bin_dir / "pip"),
+        "install",
+        "-q",
+        "--no-index",
+        "--find-links",
+        str(wheels),
+        "vllm==0.33.0",
+    ]
     no_yaml = subprocess.run(install, env=env, capture_output=True, text=True, timeout=60)
     assert no_yaml.returncode != 0 and "pyyaml" in no_yaml.stderr.lower()  # declared dependency
     _copy_pyyaml(bin_dir)
     subprocess.run(install, env=env, check=True, timeout=60)
-    out = subprocess.run([str(bin_dir / "vllm"), "--version"], env=env, capture_output=True,
-                         text=True, timeout=20)
+    out = subprocess.run(
+        [str(bin_dir / "vllm"), "--version"], env=env, capture_output=True, text=True, timeout=20
+    )
     assert out.stdout.strip() == "0.33.0"
     config = tmp_path / "c.yaml"
     config.write_text("model: org/m\nbogus: 1\n")
-    bad = subprocess.run([str(bin_dir / "vllm"), "serve", "--config", str(config)], env=env,
-                         capture_output=True, text=True, timeout=20)
+    bad = subprocess.run(
+        [str(bin_dir / "vllm"), "serve", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 
@@ -574,8 +694,27 @@ def test_wheel_installs_with_uv(tmp_path: Path) -> None:
     env["VIRTUAL_ENV"] = str(uv_venv)
     # --no-index: with PyPI in reach, uv would pick the real vllm 0.33.0 (same version); --no-deps:
     # PyYAML is not in this offline wheel dir (the pip test proves the dependency is declared).
-    subprocess.run([UV, "pip", "install", "-q", "--no-index", "--no-deps", "--find-links",
-                    str(wheels), "vllm==0.33.0"], env=env, check=True, timeout=60)
-    out = subprocess.run([str(uv_venv / "bin" / "vllm"), "--version"], env=env,
-                         capture_output=True, text=True, timeout=20)
+    subprocess.run(
+        [
+            UV,
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            str(wheels),
+            "vllm==0.33.0",
+        ],
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    out = subprocess.run(
+        [str(uv_venv / "bin" / "vllm"), "--version"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.stdout.strip() == "0.33.0"
