@@ -95,12 +95,6 @@ class BenchHost:
             f"console log: {self.console_log}\n{self.console_tail()}"
         )
 
-    def reboot(self, timeout: float = settings.BOOT_TIMEOUT_S) -> None:
-        """Reboot the host from inside (`systemctl reboot`) and wait until it is back."""
-        before = self.boot_id()
-        self.run("systemctl reboot", check=False, timeout=30)
-        self.wait_rebooted(before, timeout)
-
     def wait_rebooted(
         self, previous_boot_id: str, timeout: float = settings.BOOT_TIMEOUT_S
     ) -> None:
