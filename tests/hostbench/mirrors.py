@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Self
 
 SERVER = Path(__file__).with_name("mirror_server.py")
 START_TIMEOUT_S = 15.0
@@ -37,6 +38,12 @@ class MirrorProcess:
             self.stop()
             raise RuntimeError(f"{kind} mirror did not start; see {log}")
         self.base_url = line.split()[1]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after a bound)."""

@@ -135,19 +135,13 @@ def test_hosts(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def package_index(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageIndex]:
     """A package index on the bridge: local wheels first, PyPI for every other project."""
     workdir = tmp_path_factory.mktemp("index")
-    index = PackageIndex(workdir / "dists", settings.GATEWAY, workdir / "server.log")
-    try:
+    with PackageIndex(workdir / "dists", settings.GATEWAY, workdir / "server.log") as index:
         yield index
-    finally:
-        index.stop()
 
 
 @pytest.fixture(scope="module")
 def file_server(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     """A static file server on the bridge for release tarballs and checksum files."""
     workdir = tmp_path_factory.mktemp("files")
-    server = FileServer(workdir / "www", settings.GATEWAY, workdir / "server.log")
-    try:
+    with FileServer(workdir / "www", settings.GATEWAY, workdir / "server.log") as server:
         yield server
-    finally:
-        server.stop()

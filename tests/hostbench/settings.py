@@ -22,5 +22,3 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 BOOT_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
-REBOOT_EXIT_CODE = 133
-"""`systemd-nspawn` exits with this code when the container asked to reboot."""

@@ -26,20 +26,20 @@ def fetch(url: str, accept: str = "text/html") -> tuple[int, str, bytes]:
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[FileServer]:
     """A stand-in for pypi.org: simple pages for `six` and for `sk-demo`."""
-    server = FileServer(tmp_path / "upstream", "127.0.0.1", tmp_path / "upstream.log")
-    server.add_file("simple/six/index.html", b'<a href="https://example.invalid/six.whl">six</a>')
-    server.add_file("simple/sk-demo/index.html", b'<a href="https://example.invalid/x.whl">x</a>')
-    yield server
-    server.stop()
+    with FileServer(tmp_path / "upstream", "127.0.0.1", tmp_path / "upstream.log") as server:
+        server.add_file("simple/six/index.html", b'<a href="https://example.invalid/six.whl">6</a>')
+        server.add_file(
+            "simple/sk-demo/index.html", b'<a href="https://example.invalid/x.whl">x</a>'
+        )
+        yield server
 
 
 @pytest.fixture
 def index(tmp_path: Path, upstream: FileServer) -> Iterator[PackageIndex]:
-    served = PackageIndex(
+    with PackageIndex(
         tmp_path / "dists", "127.0.0.1", tmp_path / "index.log", upstream=upstream.url_for("simple")
-    )
-    yield served
-    served.stop()
+    ) as served:
+        yield served
 
 
 def test_local_project_is_served_from_the_directory_only(
@@ -79,12 +79,9 @@ def test_file_server_serves_files_and_trees(tmp_path: Path) -> None:
     release = tmp_path / "release"
     (release / "v1").mkdir(parents=True)
     (release / "v1" / "sha256sum.txt").write_text("abc  ./x\n")
-    server = FileServer(tmp_path / "www", "127.0.0.1", tmp_path / "files.log")
-    try:
+    with FileServer(tmp_path / "www", "127.0.0.1", tmp_path / "files.log") as server:
         url = server.add_file("v0.32.3/ollama-linux-amd64.tar.zst", b"data")
         assert url == f"{server.url}/v0.32.3/ollama-linux-amd64.tar.zst"
         assert fetch(url)[2] == b"data"
         server.add_tree(release, "mirror")
         assert fetch(server.url_for("mirror/v1/sha256sum.txt"))[2] == b"abc  ./x\n"
-    finally:
-        server.stop()
