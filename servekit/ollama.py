@@ -40,6 +40,8 @@ SERVICE_USER = "ollama"
 SERVICE_HOME = "/var/lib/ollama"
 GPU_GROUPS = ("render", "video")
 """Groups that own GPU device nodes (AMD's /dev/kfd and /dev/dri); the user joins those present."""
+INSTALL_SH_MODELS = "/usr/share/ollama/.ollama/models"
+"""Where Ollama's install.sh keeps models (its `ollama` user's home)."""
 UNIT = "ollama.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 DROPIN_FILE = f"/etc/systemd/system/{UNIT}.d/servekit.conf"

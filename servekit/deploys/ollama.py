@@ -229,6 +229,14 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
             "another ollama.models_dir",
         )
         return
+    if models_dir != ollama.INSTALL_SH_MODELS and host.get_fact(
+        Directory, path=ollama.INSTALL_SH_MODELS
+    ):
+        logger.warning(
+            f"{host.print_prefix}models of an earlier install.sh install are in "
+            f"{ollama.INSTALL_SH_MODELS}; this Ollama uses {models_dir}: set "
+            "OllamaSettings(models_dir=...) to keep them, or they are pulled again"
+        )
     server.group(name="Create the ollama group", group=user, system=True, _sudo=sudo)
     server.user(
         name="Create the ollama user",

@@ -388,11 +388,17 @@ def linux(
     groups: list[str] | None = None,
     stats: list[str] | None = None,
     nvidia: bool = False,
+    install_sh_models: bool = False,
 ) -> dict[Any, Any]:
     responses: dict[Any, Any] = {
         FAILS: {"success": False},
         re.compile(r"^uname -s$"): "Linux",
         re.compile(r"^uname -m$"): arch,
+        re.compile(r"test -e /usr/share/ollama/.ollama/models"): (
+            stat_line(ollama.INSTALL_SH_MODELS, "d", "ollama", "rwxr-xr-x")
+            if install_sh_models
+            else []
+        ),
         re.compile(r"test -e /run/systemd/system"): (
             stat_line("/run/systemd/system", "d", "root", "rwxr-xr-x") if systemd else []
         ),
@@ -461,3 +467,18 @@ def test_gpu_boxes_never_get_a_driver_from_this_deploy(
         assert word not in everything
     warned = "no NVIDIA driver found: Ollama runs on the CPU until deploys/gpu.py" in caplog.text
     assert warned is not nvidia
+
+
+def test_models_left_by_ollamas_install_script_are_pointed_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = run_deploy(host_data("linux"), linux(install_sh_models=True))
+    assert not run.failed, run
+    assert "models of an earlier install.sh install are in /usr/share/ollama/.ollama/models" in (
+        caplog.text
+    )
+    kept = OllamaSettings(models_dir=ollama.INSTALL_SH_MODELS)
+    caplog.clear()
+    run = run_deploy(host_data("linux", kept), linux(install_sh_models=True))
+    assert not run.failed and "install.sh" not in caplog.text
+    assert f'"{ollama.INSTALL_SH_MODELS}"' in run.uploads["/etc/systemd/system/ollama.service"]
