@@ -9,13 +9,21 @@ host.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TypeVar
 
 from pyinfra.api.command import PyinfraCommand, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
 Commands = Generator[PyinfraCommand | str, None, None]
+T = TypeVar("T")
+
+
+def each(items: Iterable[T]) -> Iterator[T]:
+    """`host.loop`, typed: operations called in a loop keep one order on every host."""
+    loop: Callable[[Iterable[T]], Iterator[T]] = host.loop
+    yield from loop(items)
 
 
 def failure(message: str) -> StringCommand:

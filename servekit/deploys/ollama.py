@@ -40,7 +40,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from servekit import ollama
 from servekit.deploys import launchd, ollama_models, ollama_ops
-from servekit.deploys.common import problem
+from servekit.deploys.common import each, problem
 from servekit.errors import FleetError, Problem
 from servekit.facts.macos import Homebrew, LaunchAgent, OllamaApp
 from servekit.facts.ollama import DirectoryPath
@@ -249,7 +249,7 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
         system=True,
         ensure_home=False,
     )
-    for path in dict.fromkeys([home, models_dir]):
+    for path in each(dict.fromkeys([home, models_dir])):
         files.directory(
             name=f"Create {path}",
             _sudo=sudo,
@@ -353,7 +353,7 @@ def _macos(plan: HostPlan, settings: OllamaHost, base_url: str) -> None:
         )
 
     models_dir = ollama.expand_home(settings.env.get("OLLAMA_MODELS", "~/.ollama/models"), home)
-    for path in dict.fromkeys([f"{home}/.ollama/logs", models_dir]):
+    for path in each(dict.fromkeys([f"{home}/.ollama/logs", models_dir])):
         files.directory(name=f"Create {path}", path=path, _sudo=False)
     release = ollama_ops.release(
         name=f"Install Ollama {version}",

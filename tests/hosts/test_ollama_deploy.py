@@ -100,7 +100,7 @@ def deploy(
 def converge(
     tmp_path: Path, server: BenchHost, mirror: str, version: str, models: Sequence[str]
 ) -> None:
-    """Bring the host to a known state and check that a second run changes nothing there."""
+    """Bring the host to a known state: this version, exactly these models."""
     deploy(tmp_path / "setup", server, mirror, version, models, prune=True).check()
 
 
