@@ -32,7 +32,7 @@ from servekit.deploys.ollama import ollama_host
 from servekit.hostplan import HOST_DATA_KEY
 from servekit.placement import plan_fleet
 from servekit.render import HostFacts, ollama_files
-from servekit.spec import Fleet, Gpu, OllamaSettings, Serve, SshHost, Versions
+from servekit.spec import Fleet, Gpu, OllamaSettings, Serve, Sources, SshHost, Versions
 
 VERSION = "0.32.3"
 HOME = "/Users/alice"
@@ -128,7 +128,12 @@ def run_deploy(plan_data: dict[str, Any], responses: dict[Any, Any], sudo: bool 
     return Run(steps, executed, host in state.failed_hosts, uploads=uploads)
 
 
-def host_data(os: str = "macos", settings: OllamaSettings | None = None, **machine: Any) -> Any:
+def host_data(
+    os: str = "macos",
+    settings: OllamaSettings | None = None,
+    mirror: str = "https://mirror.example/ollama",
+    **machine: Any,
+) -> Any:
     gpu = Gpu(model="apple-m3-pro", memory_gib=36) if os == "macos" else Gpu(model="L4")
     fleet = Fleet(
         name="team",
@@ -136,6 +141,7 @@ def host_data(os: str = "macos", settings: OllamaSettings | None = None, **machi
         serve=[Serve(model=model, engine="ollama") for model in MODELS],
         ollama=settings or OllamaSettings(),
         versions=Versions(ollama=VERSION),
+        sources=Sources(ollama_releases=mirror),
     )
     return plan_fleet(fleet).hosts["box"].to_host_data()
 
@@ -274,7 +280,8 @@ def test_a_fresh_mac_gets_the_release_our_agent_and_the_models_without_sudo() ->
     assert path[:2] == ["/opt/homebrew/bin", "/opt/homebrew/sbin"]
 
     (install,) = run.step(f"Install Ollama {VERSION}").shell()
-    assert f"/v{VERSION}/ollama-darwin.tgz" in install and "shasum -a 256" in install
+    assert f"https://mirror.example/ollama/v{VERSION}/ollama-darwin.tgz" in install
+    assert "shasum -a 256" in install
     assert f"mv {LAYOUT.install_dir}.partial {LAYOUT.install_dir}" in install
 
     agent = plistlib.loads(run.uploads[LAYOUT.plist].encode())
@@ -369,6 +376,13 @@ def test_a_running_ollama_app_stops_the_deploy_before_any_change() -> None:
     assert run.failed
     assert list(run.steps) == ["The Ollama app is running"]
     assert "quit it" in run.steps["The Ollama app is running"].message()
+
+
+@pytest.mark.parametrize("mirror", ["file:///srv/ollama", "https://m.example/$(reboot)"])
+def test_a_release_mirror_that_is_not_a_plain_url_is_refused(mirror: str) -> None:
+    run = run_deploy(host_data(mirror=mirror), mac())
+    assert run.failed and list(run.steps) == ["Ollama release mirror"]
+    assert "must be an http(s) URL" in run.steps["Ollama release mirror"].message()
 
 
 def test_a_fleet_that_calls_a_linux_box_a_mac_is_refused() -> None:
