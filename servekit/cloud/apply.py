@@ -415,6 +415,8 @@ class Applier:
             self.writer.update(record, ssh_ready=None)
             return
         host = record.attributes.get("public_ip") or record.attributes.get("private_ip")
+        if not host:
+            raise CloudError(f"{record.name} ({record.id}) has no address to reach over SSH")
         target = SshTarget(
             node=record.name, host=str(host), user=launch.ssh_user, key=Path(launch.ssh_key)
         )

@@ -171,6 +171,54 @@ def test_a_crash_after_launch_is_adopted_by_the_next_apply(cloud: Cloud, faults:
     assert cloud.invoke("cloud", "plan", PROD).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    "action", ["ImportKeyPair", "CreateSecurityGroup", "CreatePlacementGroup", "AllocateAddress"]
+)
+def test_a_crash_after_any_creation_loses_nothing(
+    cloud: Cloud, faults: Faults, action: str
+) -> None:
+    faults.crash_after(action)
+    with pytest.raises(SimulatedCrash):
+        apply(cloud)
+    done = apply(cloud)
+    assert done.exit_code == 0, done.output
+    assert "created by an interrupted apply of this state" in done.output
+    tagged = cloud.tagged()
+    assert {kind: len(ids) for kind, ids in tagged.items()} == {
+        "instances": 2,
+        "security_groups": 1,
+        "key_pairs": 1,
+        "placement_groups": 1,
+        "addresses": 2,
+    }
+    recorded_ids = {r["id"] for r in state(cloud)["resources"]}
+    assert recorded_ids == {i for ids in tagged.values() for i in ids}
+    assert cloud.invoke("cloud", "plan", PROD).exit_code == 0
+
+
+def test_scaling_down_then_up_stays_in_the_zone_of_the_running_node(
+    cloud: Cloud, faults: Faults, tmp_path: Path
+) -> None:
+    faults.rules.append(no_capacity({"us-east-1b"}))
+    assert apply(cloud).exit_code == 0  # lands in us-east-1c
+    faults.rules.clear()
+    one = tmp_path / "prod.py"
+    one.write_text((ROOT / "inventories" / "prod.py").read_text().replace("count=2", "count=1"))
+    planned = cloud.invoke("cloud", "plan", str(one))
+    assert "- aws_instance.a100-1" in planned.output and "- aws_eip.a100-1" in planned.output
+    assert "Plan: 0 to add, 0 to change, 2 to destroy." in planned.output
+    assert "$27.45/h" in planned.output
+    assert cloud.invoke("cloud", "apply", str(one), "--yes").exit_code == 0
+    assert set(recorded(cloud, "aws_instance")) == {"a100-0"}
+    assert len(cloud.tagged()["addresses"]) == 1
+
+    done = apply(cloud)  # back to two: us-east-1b has capacity again, but a100-0 is in 1c
+    assert done.exit_code == 0, done.output
+    zones = {i["attributes"]["availability_zone"] for i in recorded(cloud, "aws_instance").values()}
+    assert zones == {"us-east-1c"}
+    assert state(cloud)["generations"] == {"a100-1": 1}
+
+
 def test_a_launch_not_listed_yet_is_resent_with_the_same_client_token(
     cloud: Cloud, faults: Faults
 ) -> None:
