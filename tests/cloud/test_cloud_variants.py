@@ -8,8 +8,8 @@ from typing import Any
 
 import moto_extras
 import pytest
-from conftest import REGION, Cloud
-from faults import Faults
+from cloud_faults import Faults
+from moto_cloud import REGION, Cloud
 
 from servekit.cloud import aws
 from servekit.cloud.aws import AwsProvider

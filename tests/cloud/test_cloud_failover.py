@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Cloud
-from faults import Faults, Params, SimulatedCrash, error_for, for_node, no_capacity
+from cloud_faults import Faults, Params, SimulatedCrash, error_for, for_node, no_capacity
+from moto_cloud import ROOT, Cloud
 
 from servekit.cloud import aws
 from servekit.cloud import cli as cloud_cli

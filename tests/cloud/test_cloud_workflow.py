@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import PYINFRA, ROOT, Cloud
+from moto_cloud import PYINFRA, ROOT, Cloud
 
 PROD = "inventories/prod.py"
 

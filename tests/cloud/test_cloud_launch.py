@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import write_ssh_key
+from moto_cloud import write_ssh_key
 
 from servekit.cloud.desired import fleet_intents
 from servekit.cloud.errors import classify, quota_message

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_ssh_key
-from ssh_server import SshServer
+from moto_cloud import write_ssh_key
+from paramiko_sshd import SshServer
 
 from servekit.cloud.ssh import SshNotReady, SshTarget, read_banner, wait_until_ready
 
