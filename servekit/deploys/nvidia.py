@@ -29,6 +29,7 @@ from servekit.facts.nvidia import (
     NvidiaPackages,
     NvidiaPciDevices,
     NvswitchDevices,
+    PciDevice,
 )
 from servekit.facts.system import BootId
 from servekit.nvidia import DriverChoice, Flavour, GpuTarget
@@ -266,7 +267,7 @@ def verified(target: GpuTarget, script: str) -> Commands:
     host.noop("verified: " + "; ".join(f"{f.check}: {f.detail}" for f in findings))
 
 
-def nvswitch_present() -> bool:
+def nvswitch_present(pci: list[PciDevice] | None = None) -> bool:
     """NVSwitch chips on the PCI bus (before any driver), or registered by the loaded driver."""
-    pci = host.get_fact(NvidiaPciDevices)
+    pci = host.get_fact(NvidiaPciDevices) if pci is None else pci
     return any(d["kind"] == "nvswitch" for d in pci) or bool(host.get_fact(NvswitchDevices))

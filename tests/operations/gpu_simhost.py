@@ -92,6 +92,7 @@ class SimHost:
     services_running: set[str] = field(default_factory=set)
     services_enabled: set[str] = field(default_factory=set)
     apt_lists: bool = False  # apt knows NVIDIA's repository (after `apt-get update`)
+    recorded: dict[str, list[str]] = field(default_factory=dict)  # command fragment -> output
     boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     boots: int = 0
     reboot_pending: bool = False
@@ -196,6 +197,9 @@ class SimHost:
 
     def respond(self, command: str) -> tuple[bool, list[str]]:
         self.log.append(command)
+        for fragment, output in self.recorded.items():
+            if fragment in command:
+                return True, output
         if "--query-gpu=" in command:
             return True, self.smi_query()
         if "nvidia-smi -q" in command:

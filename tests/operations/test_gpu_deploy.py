@@ -28,6 +28,7 @@ from gpu_simhost import Package, Run, SimHost, run_gpu_deploy
 import servekit.deploys.nvidia
 
 PLANS = Path(__file__).parent / "plans"
+H200 = Path(__file__).resolve().parents[1] / "data/gpu-hosts/h200-ubuntu2404"
 RELEASES = ["ubuntu2204", "ubuntu2404", "debian12"]
 UBUNTU = ["ubuntu2204", "ubuntu2404"]
 
@@ -274,6 +275,14 @@ def test_local_host_is_never_rebooted_and_is_told_why() -> None:
     assert run.step("Verify").commands == []  # verified after the user's reboot
 
 
+def test_a_host_the_fleet_gives_no_nvidia_gpu_is_left_alone() -> None:
+    from gpu_scenarios import plan_data
+
+    sim = host("ubuntu2404", one_a100())
+    run = deploy(sim, plan_data("laptop.py", "local"))
+    assert not run.failed and run.steps == [] and not sim.files
+
+
 def test_reboot_turned_off() -> None:
     sim = host("ubuntu2204", one_a100())
     run = deploy(sim, single_a100_data(reboot=False))
@@ -345,23 +354,40 @@ def test_verification_names_a_declaration_the_host_does_not_match() -> None:
     )
 
 
-def test_driver_from_outside_apt_without_systemd_like_the_recorded_h200() -> None:
-    """Ubuntu 24.04, an H200, driver 580.159.04 not from apt, no systemd, @local without data
-    (the recorded host): nothing installed, no unit, no reboot, verified."""
-    board = one_a100()
-    board.name, board.memory_mib, board.compute_cap = "NVIDIA H200", 143771, "9.0"
-    sim = host(
-        "ubuntu2404",
-        board,
-        loaded_driver="580.159.04",
-        driver_from_outside_apt=True,
-        systemd=False,
-        persistence_now=True,
-    )
+def recorded_h200() -> SimHost:
+    """The recorded H200 host (Ubuntu 24.04, driver 580.159.04 from outside apt, no systemd):
+    its facts answer with the outputs recorded there."""
+    lines = lambda name: (H200 / name).read_text().splitlines()[1:-1]  # noqa: E731
+    probed = lambda name: [*lines(name), "servekit-status=0"]  # noqa: E731
+    check = (H200 / "cuda-driver-api-check.json").read_text().strip()
+    sim = host("ubuntu2404", None, systemd=False)
+    sim.kernel = lines("uname.txt")[0].split()[2]
+    for row in lines("dpkg-nvidia.txt"):  # the recorded packages, changed by what the deploy does
+        status, name, version = row.split()[:3]
+        sim.packages[name] = Package(version, held=status.startswith("h"))
+    sim.recorded = {
+        "--query-gpu=": probed("nvidia-smi-query-nounits.txt"),
+        "then nvidia-smi -q": probed("nvidia-smi-q.txt"),
+        "/proc/driver/nvidia/version": lines("proc-driver-version.txt"),
+        "/sys/bus/pci/devices": lines("servekit-pci-devices.txt"),
+        "then python3 /usr/local/lib/servekit/cuda_check.py": [check, "servekit-status=0"],
+    }
+    return sim
+
+
+def test_the_recorded_h200_is_recognised() -> None:
+    """`pyinfra @local deploys/gpu.py` there, without servekit data: the driver (580, open, not
+    from apt) is left alone, nothing needs NVIDIA's repository (the host has no network), no
+    unit is written (no systemd), nothing reboots, and it verifies."""
+    sim = recorded_h200()
     run = deploy(sim, None)
     assert not run.failed, run
     assert installs(run) == [] and sim.boots == 0
-    assert not any("nvidia-persistenced" in s.name or "Hold" in s.name for s in run.steps)
+    assert not any("apt-get" in c or "apt-helper" in c for c in run.commands())
+    names = " ".join(s.name for s in run.steps)
+    assert "nvidia-persistenced" not in names and "Hold the NVIDIA" not in names, names
+    assert run.step("Reboot").commands == []  # only a loaded nouveau would reboot it
+    assert run.step("Turn persistence mode on").commands == []  # recorded: Enabled
     assert run.step("Verify").commands == []
     converges(sim, None)
 
@@ -389,3 +415,27 @@ def test_held_packages_survive_a_flavour_switch() -> None:
     assert not run.failed, run
     assert "purge cuda-drivers-580" in run.step("other branches").commands[1]
     assert "nvidia-dkms-580-open" in sim.packages and sim.boots == 1
+
+
+def test_the_deploy_file_runs_at_local_without_servekit_data() -> None:
+    """`pyinfra @local deploys/gpu.py` on this machine, dry: it says where its settings come from
+    and what it finds (here no NVIDIA GPU: nothing to do)."""
+    import subprocess
+    import sys
+
+    from servekit.facts.nvidia import NvidiaPciDevices
+
+    root = Path(__file__).resolve().parents[2]
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    done = subprocess.run(
+        [str(pyinfra), "-y", "@local", "deploys/gpu.py", "--dry"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no servekit host data: using catalog defaults" in done.stderr
+    pci = subprocess.run(["sh", "-c", NvidiaPciDevices().command()], capture_output=True, text=True)
+    if not NvidiaPciDevices().process(pci.stdout.splitlines()):
+        assert "no NVIDIA device on this host: nothing to do" in done.stderr
