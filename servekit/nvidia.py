@@ -238,6 +238,7 @@ class GpuTarget:
     gpu_count: int
     branch: int
     nvidia: bool = True
+    nvswitch_expected: bool = False
     mirror: str = DEFAULT_MIRROR
     cuda_toolkit: str | None = None
     dcgm: bool = False
@@ -276,6 +277,7 @@ def target_from_plan(plan: HostPlan, local: bool) -> GpuTarget:
         gpu_model=plan.gpu_model,
         gpu_count=plan.gpu_count,
         nvidia="gpu" in plan.roles,
+        nvswitch_expected=plan.nvswitch_expected,
         branch=int(plan.versions.get("driver_branch", catalog.default_driver_branch())),
         mirror=str(plan.sources.get("nvidia_apt", DEFAULT_MIRROR)),
         cuda_toolkit=setup.get("cuda_toolkit"),

@@ -168,6 +168,12 @@ def survey(target: GpuTarget) -> Survey | None:
         )
         return None
 
+    nvswitch = ops.nvswitch_present(pci)
+    if target.nvswitch_expected and not nvswitch:
+        say(
+            f"the fleet's {target.gpu_count} × {target.gpu_model} usually come with NVSwitch, but "
+            "none is on the PCI bus: no Fabric Manager; check the machine type"
+        )
     return Survey(
         target=target,
         choice=choice,
@@ -176,7 +182,7 @@ def survey(target: GpuTarget) -> Survey | None:
         loaded=loaded,
         external=external,
         driver_will_change=driver_will_change,
-        nvswitch=ops.nvswitch_present(pci),
+        nvswitch=nvswitch,
         systemd=bool(host.get_fact(Directory, path="/run/systemd/system")),
         kernel=host.get_fact(KernelHeaders),
     )

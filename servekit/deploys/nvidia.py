@@ -53,16 +53,16 @@ def problem(message: str) -> Commands:
 
 
 @operation()
-def cuda_keyring(url: str, version: str = nvidia.KEYRING_VERSION) -> Commands:
+def cuda_keyring(url: str) -> Commands:
     """
-    Install NVIDIA's repository key package (cuda-keyring) from the repository or its mirror.
+    Install NVIDIA's repository key package (cuda-keyring) from the repository or its mirror,
+    unless a version of it is installed (later ones come through apt).
 
     + url: the .deb's URL (fetched with apt's own downloader, so no curl or wget is needed)
-    + version: the keyring version that counts as installed
     """
     installed = host.get_fact(NvidiaPackages).get(nvidia.KEYRING_PACKAGE)
-    if installed and installed["installed"] and installed["version"] == version:
-        host.noop(f"{nvidia.KEYRING_PACKAGE} {version} is installed")
+    if installed and installed["installed"]:
+        host.noop(f"{nvidia.KEYRING_PACKAGE} {installed['version']} is installed")
         return
     deb = host.get_temp_filename(url)
     yield StringCommand("/usr/lib/apt/apt-helper download-file", QuoteString(url), QuoteString(deb))

@@ -344,6 +344,16 @@ def test_an_interrupted_first_run_refreshes_apt() -> None:
     assert installs(run) == ["nvidia-open-580"]
 
 
+def test_nvswitch_declared_but_not_found_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    board = hgx_a100()
+    board.nvswitches = 0
+    sim = host("ubuntu2404", board)
+    run = deploy(sim, hgx_data(), "hgx1")
+    assert not run.failed, run
+    assert "usually come with NVSwitch, but none is on the PCI bus" in caplog.text
+    assert "nvidia-fabricmanager" not in sim.packages
+
+
 def test_verification_names_a_declaration_the_host_does_not_match() -> None:
     sim = host("ubuntu2404", one_a100())
     run = deploy(sim, hgx_data(), "hgx1")  # the fleet says 8 × A100 with NVSwitch
