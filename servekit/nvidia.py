@@ -16,6 +16,7 @@ from typing import Literal
 
 from servekit import catalog
 from servekit.facts.nvidia import CudaCheckResult, FabricGpu, InstalledPackage, SmiGpus
+from servekit.facts.system import Toolkit
 from servekit.hostplan import HostPlan
 
 Flavour = Literal["open", "proprietary"]
@@ -391,8 +392,10 @@ def verify(
     fabric: list[FabricGpu],
     cuda: CudaCheckResult | None,
     nvswitch: bool,
+    toolkit: Toolkit | None = None,
 ) -> list[Finding]:
-    """Everything vLLM needs from the GPUs, checked on the host as it is now."""
+    """Everything vLLM needs from the GPUs (and the toolkit, when asked for), checked on the host
+    as it is now."""
     if smi["state"] != "ok":
         detail, fix = SMI_FINDINGS.get(smi["state"], (f"nvidia-smi failed: {smi['message']}", ""))
         return [Finding(False, "driver", f"{detail} ({smi['message']})", fix)]
@@ -413,7 +416,21 @@ def verify(
     if nvswitch:
         findings.append(_fabric_done(fabric))
     findings.append(_cuda_ok(cuda))
+    if target.cuda_toolkit:
+        findings.append(_toolkit_ok(target.cuda_toolkit, toolkit))
     return findings
+
+
+def _toolkit_ok(wanted: str, toolkit: Toolkit | None) -> Finding:
+    if toolkit is not None and toolkit["version"] == wanted:
+        return Finding(True, "CUDA toolkit", f"{wanted} (nvcc {toolkit['build']})")
+    found = f"nvcc reports {toolkit['version']}" if toolkit else "no nvcc"
+    return Finding(
+        False,
+        "CUDA toolkit",
+        f"/usr/local/cuda-{wanted}: {found}",
+        f"install {toolkit_package(wanted)} from NVIDIA's repository",
+    )
 
 
 def _gpus_found(target: GpuTarget, names: list[str]) -> Finding:

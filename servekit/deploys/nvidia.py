@@ -31,7 +31,7 @@ from servekit.facts.nvidia import (
     NvswitchDevices,
     PciDevice,
 )
-from servekit.facts.system import BootId
+from servekit.facts.system import BootId, CudaToolkit
 from servekit.nvidia import DriverChoice, Flavour, GpuTarget
 
 Commands = Generator[PyinfraCommand | str, None, None]
@@ -258,6 +258,7 @@ def verified(target: GpuTarget, script: str) -> Commands:
         host.get_fact(FabricState) if nvswitch else [],
         host.get_fact(CudaCheck, script=script) if smi["state"] == "ok" else None,
         nvswitch,
+        host.get_fact(CudaToolkit, version=target.cuda_toolkit) if target.cuda_toolkit else None,
     )
     failed = [f for f in findings if not f.ok]
     if failed:

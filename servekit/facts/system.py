@@ -120,12 +120,18 @@ class Toolkit(TypedDict):
 
 
 class CudaToolkit(FactBase[Toolkit | None]):
-    """The CUDA toolkit's version from `nvcc --version` (PATH or /usr/local/cuda), or None."""
+    """The version `nvcc --version` reports: the nvcc of one toolkit (`/usr/local/cuda-X.Y`), or
+    the one on PATH or in /usr/local/cuda; None if there is none."""
 
     @override
-    def command(self) -> str:
+    def command(self, version: str = "") -> str:
+        find = "command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null"
+        if version:
+            if not re.fullmatch(r"\d+\.\d+", version):
+                raise ValueError(f"not a CUDA version: {version!r}")
+            find = f"ls /usr/local/cuda-{version}/bin/nvcc 2>/dev/null"
         return (
-            "n=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null); "
+            f"n=$({find}); "
             'if [ -n "$n" ]; then "$n" --version 2>&1; echo "servekit-status=$?"; fi; true'
         )
 

@@ -245,7 +245,13 @@ class SimHost:
         if "random/boot_id" in command:
             return True, [self.boot_id]
         if "nvcc" in command:
-            return True, []
+            match = re.search(r"/usr/local/cuda-(\d+\.\d+)/", command)
+            toolkit = match and f"cuda-toolkit-{match.group(1).replace('.', '-')}" in self.packages
+            if not toolkit:
+                return True, []
+            assert match is not None
+            release = match.group(1)
+            return True, [f"Cuda compilation tools, release {release}, V{release}.93", f"{STATUS}0"]
         if command == "cat /etc/os-release 2>/dev/null || true":
             return True, self.os_release.splitlines()
         if command == "uname -m":

@@ -309,6 +309,12 @@ def test_cuda_toolkit() -> None:
         assert here == [] and CudaToolkit().process(here) is None
 
 
+def test_cuda_toolkit_of_one_version() -> None:
+    assert "ls /usr/local/cuda-12.8/bin/nvcc" in CudaToolkit().command("12.8")
+    with pytest.raises(ValueError, match="not a CUDA version"):
+        CudaToolkit().command("12.8; rm -rf /")
+
+
 def test_cuda_check_results() -> None:
     ok = (H200 / "cuda-driver-api-check.json").read_text().strip()
     result = CudaCheck().process([ok, f"{STATUS_PREFIX}0"])

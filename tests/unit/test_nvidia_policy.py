@@ -209,6 +209,20 @@ def test_verify_when_the_driver_does_not_answer(fixture: str, meaning: str, fix:
     assert not finding.ok and meaning in finding.detail and fix in finding.fix
 
 
+def test_verify_the_toolkit_when_one_is_asked_for() -> None:
+    a100 = DATA / "a100-8x-constructed"
+    smi = NvidiaGpus().process(smi_of(a100 / "nvidia-smi-query-nounits.txt"))
+    fabric = FabricState().process(smi_of(a100 / "nvidia-smi-q.txt"))
+    target = hgx_target(cuda_toolkit="12.8")
+    findings = nvidia.verify(target, smi, fabric, OK_CUDA, True, None)  # type: ignore[arg-type]
+    assert (
+        failed(findings)["CUDA toolkit"].fix == "install cuda-toolkit-12-8 from NVIDIA's repository"
+    )
+    toolkit = {"version": "12.8", "build": "12.8.93"}
+    findings = nvidia.verify(target, smi, fabric, OK_CUDA, True, toolkit)  # type: ignore[arg-type]
+    assert all(f.ok for f in findings) and findings[-1].detail == "12.8 (nvcc 12.8.93)"
+
+
 def test_verify_the_recorded_h200_with_nothing_declared() -> None:
     h200 = DATA / "h200-ubuntu2404"
     smi = NvidiaGpus().process(smi_of(h200 / "nvidia-smi-query-nounits.txt"))
