@@ -11,8 +11,10 @@ import shlex
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-UV_VERSION = "0.13.9"
-"""The uv release the deploys install (pin; move to the version catalog once it exists)."""
+from servekit.catalog import tool_version
+
+UV_VERSION = tool_version("uv")
+"""The uv release the deploys install (pinned in servekit/catalog/versions.toml)."""
 
 UV_VENV = "/opt/servekit/uv"
 """The venv that holds uv itself, apart from any environment uv creates."""
