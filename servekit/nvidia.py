@@ -18,6 +18,7 @@ from servekit import catalog
 from servekit.facts.nvidia import CudaCheckResult, FabricGpu, InstalledPackage, SmiGpus
 from servekit.facts.system import Toolkit
 from servekit.hostplan import HostPlan
+from servekit.spec import Versions
 
 Flavour = Literal["open", "proprietary"]
 
@@ -306,7 +307,7 @@ def target_from_facts(host: str, smi: SmiGpus, local: bool) -> GpuTarget:
         notes.append(f"GPUs from nvidia-smi: {count} × {smi['gpus'][0]['name']}")
     else:
         notes.append("GPUs unknown until the driver runs: model and count are not checked")
-    versions = {"vllm": "0.33.0"}
+    versions = Versions().model_dump()  # the fleet schema's defaults
     return GpuTarget(
         host=host,
         declared=False,

@@ -14,7 +14,6 @@ import json
 import re
 import shlex
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import IOBase
 from typing import Any
@@ -604,7 +603,3 @@ def _attach(pyinfra_host: Any, sim: SimHost) -> None:
         connector.connect = connect
 
     pyinfra_host.init = init
-
-
-def iter_commands(run: Run) -> Iterator[str]:
-    yield from run.commands()
