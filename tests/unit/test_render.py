@@ -160,3 +160,20 @@ def test_multinode_replica_flags_and_interfaces() -> None:
     assert "Environment=GLOO_SOCKET_IFNAME=ens5" in unit
     check_vllm_config(head.config)
     check_vllm_config(worker.config)
+
+
+def test_gpu_hosts_get_the_gpu_files() -> None:
+    _fleet, plan = load_plan(ROOT / "inventories/node_8xa100.py")
+    files = {f.path: f.content for f in render_host(plan.hosts["hgx1"])}
+    sources = files["/etc/apt/sources.list.d/servekit-nvidia-cuda.sources"]
+    assert "URIs: <NVIDIA repository for the host's release>" in sources
+    assert (
+        "--persistence-mode"
+        in files["/etc/systemd/system/nvidia-persistenced.service.d/servekit.conf"]
+    )
+    assert '"nvidia-";' in files["/etc/apt/apt.conf.d/51servekit-nvidia"]
+    repository = "https://mirror.example/cuda/repos/ubuntu2404/x86_64/"
+    rendered = render_host(plan.hosts["hgx1"], facts=HostFacts(nvidia_repository=repository))
+    assert any(f"URIs: {repository}" in f.content for f in rendered)
+    laptop = load_plan(ROOT / "inventories/laptop.py")[1].hosts["local"]
+    assert not any("nvidia" in f.path for f in render_host(laptop))
