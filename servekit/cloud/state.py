@@ -206,7 +206,9 @@ def node_addresses(fleet: str) -> dict[str, NodeAddress]:
         return {}
     return {
         r.name: NodeAddress(
-            public=r.attributes.get("public_ip"), private=r.attributes.get("private_ip")
+            public=r.attributes.get("public_ip"),
+            private=r.attributes.get("private_ip"),
+            instance_type=r.attributes.get("instance_type"),
         )
         for r in state.of_type("aws_instance")
     }
