@@ -24,6 +24,7 @@ from pyinfra.operations import apt, files, python, systemd
 
 from servekit import catalog, nvidia
 from servekit.deploys import nvidia as ops
+from servekit.deploys.common import problem
 from servekit.facts.nvidia import (
     LoadedDriver,
     NvidiaDriver,
@@ -109,7 +110,7 @@ def survey(target: GpuTarget) -> Survey | None:
     pci = host.get_fact(NvidiaPciDevices)
     if not any(d["kind"] == "gpu" for d in pci) and smi["state"] != "ok":
         if target.declared and target.gpu_count:
-            ops.problem(
+            problem(
                 name="Declared GPUs are missing",
                 message=f"the fleet declares {target.gpu_count} × {target.gpu_model} but the host "
                 "has no NVIDIA device on its PCI bus: fix the declaration or the machine",
@@ -126,10 +127,10 @@ def survey(target: GpuTarget) -> Survey | None:
             release["id"], release["version_id"], host.get_fact(Arch)
         )
     except PolicyError as error:
-        ops.problem(name="Unsupported host", message=str(error))
+        problem(name="Unsupported host", message=str(error))
         return None
     if reason := version_problem(target, directory):
-        ops.problem(name="Unsupported versions", message=reason)
+        problem(name="Unsupported versions", message=reason)
         return None
 
     compute_capability = target.compute_capability
@@ -144,7 +145,7 @@ def survey(target: GpuTarget) -> Survey | None:
     external = loaded is not None and not packaged
     if loaded is not None and external:
         if nvidia.branch_of(loaded["version"]) != target.branch:
-            ops.problem(
+            problem(
                 name="Driver installed outside apt",
                 message=f"driver {loaded['version']} was installed outside apt (not branch "
                 f"{target.branch}); servekit does not replace a driver it did not install: "
@@ -159,7 +160,7 @@ def survey(target: GpuTarget) -> Survey | None:
     )
     secure_boot = host.get_fact(SecureBoot)
     if driver_will_change and secure_boot["enabled"] and not secure_boot["enrolled_keys"]:
-        ops.problem(
+        problem(
             name="Secure Boot blocks the driver",
             message="Secure Boot is on and no DKMS signing key is enrolled, so the driver "
             "modules DKMS builds would not load: enroll the key (`mokutil --import "

@@ -1,18 +1,16 @@
 """pyinfra operations for NVIDIA GPU hosts: each reads facts, compares, yields commands or a noop.
 
 A problem that stops one host (an unsupported release, GPUs missing, a verification failure) is
-a command that prints the problem and fails, so pyinfra stops that host and reports why while the
-others carry on; raising from an operation would stop every host.
+reported with `servekit.deploys.common.problem`/`failure` (see there why it is a failing command).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from time import sleep
 from typing import Any
 
 from pyinfra import logger
-from pyinfra.api.command import FunctionCommand, PyinfraCommand, QuoteString, StringCommand
+from pyinfra.api.command import FunctionCommand, QuoteString, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
 from pyinfra.context import host
@@ -20,6 +18,7 @@ from pyinfra.facts.apt import noninteractive_apt
 from pyinfra.facts.server import Which
 
 from servekit import nvidia
+from servekit.deploys.common import Commands, failure
 from servekit.facts.nvidia import (
     AptVersions,
     CudaCheck,
@@ -33,23 +32,6 @@ from servekit.facts.nvidia import (
 )
 from servekit.facts.system import BootId, CudaToolkit
 from servekit.nvidia import DriverChoice, Flavour, GpuTarget
-
-Commands = Generator[PyinfraCommand | str, None, None]
-
-
-def failure(message: str) -> StringCommand:
-    """A command that prints `message` to stderr and fails: pyinfra stops this host with it."""
-    return StringCommand("printf '%s\\n'", QuoteString(message), ">&2", "&&", "false")
-
-
-@operation(is_idempotent=False)
-def problem(message: str) -> Commands:
-    """
-    Stop this host with a message (what is wrong and what to do).
-
-    + message: the explanation printed as the host's error
-    """
-    yield failure(f"servekit: {host.name}: {message}")
 
 
 @operation()
