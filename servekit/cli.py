@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servekit import catalog, planner
+from servekit.bench.cli import app as bench_app
 from servekit.catalog.hf_config import resolve_model
 from servekit.errors import FleetError
 from servekit.inventory import load_plan
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(bench_app, name="bench")
 # Tables are wide: keep them readable when piped (rich assumes 80 columns off a terminal).
 out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
