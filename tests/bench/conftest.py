@@ -1,59 +1,19 @@
-"""Stand-in engines (tests/standins) started as subprocesses, and helpers to benchmark them."""
+"""Fixtures: the stand-in engines (tests/standins) as subprocesses, a word-level tokenizer."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from bench_helpers import MODEL, STANDINS, Server, free_port, wait_ready
+from standin_tokenizer import write_tokenizer
 
 from servekit.bench.prompts import HfTokenizer
-from servekit.bench.runner import Options, run_benchmark
-from servekit.bench.schema import BenchResult
-from servekit.bench.target import Resolved, inspect_server, with_engine
-
-REPO = Path(__file__).resolve().parents[2]
-STANDINS = REPO / "tests" / "standins"
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from standin_tokenizer import write_tokenizer  # noqa: E402
-
-MODEL = "Qwen/Qwen3-0.6B"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    chunk_log: Path | None = None
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"stand-in exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"stand-in at {url} not ready: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture
@@ -77,7 +37,7 @@ def start_vllm(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         )  # fmt: skip
         server = Server(f"http://127.0.0.1:{port}", process, log_path)
         started.append(server)
-        _wait_ready(server.url + "/health", process, stderr)
+        wait_ready(server.url + "/health", process, stderr)
         return server
 
     yield start
@@ -109,7 +69,7 @@ def start_ollama(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         )  # fmt: skip
         server = Server(f"http://127.0.0.1:{port}", process)
         started.append(server)
-        _wait_ready(server.url + "/api/version", process, stderr)
+        wait_ready(server.url + "/api/version", process, stderr)
         for model in models:
             reply = httpx.post(
                 server.url + "/api/pull", json={"model": model, "stream": False}, timeout=30
@@ -134,18 +94,3 @@ def word_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> HfTokenizer:
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the prompts-seen history of each test to itself."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-def bench(
-    url: str,
-    tokenizer: HfTokenizer | None = None,
-    model: str | None = MODEL,
-    api_key: str | None = None,
-    **options: object,
-) -> BenchResult:
-    """Run one benchmark against `url` in-process, as `servekit bench` does."""
-    resolved = Resolved(base_url=url, model=model, api_key=api_key)
-    info = inspect_server(resolved)
-    return asyncio.run(
-        run_benchmark(with_engine(resolved, info), info, Options(**options), tokenizer)  # type: ignore[arg-type]
-    )

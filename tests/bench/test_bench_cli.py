@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, Server, free_port
+from bench_helpers import MODEL, Server, free_port
 from typer.testing import CliRunner
 
 from servekit.bench.compare import PANELS, read_chart_series

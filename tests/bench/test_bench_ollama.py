@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import Server, bench
+from bench_helpers import Server, bench
 
 OLLAMA_MODEL = "qwen2.5:0.5b"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Server, bench
+from bench_helpers import Server, bench
 
 from servekit.bench.metrics import parse_slo
 from servekit.bench.prompts import HfTokenizer
