@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import sys
 from collections.abc import Coroutine
@@ -70,7 +71,12 @@ app = typer.Typer(
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where installed (a faster loop keeps the client off the critical path)."""
+    """Run on uvloop where installed (a faster loop keeps the client off the critical path).
+
+    SERVEKIT_BENCH_LOOP=asyncio forces the standard loop (benchmarks/bench_client.py compares).
+    """
+    if os.environ.get("SERVEKIT_BENCH_LOOP", "").lower() == "asyncio":
+        return asyncio.run(coroutine)
     try:
         import uvloop
     except ImportError:

@@ -137,6 +137,27 @@ class StreamingClient:
             await self._session.close()
             self._session = None
 
+    async def warm(self, connections: int) -> None:
+        """Open `connections` keep-alive connections now, so no timed request pays a handshake.
+
+        Each is a concurrent `GET /v1/models` (any answer will do); its connection then waits in
+        the pool for the run's requests.
+        """
+        assert self._session is not None, "use `async with StreamingClient(...)`"
+        session = self._session
+        url = self.endpoint.base_url.rstrip("/") + "/v1/models"
+        headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
+
+        async def one() -> None:
+            try:
+                async with asyncio.timeout(min(self.timeout_s, 30.0)):
+                    async with session.get(url, headers=headers) as response:
+                        await response.read()
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass
+
+        await asyncio.gather(*(one() for _ in range(connections)))
+
     async def send(self, timing: Timing, body: bytes) -> Timing:
         """Send one request and fill in `timing`; never raises for request failures."""
         try:

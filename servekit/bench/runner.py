@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import json
 import math
 import os
 import resource
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -105,6 +106,30 @@ def raise_open_files_limit(wanted: int) -> None:
         if soft != resource.RLIM_INFINITY and soft < wanted:
             target = hard if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def connections_needed(shape: LoadShape) -> int:
+    """Connections a level will hold at once (open loops without a cap: a guess, at most 256)."""
+    if shape.users or shape.max_concurrency:
+        return shape.users or shape.max_concurrency or 1
+    return min(shape.num_prompts or 256, 256)
+
+
+@contextlib.contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """No cyclic garbage collection while a level runs: a full collection stalls every stream.
+
+    Per-chunk objects are freed by reference counting; the few cycles wait until the level ends.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        gc.collect()
 
 
 def choose_path(option: str, engine: str) -> str:
@@ -239,16 +264,18 @@ async def run_benchmark(
             seed = options.seed + number * LEVEL_SEED_STRIDE
             maker = PromptMaker(tokenizer, options.input_len, seed)
             what = f"{shape.users} users" if shape.users else f"{shape.request_rate:g} req/s"
+            await client.warm(connections_needed(shape))
             if progress is not None:
                 progress.level(what, shape.num_prompts)
-            outcome = await run_load(
-                client,
-                maker,
-                shape,
-                f"{run_id}-{number}",
-                seed,
-                on_done=progress.done if progress is not None else None,
-            )
+            with no_gc_pauses():
+                outcome = await run_load(
+                    client,
+                    maker,
+                    shape,
+                    f"{run_id}-{number}",
+                    seed,
+                    on_done=progress.done if progress is not None else None,
+                )
             if progress is not None:
                 progress.end()
             run = _run(outcome, shape, options, tokenizer)

@@ -21,14 +21,18 @@ INTERVAL_S = 1.0 / TOKENS_PER_S
 OUTPUT = 12
 
 
-def server_chunk_times(log: Path) -> dict[str, list[float]]:
-    """{request id: [time.time() the server wrote token 0, 1, ...]} from the stand-in's log."""
+def server_chunk_times(log: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """From the stand-in's log: {request id: time.time() it arrived} and {request id: [time it
+    wrote token 0, 1, ...]}."""
+    arrived: dict[str, float] = {}
     times: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for line in log.read_text().splitlines():
         stamp, request_id, index, kind = line.split()
         if kind == "token":
             times[request_id].append((int(index), float(stamp)))
-    return {rid: [t for _, t in sorted(pairs)] for rid, pairs in times.items()}
+        elif kind == "request":
+            arrived[request_id] = float(stamp)
+    return arrived, {rid: [t for _, t in sorted(pairs)] for rid, pairs in times.items()}
 
 
 def client_chunk_times(result: BenchResult) -> dict[str, list[float]]:
@@ -76,7 +80,7 @@ def test_metrics_match_configured_timing_and_server_chunk_log(
     assert len(run.requests) == 8 and all(len(r.itl_s) == OUTPUT - 1 for r in run.requests)
     # Against the truth as the server sent it: every chunk read soon after it was written.
     assert server.chunk_log is not None
-    sent = server_chunk_times(server.chunk_log)
+    arrived, sent = server_chunk_times(server.chunk_log)
     read = client_chunk_times(result)
     assert set(read) <= set(sent)
     lags = [
@@ -87,6 +91,15 @@ def test_metrics_match_configured_timing_and_server_chunk_log(
     assert len(lags) == 8 * OUTPUT
     assert statistics.mean(lags) < 0.005
     assert min(lags) > -0.002  # the server logs just after its write returns
+    # TTFT against the server's own (its first write after the request arrived): a few ms apart.
+    records = {f"cmpl-{r.request_id}": r for r in run.requests}
+    ttft_errors = [
+        records[rid].ttft_s - (sent[rid][0] - arrived[rid])  # type: ignore[operator]
+        for rid in read
+    ]
+    assert 0 <= statistics.mean(ttft_errors) < 0.010
+    true_ttft = statistics.mean(sent[rid][0] - arrived[rid] for rid in read)
+    assert true_ttft == pytest.approx(TTFT_S, abs=0.01)  # the stand-in kept its configured TTFT
 
 
 def test_timeouts_are_counted_and_reported(start_vllm: Callable[..., Server]) -> None:
@@ -164,3 +177,14 @@ def test_open_loop_rate(start_vllm: Callable[..., Server]) -> None:
     starts = sorted(r.start_s for r in run.requests)
     # 20 Poisson arrivals at 40/s span about half a second (loose: a sum of 19 exponentials).
     assert 0.15 < starts[-1] - starts[0] < 1.5
+
+
+def test_duration_bounds_a_closed_loop(start_vllm: Callable[..., Server]) -> None:
+    server = start_vllm(ttft="0.01", tokens_per_s="200")  # ~45 ms a request
+    result = bench(server.url, scenario="concurrent", users=2, duration_s=0.5, input_len=4,
+                   output_len=8)  # fmt: skip
+    s = result.runs[0].summary
+    assert s.failed == s.timed_out == 0
+    assert 10 <= s.completed <= 40  # two users, ~0.5 s, ~45 ms each
+    assert all(r.start_s < 0.5 for r in result.runs[0].requests)  # nothing sent after the end
+    assert 0.5 <= s.duration_s < 0.7  # the requests in flight at the deadline finished
