@@ -114,19 +114,27 @@ def write_chart(results: list[BenchResult], path: Path) -> dict[str, dict[str, l
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
     except ImportError:
         raise ChartError("the chart needs matplotlib: pip install 'servekit[bench]'") from None
     data = chart_data(results)
     figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4.2))
+    ticks = sorted({x for entry in data.values() for x in entry["concurrency"]})
     for axis, (key, title) in zip(axes, PANELS, strict=True):
         for name, entry in data.items():
             axis.plot(entry["concurrency"], entry[key], marker="o", label=name)
         axis.set_xscale("log", base=2)
+        axis.xaxis.set_major_locator(FixedLocator(ticks))
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.set_xlabel("concurrent users")
         axis.set_title(title)
         axis.grid(True, alpha=0.3)
-        if key != "output_throughput":
+        if key == "ttft_p99_ms":
             axis.set_yscale("log")
+            axis.yaxis.set_major_formatter(ScalarFormatter())
+        else:
+            axis.set_ylim(bottom=0)
     axes[0].legend(loc="best", fontsize="small")
     models = sorted({r.target.model for r in results})
     figure.suptitle(f"servekit bench: {', '.join(models)}")

@@ -162,7 +162,7 @@ def summarize(
 
 
 def analyse_sweep(levels: Sequence[tuple[int, Summary]], slo: Slo) -> SweepAnalysis:
-    """Knee: the last level whose doubling still gained ≥ 10 % output throughput.
+    """Knee: the level after which doubling gained < 10 % output throughput (None: still growing).
     Break: the first level with failures or timeouts, or whose p99 TTFT or p99 TPOT misses the SLO.
     """
     knee: int | None = None
@@ -171,7 +171,7 @@ def analyse_sweep(levels: Sequence[tuple[int, Summary]], slo: Slo) -> SweepAnaly
         if following.output_throughput < summary.output_throughput * (1 + KNEE_GAIN):
             break
     else:
-        knee = levels[-1][0] if levels else None
+        knee = None  # still growing at the highest level
     broke: int | None = None
     reason: str | None = None
     for concurrency, summary in levels:

@@ -8,6 +8,10 @@ from rich.table import Table
 from servekit.bench.schema import BenchResult, Run, Summary
 
 
+def _users(count: int | None) -> str:
+    return f"{count} user" + ("" if count == 1 else "s")
+
+
 def _level(run: Run) -> str:
     if run.request_rate is not None:
         cap = f" ≤{run.concurrency}" if run.concurrency else ""
@@ -99,11 +103,17 @@ def print_result(result: BenchResult, console: Console) -> None:
         console.print(f"  ... and {len(failures) - 5} more errors (see --json)", highlight=False)
     if result.sweep is not None:
         sweep = result.sweep
-        knee = f"{sweep.throughput_knee} users" if sweep.throughput_knee else "-"
-        line = f"  throughput stops growing (< +10 % per doubling) after {knee}"
+        top = result.runs[-1].concurrency
+        if sweep.throughput_knee is None:
+            line = f"  throughput still grows at {_users(top)} (the highest level)"
+        else:
+            line = (
+                f"  throughput stops growing (< +10 % per doubling) after "
+                f"{_users(sweep.throughput_knee)}"
+            )
         if sweep.latency_break is not None:
             line += (
-                f"; latency breaks at {sweep.latency_break} users ({sweep.latency_break_reason})"
+                f"; latency breaks at {_users(sweep.latency_break)} ({sweep.latency_break_reason})"
             )
         else:
             line += "; latency held the SLO at every level"

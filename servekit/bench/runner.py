@@ -234,11 +234,6 @@ async def run_benchmark(
         if (failure := probe_failure(first, info.models, model)) is not None:
             raise TargetError(failure)
     has_usage = first.usage_output_tokens is not None
-    if info.engine == "ollama":
-        warnings.append(
-            "Ollama ignores ignore_eos: answers may stop before --output-len tokens; output "
-            "counts are the server's own"
-        )
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     history_key = "|".join(
         [
@@ -370,6 +365,11 @@ def _finish(
         result.warnings.append(f"the server reports no usage: output tokens counted from {source}")
     short = sum(r.summary.short_outputs for r in result.runs)
     completed = sum(r.summary.completed for r in result.runs)
+    if short and target.engine == "ollama":
+        result.warnings.append(
+            "Ollama ignores ignore_eos: its answers end at the model's end of sequence, "
+            "whatever --output-len asks"
+        )
     if short:
         average = sum(r.summary.total_output_tokens for r in result.runs) / max(completed, 1)
         result.warnings.append(

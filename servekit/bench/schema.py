@@ -137,7 +137,9 @@ class Run(Record):
 class SweepAnalysis(Record):
     """Where throughput stops growing and latency breaks, over a concurrency sweep."""
 
-    throughput_knee: int | None = Field(description="last concurrency that still gained ≥10 %")
+    throughput_knee: int | None = Field(
+        description="concurrency after which doubling gained < 10 % (None: still growing)"
+    )
     latency_break: int | None = Field(description="first concurrency missing the SLO")
     latency_break_reason: str | None = None
     slo: Slo

@@ -165,3 +165,6 @@ def test_sweep_knee_and_break() -> None:
     assert "TTFT" in (analysis.latency_break_reason or "")
     analysis = analyse_sweep(levels, Slo())  # type: ignore[arg-type]
     assert analysis.latency_break == 16
+    growing = [(1, level(100, 0.1)), (2, level(200, 0.1)), (4, level(390, 0.1))]
+    analysis = analyse_sweep(growing, Slo())  # type: ignore[arg-type]
+    assert analysis.throughput_knee is None and analysis.latency_break is None

@@ -140,7 +140,7 @@ def test_sweep_levels_and_analysis(start_vllm: Callable[..., Server]) -> None:
     assert all(r.summary.completed == 4 for r in result.runs)
     assert result.sweep is not None
     assert result.sweep.latency_break == 1  # TTFT ≥ 20 ms misses a 10 ms SLO at once
-    assert result.sweep.throughput_knee in (1, 2, 4)
+    assert result.sweep.throughput_knee is None  # no batching limit in the stand-in: still growing
     # Each level has fresh request ids (and prompts from its own seed).
     ids = [r.request_id for run in result.runs for r in run.requests]
     assert len(ids) == len(set(ids))
