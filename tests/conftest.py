@@ -1,0 +1,3 @@
+"""Shared pytest set-up: the test-host bench (fixtures and the `hosts` skip/fail rule)."""
+
+pytest_plugins = ["hostbench.plugin"]
