@@ -7,6 +7,7 @@ servekit bench compare A.json B.json ... [--png chart.png]
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import re
@@ -172,7 +173,7 @@ def _resolve(
             key = read_key_file(api_key_file)
         except SecretError as error:
             raise _fail(str(error)) from None
-        resolved = Resolved(**{**resolved.__dict__, "api_key": key})
+        resolved = dataclasses.replace(resolved, api_key=key)
     return resolved
 
 

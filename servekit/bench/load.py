@@ -112,6 +112,10 @@ async def run_load(
                 if index >= limit or time.perf_counter() >= deadline:
                     return
                 await one(index)
+                # Let streams whose chunks already arrived be read (and timed) before this user
+                # sends its next request: a wave of answers ending together must not be timed
+                # late behind a wave of new requests.
+                await asyncio.sleep(0)
 
         await asyncio.gather(*(user() for _ in range(shape.users)))
     else:

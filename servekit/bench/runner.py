@@ -8,6 +8,7 @@ own seed, so one level never warms the prefix cache for the next.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -220,14 +221,15 @@ async def run_benchmark(
     levels = options.levels()
     raise_open_files_limit(max((lv.users or lv.max_concurrency or 0) for lv in levels) + 256)
     warnings: list[str] = []
-    async with StreamingClient(endpoint, min(options.timeout_s, 60.0)) as client:
+    # The probe also makes the server load the model (Ollama loads on first use), untimed.
+    async with StreamingClient(endpoint, options.timeout_s) as client:
         first = await probe(client)
         if (
             first.status != "ok"
             and first.http_status == 400
             and "ignore_eos" in (first.error or "")
         ):
-            endpoint = Endpoint(**{**endpoint.__dict__, "ignore_eos": False})
+            endpoint = dataclasses.replace(endpoint, ignore_eos=False)
             client.endpoint = endpoint
             first = await probe(client)
             warnings.append("the server rejects ignore_eos: output lengths are not forced")
@@ -241,7 +243,7 @@ async def run_benchmark(
             model,
             str(options.seed),
             str(options.input_len),
-            tokenizer.path.name if tokenizer else "words",
+            str(tokenizer.path) if tokenizer else "words",
         ]
     )
     previous = seen_before(history_key, started)

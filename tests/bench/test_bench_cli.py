@@ -101,13 +101,13 @@ def test_inventory_endpoint_key_and_bandwidth_ceiling(
     start_vllm("--served-model-name", name, "--api-key", "inventory-key", port=port,
                ttft="0.01", tokens_per_s="50")  # fmt: skip
     out = tmp_path / "r.json"
-    output = invoke("bench", str(inventory), "--input-len", "8", "--output-len", "11",
+    output = invoke("bench", str(inventory), "--input-len", "8", "--output-len", "21",
                     "--num-prompts", "2", "--json", str(out), "-q")  # fmt: skip
     result = BenchResult.read(out)
     assert result.target.host == "gpu1" and result.runs[0].summary.completed == 2
     assert result.ceiling is not None
-    assert result.ceiling.achieved_tokens_per_s == pytest.approx(50, rel=0.1)
-    assert result.ceiling.share == pytest.approx(50 / resolved.decode_ceiling, rel=0.1)
+    assert result.ceiling.achieved_tokens_per_s == pytest.approx(50, rel=0.2)
+    assert result.ceiling.share == pytest.approx(50 / resolved.decode_ceiling, rel=0.2)
     assert "memory-bandwidth ceiling on A100-SXM4-80GB" in output
 
 
