@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jinja2
 
+from servekit import ollama
 from servekit.hostplan import (
     VLLM_CONFIG_DIR,
     VLLM_HOME,
@@ -43,6 +44,7 @@ class HostFacts:
     """What rendering needs from the host itself; unknown values render as placeholders."""
 
     interfaces: dict[str, str] = field(default_factory=dict)  # address -> interface name
+    home: str | None = None  # the login user's home (macOS: Ollama lives there)
     nvidia_repository: str | None = None  # NVIDIA's repository URL for the host's release
 
 
@@ -133,6 +135,56 @@ def vllm_files(
     ]
 
 
+def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
+    """Ollama's service files: on Linux our unit and its settings drop-in, on macOS the
+    LaunchAgent plist (with `~` resolved to the user's home from the facts)."""
+    settings = plan.ollama
+    if settings is None:
+        return []
+    if plan.os == "macos":
+        home = facts.home or ollama.HOME_PLACEHOLDER
+        layout = ollama.MacLayout(home, settings.version)
+        env = {key: ollama.expand_home(value, home) for key, value in settings.env.items()}
+        plist = render_template(
+            "ollama.plist.j2",
+            label=ollama.LAUNCHD_LABEL,
+            binary=layout.binary,
+            environment=dict(sorted(env.items())),
+            home=home,
+            log=layout.log,
+        )
+        owner = home.rstrip("/").rsplit("/", 1)[-1]
+        return [RenderedFile(layout.plist, plist, "0644", owner, "staff")]
+    models = settings.env.get("OLLAMA_MODELS", f"{ollama.SERVICE_HOME}/models")
+    writable = [ollama.SERVICE_HOME]
+    if not models.startswith(ollama.SERVICE_HOME + "/"):
+        writable.append(models)
+    homes = ("/home/", "/root/", "/run/user/")
+    unit = render_template(
+        "ollama.service.j2",
+        unit=ollama.UNIT,
+        dropin=ollama.DROPIN_FILE,
+        fleet=plan.fleet,
+        user=ollama.SERVICE_USER,
+        home=ollama.SERVICE_HOME,
+        home_env=ollama.systemd_quote(f"HOME={ollama.SERVICE_HOME}"),
+        binary=ollama.LINUX_BINARY,
+        writable=[ollama.systemd_quote(path) for path in writable],
+        # Models kept under a home directory need it visible (and writable) to the service.
+        protect_home="no" if any(f"{p}/".startswith(homes) for p in writable) else "yes",
+    )
+    dropin = render_template(
+        "ollama-settings.conf.j2",
+        fleet=plan.fleet,
+        version=settings.version,
+        environment=ollama.environment_lines(settings.env),
+    )
+    return [
+        RenderedFile(ollama.UNIT_FILE, unit, "0644"),
+        RenderedFile(ollama.DROPIN_FILE, dropin, "0644"),
+    ]
+
+
 @dataclass(frozen=True)
 class GpuFilePaths:
     """Where the GPU deploy writes its files."""
@@ -213,6 +265,7 @@ def render_host(
     for instance in plan.vllm:
         if instance.role != "ray-worker":
             files += vllm_files(plan, instance, secret, facts)
+    files += ollama_files(plan, facts)
     return files
 
 
