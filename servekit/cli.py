@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servekit import catalog, planner
+from servekit.bench.cli import app as bench_app
 from servekit.catalog.hf_config import resolve_model
 from servekit.cloud.cli import cloud_app
 from servekit.errors import FleetError
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(cloud_app, name="cloud")
+app.add_typer(bench_app, name="bench")
 # Tables are wide: keep them readable when piped (rich assumes 80 columns off a terminal).
 out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)

@@ -220,6 +220,8 @@ class Api:
         knobs = eng.knobs
         loop = asyncio.get_running_loop()
         arrived = loop.time()
+        if knobs.chunk_log is not None:
+            eng.log_chunk(plan.request_id, -1, "request")  # arrival: a client's TTFT starts here
         await eng.admit()
         start = loop.time()
         rid = plan.request_id

@@ -1,0 +1,380 @@
+"""A whole benchmark: check the endpoint, run each load level, and assemble the result.
+
+Scenarios: `single` (one user in a closed loop), `concurrent` (N users), `sweep` (1, 2, 4, ...
+users up to a maximum) and `rate` (open-loop arrivals). Every level gets fresh prompts from its
+own seed, so one level never warms the prefix cache for the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import gc
+import json
+import math
+import os
+import resource
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from servekit import __version__
+from servekit.bench.client import CHAT, COMPLETIONS, Endpoint, StreamingClient, Timing
+from servekit.bench.load import LoadShape, RunOutcome, run_load
+from servekit.bench.metrics import analyse_sweep, summarize, to_record
+from servekit.bench.prompts import HfTokenizer, PromptMaker
+from servekit.bench.schema import (
+    BenchResult,
+    Ceiling,
+    Config,
+    Run,
+    Scenario,
+    Slo,
+    Target,
+)
+from servekit.bench.target import Resolved, ServerInfo, TargetError
+
+SWEEP_SLO = Slo(ttft_ms=2000.0, tpot_ms=100.0)  # MLPerf's server preset for Llama-3.1-8B
+LEVEL_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class Options:
+    """What the user asked for."""
+
+    scenario: Scenario = "single"
+    input_len: int = 512
+    output_len: int = 2048
+    users: int = 100
+    max_users: int = 256
+    request_rate: float | None = None
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    num_prompts: int | None = None
+    duration_s: float | None = None
+    timeout_s: float = 300.0
+    seed: int = 0
+    slo: Slo = field(default_factory=Slo)
+    endpoint: str = "auto"
+    label: str | None = None
+
+    def levels(self) -> list[LoadShape]:
+        """The load levels of the scenario, in order."""
+        count = self.num_prompts if self.duration_s is None else None
+        if self.scenario == "rate":
+            assert self.request_rate is not None
+            return [
+                LoadShape(
+                    request_rate=self.request_rate,
+                    burstiness=self.burstiness,
+                    max_concurrency=self.max_concurrency,
+                    num_prompts=count if count or self.duration_s else 200,
+                    duration_s=self.duration_s,
+                )
+            ]
+        if self.scenario == "sweep":
+            users = [2**k for k in range(int(math.log2(self.max_users)) + 1)]
+        else:
+            users = [1 if self.scenario == "single" else self.users]
+        return [
+            LoadShape(
+                users=n,
+                num_prompts=count if count or self.duration_s else default_prompts(n),
+                duration_s=self.duration_s,
+            )
+            for n in users
+        ]
+
+
+def default_prompts(users: int) -> int:
+    """Requests per closed-loop level when neither --num-prompts nor --duration is given."""
+    return 4 if users == 1 else 2 * users
+
+
+class Progress(Protocol):
+    def level(self, description: str, total: int | None) -> None: ...
+    def done(self, timing: Timing) -> None: ...
+    def end(self) -> None: ...
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """Lift the soft limit on open files towards the hard one (one socket per stream)."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = hard if hard == resource.RLIM_INFINITY else min(hard, max(wanted, soft))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def connections_needed(shape: LoadShape) -> int:
+    """Connections a level will hold at once (open loops without a cap: a guess, at most 256)."""
+    if shape.users or shape.max_concurrency:
+        return shape.users or shape.max_concurrency or 1
+    return min(shape.num_prompts or 256, 256)
+
+
+@contextlib.contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """No cyclic garbage collection while a level runs: a full collection stalls every stream.
+
+    Per-chunk objects are freed by reference counting; the few cycles wait until the level ends.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        gc.collect()
+
+
+def choose_path(option: str, engine: str) -> str:
+    if option == "completions":
+        return COMPLETIONS
+    if option == "chat":
+        return CHAT
+    return COMPLETIONS if engine == "vllm" else CHAT
+
+
+async def probe(client: StreamingClient, tokens: int = 4) -> Timing:
+    """One short request: checks model, key and parameters before any timing counts."""
+    timing = Timing(index=-1, request_id=f"sk-probe-{secrets.token_hex(4)}", prompt_tokens=0)
+    body = client.endpoint.body("Say hello in one short sentence.", max_tokens=tokens)
+    return await client.send(timing, body)
+
+
+def probe_failure(timing: Timing, models: list[str], model: str) -> str | None:
+    if timing.status == "ok":
+        return None
+    if timing.http_status == 401:
+        return "the server wants an API key (401): give --api-key-file FILE"
+    if timing.http_status == 404 and models and model not in models:
+        return f"the server does not serve {model!r}; it serves: {', '.join(models)}"
+    return f"a first test request failed: {timing.error}"
+
+
+def _history_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "servekit" / "bench-prompts-seen.json"
+
+
+def seen_before(key: str, now: str) -> str | None:
+    """When this server last got these exact prompts (None the first time); records now."""
+    path = _history_file()
+    try:
+        seen = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        seen = {}
+    previous = seen.get(key) if isinstance(seen, dict) else None
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seen = seen if isinstance(seen, dict) else {}
+        seen[key] = now
+        path.write_text(json.dumps(seen, indent=0), encoding="utf-8")
+    return previous if isinstance(previous, str) else None
+
+
+def _target(
+    resolved: Resolved, info: ServerInfo, model: str, path: str, label: str | None
+) -> Target:
+    return Target(
+        url=resolved.base_url,
+        endpoint=path,
+        model=model,
+        engine=info.engine,
+        engine_version=info.version,
+        label=label or resolved.label or f"{info.engine} {resolved.base_url}",
+        prefix_caching=info.prefix_caching,
+        host=resolved.host,
+        gpu=resolved.gpu,
+        decode_ceiling_tokens_per_s=resolved.decode_ceiling,
+    )
+
+
+async def run_benchmark(
+    resolved: Resolved,
+    info: ServerInfo,
+    options: Options,
+    tokenizer: HfTokenizer | None,
+    progress: Progress | None = None,
+    on_run: Callable[[Run], None] | None = None,
+) -> BenchResult:
+    """Probe the endpoint, run every level, and return the complete result."""
+    model = resolved.model or (info.models[0] if len(info.models) == 1 else None)
+    if model is None:
+        served = ", ".join(info.models) or "none listed"
+        raise TargetError(f"give --model NAME (the server serves: {served})")
+    path = choose_path(options.endpoint, info.engine)
+    endpoint = Endpoint(
+        base_url=resolved.base_url,
+        path=path,
+        model=model,
+        api_key=resolved.api_key,
+        output_len=options.output_len,
+        ignore_eos=True,
+    )
+    levels = options.levels()
+    raise_open_files_limit(max((lv.users or lv.max_concurrency or 0) for lv in levels) + 256)
+    warnings: list[str] = []
+    # The probe also makes the server load the model (Ollama loads on first use), untimed.
+    async with StreamingClient(endpoint, options.timeout_s) as client:
+        first = await probe(client)
+        if (
+            first.status != "ok"
+            and first.http_status == 400
+            and "ignore_eos" in (first.error or "")
+        ):
+            endpoint = dataclasses.replace(endpoint, ignore_eos=False)
+            client.endpoint = endpoint
+            first = await probe(client)
+            warnings.append("the server rejects ignore_eos: output lengths are not forced")
+        if (failure := probe_failure(first, info.models, model)) is not None:
+            raise TargetError(failure)
+    has_usage = first.usage_output_tokens is not None
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    history_key = "|".join(
+        [
+            resolved.base_url,
+            model,
+            str(options.seed),
+            str(options.input_len),
+            str(tokenizer.path) if tokenizer else "words",
+        ]
+    )
+    previous = seen_before(history_key, started)
+    if previous is not None and info.prefix_caching is not False:
+        cache = "has prefix caching on" if info.prefix_caching else "may cache prompt prefixes"
+        warnings.append(
+            f"this server {cache} and already got these exact prompts (same --seed "
+            f"{options.seed}, at {previous}): TTFT and throughput will look better than they are; "
+            "use another --seed"
+        )
+    runs: list[Run] = []
+    run_id = "sk" + secrets.token_hex(3)
+    async with StreamingClient(endpoint, options.timeout_s, collect_text=not has_usage) as client:
+        for number, shape in enumerate(levels):
+            seed = options.seed + number * LEVEL_SEED_STRIDE
+            maker = PromptMaker(tokenizer, options.input_len, seed)
+            what = f"{shape.users} users" if shape.users else f"{shape.request_rate:g} req/s"
+            await client.warm(connections_needed(shape))
+            if progress is not None:
+                progress.level(what, shape.num_prompts)
+            with no_gc_pauses():
+                outcome = await run_load(
+                    client,
+                    maker,
+                    shape,
+                    f"{run_id}-{number}",
+                    seed,
+                    on_done=progress.done if progress is not None else None,
+                )
+            if progress is not None:
+                progress.end()
+            run = _run(outcome, shape, options, tokenizer)
+            runs.append(run)
+            if on_run is not None:
+                on_run(run)
+            s = run.summary
+            if options.scenario == "sweep" and s.failed + s.timed_out >= max(1, s.completed):
+                warnings.append(
+                    f"sweep stopped at {shape.users} users: half or more of the requests failed"
+                )
+                break
+    result = BenchResult(
+        servekit_version=__version__,
+        started_at=started,
+        target=_target(resolved, info, model, path, options.label),
+        config=Config(
+            scenario=options.scenario,
+            input_len=options.input_len,
+            output_len=options.output_len,
+            ignore_eos=endpoint.ignore_eos,
+            tokenizer=str(tokenizer.path) if tokenizer else None,
+            seed=options.seed,
+            timeout_s=options.timeout_s,
+            num_prompts=options.num_prompts,
+            duration_s=options.duration_s,
+            concurrency=[
+                lv.users or lv.max_concurrency or 0
+                for lv in levels
+                if lv.users or lv.max_concurrency
+            ],
+            request_rate=options.request_rate,
+            burstiness=options.burstiness,
+            slo=options.slo,
+        ),
+        runs=runs,
+        warnings=warnings,
+    )
+    _finish(result, options, has_usage, tokenizer)
+    return result
+
+
+def _run(
+    outcome: RunOutcome, shape: LoadShape, options: Options, tokenizer: HfTokenizer | None
+) -> Run:
+    records = sorted(
+        (to_record(t, outcome.start, tokenizer) for t in outcome.timings), key=lambda r: r.index
+    )
+    return Run(
+        concurrency=shape.users or shape.max_concurrency,
+        request_rate=shape.request_rate,
+        started_at_unix=outcome.start_wall,
+        summary=summarize(records, outcome.duration_s, options.slo, options.output_len),
+        requests=records,
+    )
+
+
+def _finish(
+    result: BenchResult, options: Options, has_usage: bool, tokenizer: HfTokenizer | None
+) -> None:
+    """Sweep analysis, the bandwidth ceiling and the warnings that need the numbers."""
+    summaries = [(r.concurrency or 0, r.summary) for r in result.runs]
+    if options.scenario == "sweep" and summaries:
+        slo = options.slo if not options.slo.is_empty() else SWEEP_SLO
+        result.sweep = analyse_sweep(summaries, slo)
+    single = next((s for c, s in summaries if c == 1 and result.config.scenario != "rate"), None)
+    target = result.target
+    if single is not None and single.tpot_ms.mean > 0 and target.decode_ceiling_tokens_per_s:
+        achieved = 1000.0 / single.tpot_ms.mean
+        result.ceiling = Ceiling(
+            gpu=target.gpu or "?",
+            ceiling_tokens_per_s=target.decode_ceiling_tokens_per_s,
+            achieved_tokens_per_s=achieved,
+            share=achieved / target.decode_ceiling_tokens_per_s,
+        )
+    if tokenizer is None:
+        counted = [
+            r.server_prompt_tokens
+            for run in result.runs
+            for r in run.requests
+            if r.server_prompt_tokens is not None
+        ]
+        mean = (
+            f"; the server counted {sum(counted) / len(counted):.0f} on average" if counted else ""
+        )
+        result.warnings.append(
+            f"no tokenizer for {target.model}: prompts are {options.input_len} common words, "
+            f"about one token each{mean}; give --tokenizer PATH for exact lengths"
+        )
+    if not has_usage:
+        source = "the tokenizer" if tokenizer else "streamed chunks (one token each, an estimate)"
+        result.warnings.append(f"the server reports no usage: output tokens counted from {source}")
+    short = sum(r.summary.short_outputs for r in result.runs)
+    completed = sum(r.summary.completed for r in result.runs)
+    if short and target.engine == "ollama":
+        result.warnings.append(
+            "Ollama ignores ignore_eos: its answers end at the model's end of sequence, "
+            "whatever --output-len asks"
+        )
+    if short:
+        average = sum(r.summary.total_output_tokens for r in result.runs) / max(completed, 1)
+        result.warnings.append(
+            f"{short} of {completed} answers stopped before {options.output_len} tokens "
+            f"(mean {average:.0f}); throughput counts the tokens actually streamed"
+        )
