@@ -289,14 +289,27 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
         restarted=True,
         _if=lambda: was_running and changed(),
     )
+    _answer_and_sync(
+        settings,
+        version,
+        sudo,
+        f"journalctl -u {ollama.UNIT} -n 30 --no-pager",
+        any_changed(started, restarted),
+    )
+
+
+def _answer_and_sync(
+    settings: OllamaHost, version: str, sudo: bool, log_command: str, restarted: Callable[[], bool]
+) -> None:
+    """After a (re)start wait for the API, then pull (and prune) the fleet's models through it."""
     url = ollama.api_url(settings.listen)
     ollama_ops.answers(
         name="Wait for Ollama to answer",
         _sudo=sudo,
         url=url,
         version=version,
-        log_command=f"journalctl -u {ollama.UNIT} -n 30 --no-pager",
-        _if=any_changed(started, restarted),
+        log_command=log_command,
+        _if=restarted,
     )
     ollama_models.models(
         name="Sync the fleet's models",
@@ -383,21 +396,12 @@ def _macos(plan: HostPlan, settings: OllamaHost, base_url: str) -> None:
         reload=True,
         _if=lambda: was_loaded and changed(),
     )
-    url = ollama.api_url(settings.listen)
-    ollama_ops.answers(
-        name="Wait for Ollama to answer",
-        _sudo=False,
-        url=url,
-        version=version,
-        log_command=f"tail -n 30 {shlex.quote(layout.log)}",
-        _if=any_changed(started, reloaded),
-    )
-    ollama_models.models(
-        name="Sync the fleet's models",
-        _sudo=False,
-        models=settings.models,
-        url=url,
-        prune=settings.prune,
+    _answer_and_sync(
+        settings,
+        version,
+        False,
+        f"tail -n 30 {shlex.quote(layout.log)}",
+        any_changed(started, reloaded),
     )
 
 

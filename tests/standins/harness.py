@@ -6,6 +6,8 @@ Every wait here is bounded in time, and every process started is stopped by its 
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
+import importlib.util
 import http.client
 import json
 import os
@@ -16,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -176,3 +179,14 @@ def wait_http(port: int, path: str = "/health", timeout: float = 10.0, status: i
             last = exc
         time.sleep(0.05)
     raise AssertionError(f"GET {path} on :{port} never answered {status} (last: {last})")
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """Import a Python script that has no .py suffix (the stand-in `bin/ollama`) as a module."""
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module

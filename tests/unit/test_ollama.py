@@ -5,8 +5,6 @@ real NDJSON from the stand-in Ollama."""
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
@@ -14,9 +12,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from standins import harness
 
 from servekit import catalog, ollama
 from servekit.ollama import MacLayout, PathEntry
@@ -24,19 +22,6 @@ from servekit.ollama import MacLayout, PathEntry
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
 AWKS = [awk for awk in ("mawk", "gawk", "original-awk", "awk") if shutil.which(awk)]
 """Every awk here: CI's Debian has mawk; macOS's BSD awk is `original-awk` on Debian."""
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-harness = _load("servekit_ollama_test_harness", STANDINS / "harness.py")
 
 
 # --- assets, URLs, versions -------------------------------------------------------------------

@@ -3,33 +3,18 @@ it (Ollama's /api/tags from the stand-in server, GNU stat, Homebrew paths, `laun
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from standins import harness
 
 from servekit.facts.macos import Homebrew, LaunchAgent, OllamaApp, parse_launch_agent
 from servekit.facts.ollama import DirectoryPath, OllamaModels, OllamaVersion
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-harness = _load("servekit_facts_test_harness", STANDINS / "harness.py")
 
 
 @pytest.fixture(scope="module")

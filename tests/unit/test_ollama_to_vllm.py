@@ -7,17 +7,15 @@ request."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
 
 import pytest
 import yaml
+from standins import harness
 
 from servekit import catalog
 from servekit.catalog import ModelInfo
@@ -40,19 +38,6 @@ STANDINS = ROOT / "tests" / "standins"
 FLAGS = json.loads((ROOT / "tests/data/vllm-0.33.0-flags.json").read_text())["flags"]
 LONG_FLAGS = {name for flag in FLAGS for name in flag["names"] if name.startswith("--")}
 TAG, HF_ID = "llama3.1:8b", "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-harness = _load("servekit_switch_test_harness", STANDINS / "harness.py")
 
 
 def catalog_only(model: str, fleet: Fleet) -> ModelInfo:

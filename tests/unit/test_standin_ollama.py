@@ -17,31 +17,19 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from standins import build
+from standins import harness as h
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-h = _load("servekit_standins_harness", STANDINS / "harness.py")
-build = _load("servekit_standins_build", STANDINS / "build.py")
-ollama_src = _load("servekit_standins_ollama", STANDINS / "ollama" / "bin" / "ollama")
+ollama_src = h.load_script("servekit_standins_ollama", STANDINS / "ollama" / "bin" / "ollama")
 
 pytestmark = pytest.mark.timeout(60)
 HAVE_ZSTD = shutil.which("zstd") is not None or importlib.util.find_spec("zstandard") is not None

@@ -6,7 +6,6 @@ Each test runs the stand-in from the source tree in a subprocess on a free loopb
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -19,26 +18,15 @@ import time
 import venv
 import zipfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from standins import build
+from standins import harness as h
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-h = _load("servekit_standins_harness", STANDINS / "harness.py")
-build = _load("servekit_standins_build", STANDINS / "build.py")
 
 pytestmark = pytest.mark.timeout(60)
 READY = "Application startup complete."
