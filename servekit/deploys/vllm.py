@@ -419,9 +419,7 @@ def vllm_venv(work: HostWork) -> Commands:
         yield failure(f"servekit: {host.name}: {error}")
         return
     python, python_args = _venv_python(state, work.version)
-    create = shlex.join(
-        [uv, "venv", "--quiet", "--python", python, *python_args, work.venv]
-    )
+    create = shlex.join([uv, "venv", "--quiet", "--python", python, *python_args, work.venv])
     install = pyenv.install_packages(
         work.venv,
         wanted,
