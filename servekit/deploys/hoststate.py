@@ -26,6 +26,12 @@ from servekit.render import RenderedFile
 
 Commands = Generator[PyinfraCommand | str, None, None]
 
+EMPTY_STATE: dict[str, Any] = {
+    "python": None, "packages": {}, "user": None, "paths": {}, "read": {}, "globs": {},
+    "run": {}, "units": {}, "health": {}, "interfaces": {},
+}  # fmt: skip
+"""What a host without python3 reports (the packages step installs it)."""
+
 _views: dict[tuple[int, str, bool], dict[str, dict[str, Any]]] = {}
 
 
@@ -43,7 +49,8 @@ def view(spec: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps(spec, sort_keys=True)
     cached = _views.setdefault(_key(), {})
     if text not in cached:
-        cached[text] = host.get_fact(HostState, spec=text)
+        found = host.get_fact(HostState, spec=text)
+        cached[text] = {**EMPTY_STATE, **found}
     return cached[text]
 
 

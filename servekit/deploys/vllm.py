@@ -77,6 +77,8 @@ from servekit.spec import RAY_PORT
 from servekit.weights import HF_HOME, MARKERS_DIR, MODELS_DIR, WeightsLocation, locate, s3_prefix
 
 VLLM_USER = "vllm"
+UNIT_DIR = "/etc/systemd/system"
+SERVEKIT_MARK = "Written by servekit."
 TOOLS_VENV = "/opt/servekit/tools"
 CURRENT_LINK = "/opt/vllm/current"
 ROLLBACK_DIR = "/var/lib/servekit/rollback"
@@ -245,6 +247,7 @@ class HostWork:
             "user": VLLM_USER,
             "paths": sorted(set(paths)),
             "read": [f"{self.venv}/{VENV_MARKER}", f"{TOOLS_VENV}/{VENV_MARKER}"],
+            "globs": [f"{UNIT_DIR}/vllm-*.service", f"{UNIT_DIR}/ray-*.service"],
             "run": {"uv": f"{pyenv.uv_binary()} --version 2>/dev/null"},
             "units": self.units(),
             "health": {i.unit: self.health_url(i) for i in self.servers},
@@ -299,7 +302,8 @@ def packages(work: HostWork) -> Commands:
     + work: the host's plan and derived paths
     """
     state = view(work.spec())
-    missing = [name for name, ok in (state.get("packages") or {}).items() if not ok]
+    installed = state.get("packages") or {}
+    missing = [name for name in APT_PACKAGES if not installed.get(name)]
     if not missing:
         host.noop(f"packages {', '.join(APT_PACKAGES)} are installed")
         return
@@ -640,6 +644,40 @@ def ray_cluster(work: HostWork) -> Commands:
 
 
 @operation()
+def prune(work: HostWork) -> Commands:
+    """
+    Stop and remove vLLM and Ray units servekit wrote earlier that the plan no longer has (a
+    model moved away, a replica count lowered), with their configs.
+
+    + work: the host's plan and derived paths
+    """
+    state = view(work.spec())
+    wanted = set(work.units())
+    stale_units = [
+        path.rsplit("/", 1)[-1]
+        for path, first_line in (state.get("globs") or {}).items()
+        if first_line and SERVEKIT_MARK in first_line and path.rsplit("/", 1)[-1] not in wanted
+    ]
+    if not stale_units:
+        host.noop("no units to remove")
+        return
+    commands = []
+    for unit in stale_units:
+        name = unit.removesuffix(".service")
+        files = [f"{UNIT_DIR}/{unit}"]
+        if name.startswith("vllm-"):
+            base = f"{VLLM_CONFIG_DIR}/{name.removeprefix('vllm-')}"
+            files += [f"{base}.yaml", f"{base}.env", f"{ROLLBACK_DIR}/{name}"]
+        commands.append(
+            f"systemctl disable --now {shlex.quote(unit)} >/dev/null 2>&1; "
+            f"rm -rf {' '.join(shlex.quote(f) for f in files)}"
+        )
+    commands.append("systemctl daemon-reload")
+    yield "; ".join(commands)
+    stale()
+
+
+@operation()
 def classify(work: HostWork) -> Commands:
     """
     Record what each vLLM process on this host needs (nothing, a start, a rolling restart).
@@ -731,6 +769,12 @@ def stage(work: HostWork, wave: int) -> Commands:
     stale()
 
 
+def _failure_lines(output: list[str], unit: str) -> str:
+    """What `wait_ready.py` said about `unit`'s failure (its journal was shown as it ran)."""
+    said = [line.strip() for line in output if line.strip().startswith(f"{unit}: FAILED")]
+    return "\n".join(said) or "it did not become ready (see the output above)"
+
+
 def _jobs(work: HostWork, processes: list[tuple[VllmInstance, Process]]) -> list[dict[str, Any]]:
     jobs = []
     for instance, process in processes:
@@ -770,7 +814,7 @@ def _restart(work: HostWork, wave: int, servers: bool) -> Commands:
     if not outcome.get("ok"):
         for instance, _process in mine:
             replica = rollout.replica_of(instance.serve, instance.replica)
-            replica.failed = "\n".join(output[-40:])
+            replica.failed = _failure_lines(output, f"{instance.unit}.service")
             rollout.stopped_by = rollout.stopped_by or replica.name
     stale()
 
@@ -833,7 +877,9 @@ def roll_back(work: HostWork, wave: int) -> Commands:
     )  # fmt: skip
     for instance, _process in mine:
         replica = rollout.replica_of(instance.serve, instance.replica)
-        replica.rolled_back = "ok" if outcome.get("ok") else "\n".join(output[-20:])
+        replica.rolled_back = (
+            "ok" if outcome.get("ok") else _failure_lines(output, f"{instance.unit}.service")
+        )
     stale()
 
 
@@ -876,14 +922,14 @@ def finish(work: HostWork) -> Commands:
                 else f"the rollback FAILED too:\n{replica.rolled_back}"
             )
             lines.append(
-                f"{instance.unit} ({replica.name}): the new configuration did not become "
-                f"healthy; {back}.\n{replica.failed}"
+                f"{instance.unit} ({replica.name}): the new version or configuration did not "
+                f"become healthy ({replica.failed}); {back}."
             )
         report = "\n".join(lines)
         yield failure(
             f"servekit: {host.name}: rollout stopped.\n{report}\nFix the cause (the journal "
-            "lines above), then run the deploy again: replicas not yet rolled keep serving their "
-            "previous version"
+            "lines printed above), then run the deploy again; replicas not rolled yet keep "
+            "serving their previous version"
         )
 
 
@@ -922,6 +968,7 @@ def vllm_host() -> None:
         ray_nodes(name="Start the Ray head", work=work, head=True)
         ray_nodes(name="Start the Ray workers", work=work, head=False)
         ray_cluster(name="Wait for the Ray cluster", work=work)
+    prune(name="Remove units no longer planned", work=work)
     classify(name="Inspect the vLLM processes", work=work)
     for wave in cast(Any, host).loop(range(work.waves)):
         stage(name=f"Write vLLM files (wave {wave})", work=work, wave=wave)

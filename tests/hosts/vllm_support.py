@@ -104,3 +104,19 @@ def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
 
 def unit_show(host: BenchHost, unit: str, prop: str) -> str:
     return host.run(f"systemctl show -p {prop} --value {unit}").stdout.strip()
+
+
+HTTP_PROBE = """
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+except OSError as error:
+    print(type(getattr(error, "reason", error)).__name__)
+"""
+
+
+def http_from(host: BenchHost, url: str) -> str:
+    """GET `url` from a test host: the status code, or the error (`ConnectionRefusedError`)."""
+    return host.run(f"python3 -c {shlex.quote(HTTP_PROBE)} {shlex.quote(url)}").stdout.strip()

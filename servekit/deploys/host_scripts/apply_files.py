@@ -38,7 +38,7 @@ def write(path, data, mode, user, group):
 def save(directory, paths):
     """Keep the current version of `paths` in `directory` (a manifest says which existed)."""
     if os.path.isdir(directory):
-        return  # an unfinished rollout already holds the version to return to
+        shutil.rmtree(directory)  # left by an interrupted run: what is on disk now is newer
     os.makedirs(directory, mode=0o700)
     manifest = {}
     for index, path in enumerate(paths):

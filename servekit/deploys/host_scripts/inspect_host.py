@@ -1,5 +1,7 @@
 # Runs on a host (python3 -c): report the state servekit's vLLM deploy compares against, as JSON.
-# argv[1]: JSON spec {packages, user, paths, read, run, units, health, interfaces}.
+# argv[1]: JSON spec {packages, user, paths, read, globs (-> first line of each match), run,
+# units, health, interfaces}.
+import glob
 import grp
 import hashlib
 import json
@@ -91,6 +93,16 @@ for path in spec.get("read", []):
     except OSError:
         read[path] = None
 out["read"] = read
+
+found = {}
+for pattern in spec.get("globs", []):
+    for path in sorted(glob.glob(pattern)):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                found[path] = handle.readline().rstrip("\n")
+        except OSError:
+            found[path] = None
+out["globs"] = found
 
 out["run"] = {key: run(command) for key, command in spec.get("run", {}).items()}
 
