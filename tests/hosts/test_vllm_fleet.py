@@ -9,6 +9,7 @@ fleet). The tests run in order on the same hosts.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from hostbench import BenchHost, PackageIndex
 from hostbench.plugin import HostFactory
+from standins.build import build_vllm_wheel
 from vllm_support import (
     deploy,
     fake_gpus,
@@ -26,8 +28,6 @@ from vllm_support import (
     unit_show,
     write_fleet,
 )
-
-from standins.build import build_vllm_wheel
 
 pytestmark = pytest.mark.hosts
 
@@ -97,12 +97,8 @@ def test_firewall_turns_away_hosts_it_does_not_admit(fleet: Fleet) -> None:
         # the host itself still reaches its engine (the deploy's health checks do)
         assert http_from(host, f"http://{host.address}:8000/health") == "200"
     # other ports of the host are not the firewall's business
-    assert (
-        fleet.o.run(
-            f"python3 -c 'import socket; socket.create_connection((\"{fleet.a.address}\", 22), 5)'"
-        ).returncode
-        == 0
-    )  # noqa: E501
+    ssh = f"import socket; socket.create_connection(('{fleet.a.address}', 22), 5)"
+    assert fleet.o.run(f"python3 -c {shlex.quote(ssh)}").returncode == 0
 
 
 def test_one_replica_across_two_nodes(fleet: Fleet) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hostbench import BenchHost, PackageIndex, PyinfraRun, build_wheel
 from hostbench.plugin import HostFactory
+from standins.build import build_vllm_wheel
 from vllm_support import (
     deploy,
     fake_gpus,
@@ -27,8 +28,6 @@ from vllm_support import (
     wait_for,
     write_fleet,
 )
-
-from standins.build import build_vllm_wheel
 
 pytestmark = pytest.mark.hosts
 

@@ -17,7 +17,6 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
-from pyinfra.connectors.util import CommandOutput, OutputLine
 
 import servekit.deploys.vllm as vllm_deploy
 from servekit.hostplan import HostPlan
@@ -104,7 +103,7 @@ def run_vllm_deploy(
                     "fake_delay_jitter": 0,
                     "captured": captured[name],
                 },
-            )  # fmt: skip
+            )
         )
     inventory = Inventory((hosts, {}))
     for host in inventory:
