@@ -8,7 +8,6 @@ import base64
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pyinfra.api import Config, Inventory, State
@@ -20,9 +19,6 @@ from pyinfra.connectors.fake import FakeConnector
 
 import servekit.deploys.vllm as vllm_deploy
 from servekit.hostplan import HostPlan
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gpu-hosts"
-RECORDED_QUERY = FIXTURES / "h200-ubuntu2404" / "nvidia-smi-query-nounits.txt"
 
 
 def smi_rows(name: str, count: int, driver: str) -> list[str]:
