@@ -1,6 +1,7 @@
 """Weights from an S3 bucket (moto's server on the bridge, boto3 over real HTTP): downloaded as the
 service user into the cache before vLLM starts, credentials only on standard input, progress
-shown, and a complete download skipped on the next run."""
+shown, and a complete download skipped on the next run. The host is reached as the image's sudo
+user (`debian`), as cloud servers are: every step goes through sudo."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def s3_fleet(
         key = secret(workdir, "engine.key", "sk-s3-engine")
         fleet = f"""Fleet(
     name="s3",
-    machines=[{ssh_host(host)}],
+    machines=[{ssh_host(host, user='debian')}],
     serve=[Serve(name="chat", model="llama-3.1-8b-instruct")],
     engine_api_key=SecretRef(file={str(key)!r}),
     sources=Sources(

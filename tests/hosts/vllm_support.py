@@ -42,11 +42,13 @@ def write_fleet(path: Path, fleet: str) -> Path:
     return path
 
 
-def ssh_host(host: BenchHost, gpus: int = 1, model: str = "A100-80GB", **extra: str) -> str:
-    """Source of an `SshHost` for a bench host."""
+def ssh_host(
+    host: BenchHost, gpus: int = 1, model: str = "A100-80GB", user: str = "root", **extra: str
+) -> str:
+    """Source of an `SshHost` for a bench host (`user="debian"`: the image's sudo user)."""
     more = "".join(f", {k}={v}" for k, v in extra.items())
     return (
-        f"SshHost(name={host.name!r}, address={host.address!r}, ssh_user='root', "
+        f"SshHost(name={host.name!r}, address={host.address!r}, ssh_user={user!r}, "
         f"ssh_key={str(host.ssh_key)!r}, gpu=Gpu(model={model!r}, count={gpus}){more})"
     )
 
