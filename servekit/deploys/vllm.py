@@ -81,6 +81,7 @@ UNIT_DIR = "/etc/systemd/system"
 SERVEKIT_MARK = "Written by servekit."
 TOOLS_VENV = "/opt/servekit/tools"
 CURRENT_LINK = "/opt/vllm/current"
+PREVIOUS_LINK = "/opt/vllm/previous"
 ROLLBACK_DIR = "/var/lib/servekit/rollback"
 VENV_MARKER = ".servekit-install.json"
 APT_PACKAGES = ("python3-venv", "nftables")
@@ -238,7 +239,7 @@ class HostWork:
     def spec(self) -> dict[str, Any]:
         """What `inspect_host.py` reports for this host (no secrets in here)."""
         files = [f.path for f in render_host(self.plan)]
-        paths = [d[0] for d in DIRECTORIES] + files + [CURRENT_LINK]
+        paths = [d[0] for d in DIRECTORIES] + files + [CURRENT_LINK, PREVIOUS_LINK]
         paths += [w.marker for w in self.weights if w.marker]
         paths += [f"{w.directory}/config.json" for w in self.weights if w.kind == "local"]
         paths += [f"{ROLLBACK_DIR}/{i.unit}" for i in self.processes]
@@ -247,7 +248,11 @@ class HostWork:
             "user": VLLM_USER,
             "paths": sorted(set(paths)),
             "read": [f"{self.venv}/{VENV_MARKER}", f"{TOOLS_VENV}/{VENV_MARKER}"],
-            "globs": [f"{UNIT_DIR}/vllm-*.service", f"{UNIT_DIR}/ray-*.service"],
+            "globs": [
+                f"{UNIT_DIR}/vllm-*.service",
+                f"{UNIT_DIR}/ray-*.service",
+                f"{VLLM_VENVS}/*/{VENV_MARKER}",
+            ],
             "run": {"uv": f"{pyenv.uv_binary()} --version 2>/dev/null"},
             "units": self.units(),
             "health": {i.unit: self.health_url(i) for i in self.servers},
@@ -886,8 +891,9 @@ def roll_back(work: HostWork, wave: int) -> Commands:
 @operation()
 def finish(work: HostWork) -> Commands:
     """
-    Point `current` at the venv the host runs, forget rollback copies, and fail the host with a
-    report if one of its replicas failed to roll out.
+    Point `current` at the venv the host runs (and `previous` at the one before, kept; older
+    venvs are removed), forget rollback copies, and fail the host with a report if one of its
+    replicas failed to roll out.
 
     + work: the host's plan and derived paths
     """
@@ -903,15 +909,31 @@ def finish(work: HostWork) -> Commands:
     skipped = rollout.reports.get(host.name, [])
     for line in skipped:
         logger.warning(f"{host.name}: {line}")
-    link = state["paths"].get(CURRENT_LINK) or {}
-    relink = not failed and not skipped and link.get("target") != work.venv
-    if not (clean or relink or failed):
+    link = (state["paths"].get(CURRENT_LINK) or {}).get("target")
+    previous = (state["paths"].get(PREVIOUS_LINK) or {}).get("target")
+    settled = not failed and not skipped
+    relink = settled and link != work.venv
+    if relink and link:
+        previous = link
+    keep = {work.venv, previous}
+    venvs = [
+        path.removesuffix(f"/{VENV_MARKER}")
+        for path in (state.get("globs") or {})
+        if path.startswith(f"{VLLM_VENVS}/") and path.endswith(VENV_MARKER)
+    ]
+    prune = [v for v in venvs if settled and v not in keep]
+    if not (clean or relink or failed or prune):
         host.noop("rollout complete")
         return
     if clean:
         yield apply_files({"remove": clean})
     if relink:
+        if link:
+            yield f"ln -sfn {shlex.quote(link)} {PREVIOUS_LINK}"
         yield f"ln -sfn {work.venv} {CURRENT_LINK}"
+    if prune:
+        # every unit runs `current` now; `previous` stays for a manual way back
+        yield "rm -rf " + " ".join(shlex.quote(v) for v in prune)
     stale()
     if failed:
         lines = []

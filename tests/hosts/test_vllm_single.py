@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hostbench import BenchHost, PackageIndex, PyinfraRun, build_wheel
 from hostbench.plugin import HostFactory
+from standins import build as standin_build
 from standins.build import build_vllm_wheel
 from vllm_support import (
     deploy,
@@ -34,8 +35,9 @@ pytestmark = pytest.mark.hosts
 ENGINE_KEY = "sk-engine-9f8e7d6c5b4a39281706"
 CHAT = ["vllm-chat-0", "vllm-chat-1"]
 SMALL = "vllm-small"
-# vLLM "0.33.1" for the upgrade test: a build that cannot start on this host, like a CUDA build
-# whose runtime libraries do not match (the catalog entry is added by the test's inventory only).
+# vLLM "0.33.1" for the upgrade tests: a build that cannot start on this host, like a CUDA build
+# whose runtime libraries do not match; "0.33.2" is the stand-in again, under a new version. Their
+# catalog entries are added by the tests' inventories only.
 BROKEN_VLLM = {
     "vllm/__init__.py": "",
     "vllm/_broken.py": (
@@ -44,11 +46,11 @@ BROKEN_VLLM = {
     ),
     "vllm-0.33.1.dist-info/entry_points.txt": "[console_scripts]\nvllm = vllm._broken:main\n",
 }
-REGISTER_0_33_1 = """
+REGISTER = """
 from servekit import catalog as _catalog
 
-_catalog.vllm_releases()["0.33.1"] = _catalog.VllmRelease(
-    version="0.33.1", released="2026-11-20", python=">=3.11,<3.15", torch="2.14.0",
+_catalog.vllm_releases()[{version!r}] = _catalog.VllmRelease(
+    version={version!r}, released="2026-11-20", python=">=3.11,<3.15", torch="2.14.0",
     builds=(_catalog.VllmBuild(cuda="13.0", min_driver="580.65.06", source="pypi"),),
 )
 """
@@ -77,7 +79,8 @@ class Single:
 )"""
         path = write_fleet(self.workdir / "inventory" / "single.py", fleet)
         if version != "0.33.0":
-            text = path.read_text().replace("fleet = ", REGISTER_0_33_1 + "\nfleet = ", 1)
+            register = REGISTER.format(version=version)
+            text = path.read_text().replace("fleet = ", register + "\nfleet = ", 1)
             path.write_text(text)
         return path
 
@@ -176,9 +179,36 @@ def test_failed_upgrade_rolls_back_and_the_rest_keeps_serving(single: Single) ->
     assert single.pid(CHAT[1]) == untouched  # replica 1 was never restarted
     assert host.run("readlink /opt/vllm/current").stdout.strip() == "/opt/vllm/venvs/0.33.0"
     assert host.run("ls /var/lib/servekit/rollback").stdout.strip() == ""
-    # Back to the working version: nothing to do.
+    # Back to the working version: only the unused new venv goes, then nothing to do.
     back = single.deploy(single.fleet(small_extra=", max_num_seqs=64")).check()
-    assert back.changes() == {}, back
+    assert back.changes() == {"vLLM | Finish the vLLM rollout": [host.name]}, back
+    assert host.run("ls /opt/vllm/venvs").stdout.split() == ["0.33.0"]
+    again = single.deploy(single.fleet(small_extra=", max_num_seqs=64")).check()
+    assert again.changes() == {}, again
+
+
+def test_upgrade_rolls_one_replica_at_a_time(
+    single: Single, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = single.host
+    monkeypatch.setattr(standin_build, "VLLM_VERSION", "0.33.2")
+    single.index.add(standin_build.build_vllm_wheel(single.workdir / "wheels-0.33.2"))
+    run = single.deploy(single.fleet(small_extra=", max_num_seqs=64", version="0.33.2")).check()
+    log = run.stderr
+    # wave 1 holds replica 0 of each model, wave 2 replica 1: chat-1 restarts only after chat-0
+    # answers /health again
+    assert log.index("vllm-chat-0.service: http") < log.index("vllm-chat-1.service: restarted")
+    changed = run.changes()
+    assert changed["vLLM | Start vLLM servers (wave 1)"] == [host.name]
+    assert changed["vLLM | Start vLLM servers (wave 2)"] == [host.name]
+    for unit, port in ((CHAT[0], 8000), (CHAT[1], 8001), (SMALL, 8100)):
+        assert "/opt/vllm/venvs/0.33.2/bin/vllm" in unit_show(host, unit, "ExecStart")
+        assert http(f"http://{host.address}:{port}/health")[0] == 200
+    assert host.run("readlink /opt/vllm/current").stdout.strip() == "/opt/vllm/venvs/0.33.2"
+    assert host.run("readlink /opt/vllm/previous").stdout.strip() == "/opt/vllm/venvs/0.33.0"
+    assert host.run("ls /opt/vllm/venvs").stdout.split() == ["0.33.0", "0.33.2"]
+    again = single.deploy(single.fleet(small_extra=", max_num_seqs=64", version="0.33.2"))
+    assert again.check().changes() == {}, again
 
 
 def test_secrets_stay_out_of_argv_logs_and_readable_files(single: Single) -> None:

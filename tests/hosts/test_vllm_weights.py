@@ -69,7 +69,7 @@ def s3_fleet(
         key = secret(workdir, "engine.key", "sk-s3-engine")
         fleet = f"""Fleet(
     name="s3",
-    machines=[{ssh_host(host, user='debian')}],
+    machines=[{ssh_host(host, user="debian")}],
     serve=[Serve(name="chat", model="llama-3.1-8b-instruct")],
     engine_api_key=SecretRef(file={str(key)!r}),
     sources=Sources(
