@@ -13,6 +13,7 @@ from rich.table import Table
 
 from servekit import catalog, planner
 from servekit.catalog.hf_config import resolve_model
+from servekit.cloud.cli import cloud_app
 from servekit.errors import FleetError
 from servekit.inventory import load_plan
 from servekit.placement import FleetPlan
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(cloud_app, name="cloud")
 # Tables are wide: keep them readable when piped (rich assumes 80 columns off a terminal).
 out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)

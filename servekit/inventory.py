@@ -11,13 +11,13 @@ fleet that cannot work stops with a FleetError before pyinfra connects anywhere.
 
 from __future__ import annotations
 
-import json
-import os
 import runpy
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from servekit.cloud.state import node_addresses
+from servekit.cloud.state import state_dir as state_dir  # its home moved to servekit.cloud
 from servekit.errors import FleetError, Problem
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
 from servekit.placement import FleetPlan, NodeAddress, plan_fleet
@@ -38,26 +38,9 @@ class Groups(NamedTuple):
     monitoring: list[HostEntry]
 
 
-def state_dir() -> Path:
-    """Where `servekit cloud` keeps fleet state: $SERVEKIT_STATE_DIR, else ./cloud."""
-    return Path(os.environ.get("SERVEKIT_STATE_DIR", "cloud"))
-
-
 def cloud_addresses(fleet: Fleet) -> dict[str, NodeAddress]:
     """Addresses of the fleet's cloud nodes from its state file (none before `cloud apply`)."""
-    path = state_dir() / f"{fleet.name}.json"
-    if not path.is_file():
-        return {}
-    state = json.loads(path.read_text())
-    addresses = {}
-    for resource in state.get("resources", []):
-        if resource.get("type") != "aws_instance":
-            continue
-        attributes = resource.get("attributes", {})
-        addresses[resource["name"]] = NodeAddress(
-            public=attributes.get("public_ip"), private=attributes.get("private_ip")
-        )
-    return addresses
+    return node_addresses(fleet.name)
 
 
 def _connection_data(fleet: Fleet, plan: HostPlan) -> tuple[str, dict[str, Any]]:

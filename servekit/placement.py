@@ -38,6 +38,7 @@ from servekit.spec import (
     VLLM_MASTER_PORT,
     AwsNodeGroup,
     Fleet,
+    Gpu,
     LocalHost,
     SecretRef,
     Serve,
@@ -56,6 +57,7 @@ class NodeAddress:
 
     public: str | None
     private: str | None
+    instance_type: str | None = None
 
 
 class ServeSummary(BaseModel):
@@ -129,9 +131,12 @@ class _Planner:
         self.resolve = resolve
         self.problems: list[Problem] = []
         self.hosts: dict[str, _Host] = {}
+        self.launched_types = {
+            name: known.instance_type for name, known in addresses.items() if known.instance_type
+        }
         for name in fleet.host_names():
             machine = fleet.machine_of(name)
-            gpu = machine.gpu
+            gpu = self.gpu_of(name)
             count = gpu.count if gpu and not gpu.info.apple else 0
             if isinstance(machine, AwsNodeGroup):
                 known = addresses.get(name)
@@ -144,6 +149,21 @@ class _Planner:
                 cluster = str(machine.cluster_address) if machine.cluster_address else address
             self.hosts[name] = _Host(name, address, cluster, list(range(count)))
         self.summaries: list[ServeSummary] = []
+
+    def instance_type_of(self, host: str) -> str | None:
+        """The instance type a cloud node really runs (a fallback type once launched)."""
+        machine = self.fleet.machine_of(host)
+        if not isinstance(machine, AwsNodeGroup):
+            return None
+        return self.launched_types.get(host, machine.instance_type)
+
+    def gpu_of(self, host: str) -> Gpu | None:
+        """The host's GPUs: declared, or those of the instance type it was launched as."""
+        itype = self.instance_type_of(host)
+        if itype is None:
+            return self.fleet.gpu_of(host)
+        launched = catalog.instance_type(itype)
+        return Gpu(model=launched.gpu, count=launched.gpus)
 
     def claim_port(self, host: str, port: int, what: str, field_name: str) -> None:
         users = self.hosts[host].ports
@@ -199,7 +219,7 @@ class _Planner:
                 )
             )
             return
-        gpus = {(g.info.name, g.count) for h in hosts if (g := fleet.gpu_of(h))}
+        gpus = {(g.info.name, g.count) for h in hosts if (g := self.gpu_of(h))}
         if len(gpus) != 1:
             self.problems.append(
                 Problem(
@@ -408,7 +428,7 @@ class _Planner:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
         }
-        gpu = self.fleet.gpu_of(host)
+        gpu = self.gpu_of(host)
         if gpu is not None and len(gpus) < gpu.count:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         if multinode and self.hosts[host].cluster_address:
@@ -427,7 +447,7 @@ class _Planner:
         plans = []
         hosts = fleet.hosts_of(serve)
         for host in hosts:
-            gpu = fleet.gpu_of(host)
+            gpu = self.gpu_of(host)
             plan = planner.plan_ollama(
                 model,
                 tag,
@@ -592,7 +612,7 @@ class _Planner:
             machine = self.fleet.machine_of(host)
             if isinstance(machine, AwsNodeGroup):
                 any_cloud = True
-                price = catalog.instance_type(machine.instance_type).price_usd_hour
+                price = catalog.instance_type(str(self.instance_type_of(host))).price_usd_hour
                 if price is None:
                     return None
                 total += price
@@ -601,7 +621,7 @@ class _Planner:
     def host_plan(self, name: str) -> HostPlan:
         fleet, state = self.fleet, self.hosts[name]
         machine = fleet.machine_of(name)
-        gpu = machine.gpu
+        gpu = self.gpu_of(name)
         nvidia = gpu is not None and not gpu.info.apple
         ollama = self.ollama_host(name)
         gateway = self.gateway(name)

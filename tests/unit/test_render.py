@@ -160,3 +160,55 @@ def test_multinode_replica_flags_and_interfaces() -> None:
     assert "Environment=GLOO_SOCKET_IFNAME=ens5" in unit
     check_vllm_config(head.config)
     check_vllm_config(worker.config)
+
+
+def test_gpu_hosts_get_the_gpu_files() -> None:
+    _fleet, plan = load_plan(ROOT / "inventories/node_8xa100.py")
+    files = {f.path: f.content for f in render_host(plan.hosts["hgx1"])}
+    sources = files["/etc/apt/sources.list.d/servekit-nvidia-cuda.sources"]
+    assert "URIs: <NVIDIA repository for the host's release>" in sources
+    assert (
+        "--persistence-mode"
+        in files["/etc/systemd/system/nvidia-persistenced.service.d/servekit.conf"]
+    )
+    assert '"nvidia-";' in files["/etc/apt/apt.conf.d/51servekit-nvidia"]
+    repository = "https://mirror.example/cuda/repos/ubuntu2404/x86_64/"
+    rendered = render_host(plan.hosts["hgx1"], facts=HostFacts(nvidia_repository=repository))
+    assert any(f"URIs: {repository}" in f.content for f in rendered)
+    laptop = load_plan(ROOT / "inventories/laptop.py")[1].hosts["local"]
+    assert not any("nvidia" in f.path for f in render_host(laptop))
+
+
+def test_fallback_instance_type_replans_with_the_launched_gpus() -> None:
+    """A node that `servekit cloud apply` launched as a fallback type (p4d: A100-40GB) is
+    planned for the GPUs it really has, and priced as that type."""
+    from servekit.placement import NodeAddress
+    from servekit.spec import AwsNodeGroup
+
+    fleet = Fleet(
+        name="fb",
+        machines=[
+            AwsNodeGroup(
+                name="a100",
+                instance_type="p4de.24xlarge",
+                count=2,
+                region="us-east-1",
+                fallback_instance_types=["p4d.24xlarge"],
+                ssh_key="~/.ssh/k",
+                ssh_cidrs=["203.0.113.0/24"],
+            ),
+        ],
+        serve=[Serve(model="llama-3.1-70b-instruct", hosts=["a100-1"])],
+        engine_api_key=SecretRef(env="K"),
+        sources=Sources(weights=HuggingFace(token=SecretRef(env="HF"))),
+    )
+    addresses = {
+        "a100-0": NodeAddress("198.51.100.1", "172.31.0.10", "p4de.24xlarge"),
+        "a100-1": NodeAddress("198.51.100.2", "172.31.0.11", "p4d.24xlarge"),
+    }
+    plan = plan_fleet(fleet, addresses)
+    launched = plan.hosts["a100-1"]
+    assert launched.gpu_model == "A100-SXM4-40GB"
+    assert launched.vllm[0].plan.gpu == "A100-SXM4-40GB"
+    assert launched.price_usd_hour == 21.96
+    assert plan.hosts["a100-0"].gpu_model == "A100-SXM4-80GB"

@@ -1,0 +1,274 @@
+"""pyinfra operations for NVIDIA GPU hosts: each reads facts, compares, yields commands or a noop.
+
+A problem that stops one host (an unsupported release, GPUs missing, a verification failure) is
+a command that prints the problem and fails, so pyinfra stops that host and reports why while the
+others carry on; raising from an operation would stop every host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from time import sleep
+from typing import Any
+
+from pyinfra import logger
+from pyinfra.api.command import FunctionCommand, PyinfraCommand, QuoteString, StringCommand
+from pyinfra.api.operation import operation
+from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
+from pyinfra.context import host
+from pyinfra.facts.apt import noninteractive_apt
+from pyinfra.facts.server import Which
+
+from servekit import nvidia
+from servekit.facts.nvidia import (
+    AptVersions,
+    CudaCheck,
+    FabricState,
+    NvidiaDriver,
+    NvidiaGpus,
+    NvidiaPackages,
+    NvidiaPciDevices,
+    NvswitchDevices,
+    PciDevice,
+)
+from servekit.facts.system import BootId, CudaToolkit
+from servekit.nvidia import DriverChoice, Flavour, GpuTarget
+
+Commands = Generator[PyinfraCommand | str, None, None]
+
+
+def failure(message: str) -> StringCommand:
+    """A command that prints `message` to stderr and fails: pyinfra stops this host with it."""
+    return StringCommand("printf '%s\\n'", QuoteString(message), ">&2", "&&", "false")
+
+
+@operation(is_idempotent=False)
+def problem(message: str) -> Commands:
+    """
+    Stop this host with a message (what is wrong and what to do).
+
+    + message: the explanation printed as the host's error
+    """
+    yield failure(f"servekit: {host.name}: {message}")
+
+
+@operation()
+def cuda_keyring(url: str) -> Commands:
+    """
+    Install NVIDIA's repository key package (cuda-keyring) from the repository or its mirror,
+    unless a version of it is installed (later ones come through apt).
+
+    + url: the .deb's URL (fetched with apt's own downloader, so no curl or wget is needed)
+    """
+    installed = host.get_fact(NvidiaPackages).get(nvidia.KEYRING_PACKAGE)
+    if installed and installed["installed"]:
+        host.noop(f"{nvidia.KEYRING_PACKAGE} {installed['version']} is installed")
+        return
+    deb = host.get_temp_filename(url)
+    yield StringCommand("/usr/lib/apt/apt-helper download-file", QuoteString(url), QuoteString(deb))
+    yield StringCommand("dpkg --force-confdef --force-confold -i", QuoteString(deb))
+    yield StringCommand("rm -f", QuoteString(deb))
+
+
+@operation()
+def apt_knows(packages: list[str]) -> Commands:
+    """
+    Refresh apt's package lists when any of `packages` is unknown to it (a first run, or a run
+    interrupted between writing the repository and `apt-get update`).
+
+    + packages: packages the following operations install
+    """
+    unknown = [p for p in packages if not host.get_fact(AptVersions, package=p)]
+    if not unknown:
+        host.noop(f"apt knows {', '.join(packages)}")
+        return
+    yield "apt-get update"
+
+
+@operation()
+def other_drivers_removed(branch: int, flavour: Flavour, directory: str) -> Commands:
+    """
+    Purge NVIDIA driver packages of other branches, Canonical's builds, and the other flavour's
+    metapackage, releasing their holds first.
+
+    + branch: the driver branch to keep
+    + flavour: the kernel module flavour to keep (`open` or `proprietary`)
+    + directory: NVIDIA's repository directory for the release (`ubuntu2404`, ...)
+    """
+    installed = host.get_fact(NvidiaPackages)
+    foreign = nvidia.foreign_packages(installed, DriverChoice(branch, flavour, directory))
+    if not foreign:
+        host.noop(f"no NVIDIA driver packages other than branch {branch} {flavour}")
+        return
+    held = [name for name in foreign if installed[name]["held"]]
+    if held:
+        yield StringCommand("apt-mark unhold", *map(QuoteString, held))
+    yield StringCommand(noninteractive_apt("purge"), *map(QuoteString, foreign))
+
+
+def driver_version(choice: DriverChoice) -> str | None:
+    """The installed driver's release: its apt package's, or the loaded module's when the driver
+    came from outside apt (no NVIDIA driver package installed at all)."""
+    installed = host.get_fact(NvidiaPackages)
+    version = nvidia.installed_driver_version(installed, choice)
+    if version is not None:
+        return version
+    if any(nvidia.package_branch(n, p["version"]) for n, p in installed.items()):
+        return None  # packages of another branch or source: the driver is about to change
+    loaded = host.get_fact(NvidiaDriver)
+    return loaded["version"] if loaded else None
+
+
+@operation()
+def fabric_manager(branch: int, flavour: Flavour, directory: str) -> Commands:
+    """
+    Install Fabric Manager and NSCQ at exactly the installed driver's version, resolved from the
+    repository (never from a template): a mismatched Fabric Manager refuses to start.
+
+    + branch: the driver branch
+    + flavour: the driver's kernel module flavour
+    + directory: NVIDIA's repository directory for the release
+    """
+    choice = DriverChoice(branch, flavour, directory)
+    driver = driver_version(choice)
+    if driver is None:
+        yield failure(
+            f"servekit: no NVIDIA driver of branch {branch} is installed, so Fabric Manager has "
+            "no version to match (the driver installation before this step failed)"
+        )
+        return
+    installed = host.get_fact(NvidiaPackages)
+    wanted = {}
+    for package in (choice.fabricmanager, choice.nscq):
+        current = installed.get(package)
+        if current and current["installed"] and nvidia.upstream(current["version"]) == driver:
+            continue
+        offered = host.get_fact(AptVersions, package=package)
+        version = nvidia.matching_version(offered, driver)
+        if version is None:
+            yield failure(
+                f"servekit: the NVIDIA repository has no {package} for driver {driver} "
+                f"(it offers: {', '.join(offered) or 'none'}); Fabric Manager must match the "
+                f"driver exactly: update the mirror, or install a driver it has a {package} for"
+            )
+            return
+        wanted[package] = version
+    if not wanted:
+        host.noop(f"{choice.fabricmanager} and {choice.nscq} match driver {driver}")
+        return
+    yield StringCommand(
+        noninteractive_apt("install --allow-downgrades --allow-change-held-packages"),
+        *(QuoteString(f"{name}={version}") for name, version in wanted.items()),
+    )
+
+
+@operation()
+def driver_held(branch: int, also: list[str] | None = None) -> Commands:
+    """
+    Hold every installed package of the driver branch (apt-mark hold), so that neither
+    `apt-get upgrade` nor unattended-upgrades moves the driver away from its kernel module and
+    Fabric Manager.
+
+    + branch: the driver branch
+    + also: packages this deploy installs, held even before they show as installed
+    """
+    installed = host.get_fact(NvidiaPackages)
+    packages = set(nvidia.branch_packages(installed, branch)) | set(also or [])
+    to_hold = sorted(p for p in packages if p not in installed or not installed[p]["held"])
+    if not to_hold:
+        host.noop(f"the driver's {len(packages)} packages are held")
+        return
+    yield StringCommand("apt-mark hold", *map(QuoteString, to_hold))
+
+
+@operation()
+def persistence_mode() -> Commands:
+    """
+    Turn persistence mode on with `nvidia-smi -pm 1` where no systemd runs nvidia-persistenced
+    (it lasts until the next reboot).
+    """
+    smi = host.get_fact(NvidiaGpus)
+    off = [str(g["index"]) for g in smi["gpus"] if g["persistence"] is False]
+    if smi["state"] != "ok" or not off:
+        host.noop("persistence mode is on" if smi["state"] == "ok" else "no GPU to set")
+        return
+    yield "nvidia-smi -pm 1"
+
+
+@operation()
+def initramfs_updated() -> Commands:
+    """Rebuild the initramfs (so nouveau's blacklist applies at boot), where initramfs-tools is."""
+    if not host.get_fact(Which, command="update-initramfs"):
+        host.noop("no initramfs-tools on this host: nothing to rebuild")
+        return
+    yield "update-initramfs -u -k all"
+
+
+@operation(is_idempotent=False)
+def rebooted(reason: str, timeout: int = 600, interval: int = 2) -> Commands:
+    """
+    Reboot and wait until the host answers with a new boot id.
+
+    Like ``server.reboot``, but it tells a finished reboot by the boot id instead of the uptime,
+    which in a container is the host machine's and does not restart.
+
+    + reason: why the host reboots (shown in the log)
+    + timeout: seconds to wait for the host to come back
+    + interval: seconds between connection attempts
+    """
+    before: list[str | None] = []
+
+    def remember_boot(state: Any, host: Any) -> bool:
+        remove_any_sudo_askpass_file(host)
+        before.append(host.get_fact(BootId))
+        logger.info(f"{host.print_prefix}rebooting: {reason}")
+        return True
+
+    def wait_for_boot(state: Any, host: Any) -> bool:
+        clear_askpass_cache(host)
+        host.disconnect()
+        for _ in range(max(1, timeout // interval)):
+            sleep(interval)
+            host.connect(show_errors=False)
+            if host.connected and host.get_fact(BootId) not in (None, before[0]):
+                return True
+        logger.error(f"{host.print_prefix}did not come back from the reboot in {timeout}s")
+        return False
+
+    yield FunctionCommand(remember_boot, (), {})
+    yield StringCommand("( sleep 1 && (systemctl reboot || reboot) ) </dev/null >/dev/null 2>&1 &")
+    yield FunctionCommand(wait_for_boot, (), {})
+
+
+@operation()
+def verified(target: GpuTarget, script: str) -> Commands:
+    """
+    Check what vLLM needs: the declared GPUs, a driver at least the pinned engines' minimum,
+    persistence mode, a trained NVSwitch fabric, and CUDA initialising through the driver API.
+    A converged host gets no command; a failing one stops with each failure's meaning and fix.
+
+    + target: what the fleet declares for this host
+    + script: the uploaded CUDA check (servekit/cuda_check.py)
+    """
+    smi = host.get_fact(NvidiaGpus)
+    nvswitch = nvswitch_present()
+    findings = nvidia.verify(
+        target,
+        smi,
+        host.get_fact(FabricState) if nvswitch else [],
+        host.get_fact(CudaCheck, script=script) if smi["state"] == "ok" else None,
+        nvswitch,
+        host.get_fact(CudaToolkit, version=target.cuda_toolkit) if target.cuda_toolkit else None,
+    )
+    failed = [f for f in findings if not f.ok]
+    if failed:
+        lines = "\n".join(f"  {finding}" for finding in findings)
+        yield failure(f"servekit: {host.name}: the GPU host is not ready for vLLM:\n{lines}")
+        return
+    host.noop("verified: " + "; ".join(f"{f.check}: {f.detail}" for f in findings))
+
+
+def nvswitch_present(pci: list[PciDevice] | None = None) -> bool:
+    """NVSwitch chips on the PCI bus (before any driver), or registered by the loaded driver."""
+    pci = host.get_fact(NvidiaPciDevices) if pci is None else pci
+    return any(d["kind"] == "nvswitch" for d in pci) or bool(host.get_fact(NvswitchDevices))
