@@ -53,7 +53,7 @@ from servekit.deploys.hoststate import (
     view,
 )
 from servekit.deploys.rollout import Process, Status, current
-from servekit.facts.vllm import GpuDriver
+from servekit.facts.nvidia import NvidiaGpus
 from servekit.hostplan import (
     VLLM_CONFIG_DIR,
     VLLM_HOME,
@@ -407,23 +407,26 @@ def vllm_venv(work: HostWork) -> Commands:
         yield streamed(_with_marker(install, work.venv, record))
         stale()
         return
-    driver = host.get_fact(GpuDriver)
-    if driver["state"] != "ok":
+    smi = host.get_fact(NvidiaGpus)
+    if smi["state"] != "ok":
         yield failure(
-            f"servekit: {host.name}: no working NVIDIA driver ({driver['message']}); vLLM needs "
-            "one. Fix: run deploys/gpu.py on this host first (pyinfra INVENTORY deploys/gpu.py)"
+            f"servekit: {host.name}: no working NVIDIA driver ({smi['state']}: {smi['message']}); "
+            "vLLM needs one. Fix: run deploys/gpu.py on this host first "
+            "(pyinfra INVENTORY deploys/gpu.py)"
         )
         return
+    names = [gpu["name"] for gpu in smi["gpus"]]
+    driver = str(smi["gpus"][0]["driver_version"])
     needed = max((max(i.gpu_indices, default=-1) + 1 for i in work.plan.vllm), default=0)
-    if len(driver["gpus"]) < needed:
+    if len(names) < needed:
         yield failure(
             f"servekit: {host.name}: the plan uses {needed} GPUs, nvidia-smi lists "
-            f"{len(driver['gpus'])} ({', '.join(driver['gpus'])}). Fix: correct the Gpu(count=...) "
-            "of this machine in the inventory, or the GPUs (see nvidia-smi)"
+            f"{len(names)} ({', '.join(names)}). Fix: correct the Gpu(count=...) of this machine "
+            "in the inventory, or the GPUs (see nvidia-smi)"
         )
         return
     try:
-        build = choose_build(work.version, sources, str(driver["driver"]))
+        build = choose_build(work.version, sources, driver)
     except DriverTooOld as error:
         yield failure(f"servekit: {host.name}: {error}")
         return
@@ -441,7 +444,7 @@ def vllm_venv(work: HostWork) -> Commands:
     record = {
         "vllm": work.version,
         "requirements": wanted,
-        "driver": driver["driver"],
+        "driver": driver,
         "build": {
             "cuda": build.cuda,
             "min_driver": build.min_driver,
@@ -452,7 +455,7 @@ def vllm_venv(work: HostWork) -> Commands:
             "index_strategy": build.index_strategy,
         },
     }
-    what = f"vLLM {work.version}: {build.describe()}, driver {driver['driver']}"
+    what = f"vLLM {work.version}: {build.describe()}, driver {driver}"
     banner = f"echo {shlex.quote(what + ', from ' + build.index_url)}"
     script = " && ".join([banner, f"rm -rf {shlex.quote(work.venv)}", create, install])
     _rebuilt.add(run_key())

@@ -22,9 +22,14 @@ from servekit.hostplan import HostPlan
 
 
 def smi_rows(name: str, count: int, driver: str) -> list[str]:
-    """`nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader` as a real host
-    prints it (the recorded H200 host's format: `0, NVIDIA H200, 580.159.04`)."""
-    return [f"{i}, NVIDIA {name}, {driver}" for i in range(count)] + ["servekit-status=0"]
+    """What `NvidiaGpus` reads from nvidia-smi on a host with `count` × `name` and `driver`: the
+    recorded H200 host's rows (shared/fixtures/gpu-hosts), with this board's name and driver."""
+    rows = [
+        f"{i}, NVIDIA {name}, GPU-7bcfea96-e9e6-e75f-24f2-64518b8a6f{i:02x}, 81920, {driver}, 8.0, "
+        f"00000000:{0x07 + 8 * i:02X}:00.0, Enabled, Disabled"
+        for i in range(count)
+    ]
+    return [*rows, "servekit-status=0"]
 
 
 def bare_state(python: str = "3.12.3") -> dict[str, Any]:
@@ -86,7 +91,7 @@ def run_vllm_deploy(
     for name, plan in plans.items():
         responses: dict[Any, Any] = {
             "report the state servekit": json.dumps(states[name]),
-            "nvidia-smi --query-gpu": smi[name],
+            "nvidia-smi --query-gpu=": smi[name],
             re.compile(r"&& false$"): {"success": False},  # servekit's failure() commands
         }
         hosts.append(
