@@ -13,11 +13,17 @@ this order:
 5. the firewall (`servekit.deploys.firewall`);
 6. for Ray-backed replicas: the Ray head, then the Ray workers, then a wait until `ray status`
    lists every node;
-7. the vLLM processes: configs, env files and units written where they differ, then started or
-   restarted in waves (`servekit.deploys.rollout`): replicas that are not running start together;
-   running replicas whose configuration or venv changed restart one at a time, each gated on
-   `/health`, and return to their previous files if they fail;
-8. a report: the run fails on hosts whose rollout failed, saying what happened.
+7. units servekit wrote earlier that the plan no longer has are stopped and removed;
+8. the vLLM processes: configs, env files and units written where they differ, then started or
+   restarted in waves (`servekit.deploys.rollout`): replicas that are not running start together
+   (headless workers before their head); running replicas whose configuration or venv changed
+   restart one replica index at a time, each gated on `/health`, and return to their previous
+   files (and so venv) if they fail;
+9. `current` (and `previous`) venv links, older venvs removed, and a report: the run fails on
+   hosts whose rollout failed, saying what happened.
+
+Known limit: a Ray-backed replica's Ray nodes restart (new venv, changed unit) before its vLLM
+process rolls, and are not rolled back with it.
 
 Every step reads the host's state once (`hoststate.view`) and does nothing when it matches, so a
 second run changes nothing and costs one command per host.
@@ -664,7 +670,10 @@ def prune(work: HostWork) -> Commands:
     stale_units = [
         path.rsplit("/", 1)[-1]
         for path, first_line in (state.get("globs") or {}).items()
-        if first_line and SERVEKIT_MARK in first_line and path.rsplit("/", 1)[-1] not in wanted
+        if path.startswith(f"{UNIT_DIR}/")
+        and first_line
+        and SERVEKIT_MARK in first_line
+        and path.rsplit("/", 1)[-1] not in wanted
     ]
     if not stale_units:
         host.noop("no units to remove")

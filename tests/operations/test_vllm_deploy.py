@@ -235,3 +235,18 @@ def test_choose_build_names_the_alternatives() -> None:
     assert "CUDA 12.9 build, needs driver >= 525.60.13" in str(refused.value)
     branches = [b for b, info in catalog.driver_branches().items() if info.max_cuda >= "13.0"]
     assert all(str(b) in str(refused.value) for b in branches)
+
+
+def test_units_no_longer_planned_are_removed() -> None:
+    plans = plans_of("single_a100.py")
+    (name,) = plans
+    states = {name: converged(plans[name])}
+    states[name]["globs"] = {
+        "/etc/systemd/system/vllm-old.service": "# vllm-old: vLLM ... Written by servekit.",
+        "/etc/systemd/system/vllm-mine.service": "# a unit someone else wrote",
+        "/etc/systemd/system/vllm-llama-3-1-8b-instruct.service": "# ... Written by servekit.",
+    }
+    (run,) = deploy(plans, "A100-SXM4-80GB", states=states).values()
+    (removal,) = run.ran("systemctl disable --now")
+    assert "vllm-old.service" in removal and "/etc/vllm/old.yaml /etc/vllm/old.env" in removal
+    assert "vllm-mine" not in removal and "llama" not in removal
