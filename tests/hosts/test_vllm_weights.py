@@ -1,7 +1,12 @@
-"""Weights from an S3 bucket (moto's server on the bridge, boto3 over real HTTP): downloaded as the
-service user into the cache before vLLM starts, credentials only on standard input, progress
-shown, and a complete download skipped on the next run. The host is reached as the image's sudo
-user (`debian`), as cloud servers are: every step goes through sudo."""
+"""Weights downloaded as the service user before vLLM starts, secrets only on standard input,
+progress shown, a complete download skipped on the next run:
+
+- from an S3 bucket (moto's server on the bridge, boto3 over real HTTP), the host reached as the
+  image's sudo user (`debian`), as cloud servers are: every step goes through sudo;
+- from Hugging Face (a stand-in Hub on the bridge, `tests/hosts/fakes/hub.py`, reached through
+  the source's endpoint by the real `huggingface_hub`), gated behind a token, and a model
+  revision upgrade that downloads the new snapshot beside the old one and rolls the unit.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from fakes.hub import Hub
 from hostbench import BenchHost, PackageIndex, settings
 from hostbench.plugin import HostFactory
 from moto.server import ThreadedMotoServer
@@ -103,3 +109,92 @@ def test_complete_weights_are_not_fetched_again(s3_fleet: S3Fleet) -> None:
     run = deploy(s3_fleet.inventory).check()
     assert run.changes() == {}, run
     assert "s3://models" not in run.stderr
+
+
+HF_TOKEN = "hf_servekitTestToken0123456789"
+
+
+@dataclass
+class HfFleet:
+    host: BenchHost
+    hub: Hub
+    workdir: Path
+    index: PackageIndex
+
+    def inventory(self, revision: str | None) -> Path:
+        token = secret(self.workdir, "hf-token", HF_TOKEN)
+        key = secret(self.workdir, "engine.key", "sk-hf-engine")
+        fleet = f"""Fleet(
+    name="hf",
+    machines=[{ssh_host(self.host)}],
+    serve=[Serve(name="chat", model="llama-3.1-8b-instruct", revision={revision!r})],
+    engine_api_key=SecretRef(file={str(key)!r}),
+    sources=Sources(
+        python_index={self.index.url!r},
+        weights=HuggingFace(endpoint={self.hub.url!r}, token=SecretRef(file={str(token)!r})),
+    ),
+)"""
+        return write_fleet(self.workdir / "inventory" / "hf.py", fleet)
+
+
+@pytest.fixture(scope="module")
+def hf_fleet(
+    test_hosts: HostFactory, package_index: PackageIndex, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HfFleet]:
+    workdir = tmp_path_factory.mktemp("vllm-hf")
+    package_index.add(build_vllm_wheel(workdir / "wheels"))
+    host = test_hosts(2)[1]
+    fake_gpus(host)
+    hub = Hub(settings.GATEWAY, token=HF_TOKEN)
+    hub.add(CHECKPOINT, "main", {
+        "config.json": b'{"max_position_embeddings": 131072}',
+        "model-00001-of-00001.safetensors": b"\1" * (2 << 20),
+    })  # fmt: skip
+    try:
+        yield HfFleet(host, hub, workdir, package_index)
+    finally:
+        hub.stop()
+
+
+HF_REPO = "/var/lib/vllm/huggingface/hub/models--meta-llama--Llama-3.1-8B-Instruct"
+
+
+def hf_snapshots(host: BenchHost) -> list[str]:
+    return host.run(f"ls {HF_REPO}/snapshots").stdout.split()
+
+
+def test_weights_come_from_hugging_face_with_the_token(hf_fleet: HfFleet) -> None:
+    host = hf_fleet.host
+    run = deploy(hf_fleet.inventory(None)).check()
+    assert f"{CHECKPOINT}@main: downloading from {hf_fleet.hub.url}" in run.stderr
+    assert host.name in run.changes()["vLLM | Fetch the weights"]
+    (snapshot,) = hf_snapshots(host)
+    owner = host.run(f"stat -c %U {HF_REPO}/snapshots/{snapshot}/config.json")
+    assert owner.stdout.strip() == "vllm"
+    assert f'model: "{CHECKPOINT}"' in host.run("cat /etc/vllm/chat.yaml").stdout
+    assert http(f"http://{host.address}:8000/health")[0] == 200  # loaded offline from the cache
+    assert f"GET /{CHECKPOINT}/resolve/{snapshot}/config.json" in hf_fleet.hub.requests
+    for text in (run.stdout, run.stderr, host.run("ps -eo args; journalctl -o cat").stdout):
+        assert HF_TOKEN not in text
+    holders = host.run(f"grep -rlF {HF_TOKEN} /etc /var /opt /tmp; true").stdout.split()
+    assert holders == ["/etc/vllm/chat.env"]  # mode 0600, read by systemd only
+    assert deploy(hf_fleet.inventory(None)).check().changes() == {}
+
+
+def test_model_revision_upgrade_downloads_beside_and_rolls(hf_fleet: HfFleet) -> None:
+    host = hf_fleet.host
+    (old,) = hf_snapshots(host)
+    new = hf_fleet.hub.add(CHECKPOINT, "v2", {
+        "config.json": b'{"max_position_embeddings": 131072, "note": "v2"}',
+        "model-00001-of-00001.safetensors": b"\2" * (2 << 20),
+    })  # fmt: skip
+    run = deploy(hf_fleet.inventory(new)).check()
+    changed = run.changes()
+    assert host.name in changed["vLLM | Fetch the weights"]
+    assert host.name in changed["vLLM | Start vLLM servers (wave 1)"]  # a rolling restart
+    assert sorted(hf_snapshots(host)) == sorted([old, new])
+    assert f'revision: "{new}"' in host.run("cat /etc/vllm/chat.yaml").stdout
+    journal = host.run("journalctl -u vllm-chat -o cat --no-pager").stdout
+    assert f"snapshots/{new}" in journal  # the engine loaded the new revision
+    assert http(f"http://{host.address}:8000/health")[0] == 200
+    assert deploy(hf_fleet.inventory(new)).check().changes() == {}
