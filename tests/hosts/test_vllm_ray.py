@@ -60,6 +60,10 @@ def ray_fleet(
     sources=Sources(python_index={package_index.url!r}, weights=LocalPath(path="/srv/models")),
 )"""
     yield RayFleet(hosts, write_fleet(workdir / "inventory" / "ray.py", fleet))
+    # Stop Ray first: its node processes take a while to go, and a host that does not stop
+    # within the bench's bound may linger and keep its address busy for the next module.
+    for host in hosts:
+        host.run("systemctl stop vllm-big ray-big", check=False, timeout=90)
 
 
 def active_nodes(head: BenchHost) -> int:
