@@ -44,6 +44,7 @@ from servekit.spec import (
     Serve,
     SshHost,
 )
+from servekit.weights import locate
 
 Resolver = Callable[[str, Fleet], ModelInfo]
 LOOPBACK = "127.0.0.1"
@@ -363,16 +364,20 @@ class _Planner:
                     len(nodes), rank, head_address or f"<{head}>", VLLM_MASTER_PORT
                 )
             bind = self.bind_address(host)
+            weights = locate(
+                self.fleet.sources.model_dump(mode="json"), plan.checkpoint, serve.revision
+            )
             flags = planner.vllm_flags(
                 plan,
                 served_names=served_names,
                 host=bind,
                 port=port,
-                revision=serve.revision,
+                revision=weights.revision,
                 max_num_seqs=serve.max_num_seqs,
                 multinode=multinode,
                 backend=serve.distributed_backend,
             )
+            flags["model"] = weights.model_arg
             env = self.vllm_env(host, gpus, ready, len(nodes) > 1)
             secrets = {}
             if (key := _secret(self.fleet.engine_api_key)) is not None:

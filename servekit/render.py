@@ -24,6 +24,22 @@ from servekit.hostplan import (
     SecretSource,
     VllmInstance,
 )
+from servekit.spec import RAY_PORT
+
+FIREWALL_RULES = "/etc/servekit/firewall.nft"
+FIREWALL_UNIT = "servekit-firewall"
+NFT = "/usr/sbin/nft"
+RAY_TEMP_DIR = f"{VLLM_HOME}/ray"
+RAY_FIXED_PORTS = {
+    "node-manager-port": 6380,
+    "object-manager-port": 6381,
+    "dashboard-agent-grpc-port": 6382,
+    "metrics-export-port": 6383,
+    "runtime-env-agent-port": 6384,
+    "dashboard-agent-listen-port": 52365,
+}
+RAY_WORKER_PORTS = (10002, 19999)
+"""Ray's ports are pinned so that the firewall can admit them from the replica's nodes only."""
 
 SecretResolver = Callable[[SecretSource], str]
 
@@ -78,23 +94,85 @@ def vllm_instance_name(instance: VllmInstance) -> str:
     return instance.unit.removeprefix("vllm-")
 
 
+def uses_ray(instance: VllmInstance) -> bool:
+    """Whether this process belongs to a replica run by Ray (a head or a Ray worker node)."""
+    return instance.role == "ray-worker" or (
+        instance.config.get("distributed-executor-backend") == "ray"
+    )
+
+
+def ray_unit(instance: VllmInstance) -> str:
+    """The Ray node unit beside a Ray-backed vLLM instance (`vllm-NAME` -> `ray-NAME`)."""
+    return f"ray-{vllm_instance_name(instance)}"
+
+
 def vllm_paths(plan: HostPlan, instance: VllmInstance) -> dict[str, str]:
     name = vllm_instance_name(instance)
     return {
         "config_file": f"{VLLM_CONFIG_DIR}/{name}.yaml",
         "env_file": f"{VLLM_CONFIG_DIR}/{name}.env",
         "unit_file": f"/etc/systemd/system/{instance.unit}.service",
+        "ray_unit_file": f"/etc/systemd/system/{ray_unit(instance)}.service",
         "venv": f"{VLLM_VENVS}/{plan.versions['vllm']}",
     }
 
 
 def _cluster_env(instance: VllmInstance, plan: HostPlan, facts: HostFacts) -> dict[str, str]:
-    """Interface variables NCCL and Gloo need on a multi-node replica (from the host's facts)."""
+    """Interface variables NCCL and Gloo need on a multi-node replica (from the host's facts),
+    and where a Ray-backed process finds its cluster."""
     if instance.nnodes < 2:
         return {}
     address = plan.cluster_address or ""
     interface = facts.interfaces.get(address, f"<interface holding {address or plan.name}>")
-    return {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface}
+    env = {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface}
+    if uses_ray(instance):
+        env["RAY_ADDRESS"] = f"{instance.head_address}:{RAY_PORT}"
+        if plan.cluster_address:
+            env["RAY_NODE_IP_ADDRESS"] = plan.cluster_address
+            env["RAY_OVERRIDE_NODE_IP_ADDRESS"] = plan.cluster_address
+    return env
+
+
+def ray_args(instance: VllmInstance, plan: HostPlan) -> list[str]:
+    """`ray start --block` arguments of this node: head or worker, its address, GPUs and ports."""
+    args = (
+        ["--head", f"--port={RAY_PORT}"]
+        if instance.role == "server"
+        else [f"--address={instance.head_address}:{RAY_PORT}"]
+    )
+    args += [
+        f"--node-ip-address={plan.cluster_address}",
+        f"--num-gpus={len(instance.gpu_indices)}",
+        f"--temp-dir={RAY_TEMP_DIR}",
+        "--disable-usage-stats",
+    ]
+    if instance.role == "server":
+        args.append("--include-dashboard=false")
+    args += [f"--{flag}={port}" for flag, port in RAY_FIXED_PORTS.items()]
+    args += [f"--min-worker-port={RAY_WORKER_PORTS[0]}", f"--max-worker-port={RAY_WORKER_PORTS[1]}"]
+    return args
+
+
+def ray_files(plan: HostPlan, instance: VllmInstance, facts: HostFacts) -> list[RenderedFile]:
+    """The Ray node unit of a Ray-backed replica on this host (head or worker)."""
+    paths = vllm_paths(plan, instance)
+    env = {**instance.env, **_cluster_env(instance, plan, facts), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("VLLM_ENGINE_READY_TIMEOUT_S", None)
+    unit = render_template(
+        "ray.service.j2",
+        fleet=plan.fleet,
+        unit=ray_unit(instance),
+        ray_role="head" if instance.role == "server" else "worker",
+        serve=instance.serve,
+        replica=instance.replica,
+        node_rank=instance.node_rank,
+        nnodes=instance.nnodes,
+        home=VLLM_HOME,
+        env=env,
+        venv=paths["venv"],
+        args=ray_args(instance, plan),
+    )
+    return [RenderedFile(paths["ray_unit_file"], unit, "0644")]
 
 
 def vllm_files(
@@ -127,9 +205,10 @@ def vllm_files(
         config_file=paths["config_file"],
         venv=paths["venv"],
         ready_timeout_s=instance.ready_timeout_s,
+        after=[f"{ray_unit(instance)}.service"] if uses_ray(instance) else [],
     )
     return [
-        RenderedFile(paths["config_file"], config, "0644", "root", "vllm"),
+        RenderedFile(paths["config_file"], config, "0640", "root", "vllm"),
         RenderedFile(paths["env_file"], env, "0600"),
         RenderedFile(paths["unit_file"], unit, "0644"),
     ]
@@ -265,8 +344,76 @@ def render_host(
     for instance in plan.vllm:
         if instance.role != "ray-worker":
             files += vllm_files(plan, instance, secret, facts)
+        if uses_ray(instance):
+            files += ray_files(plan, instance, facts)
+    if plan.vllm:
+        files += firewall_files(plan)
     files += ollama_files(plan, facts)
     return files
+
+
+@dataclass(frozen=True)
+class FirewallRules:
+    """Ports this host protects, and the addresses (besides loopback) admitted to them."""
+
+    engine_ports: list[int]
+    cluster_ports: list[str]
+    open_ports: list[int]
+    admitted: list[str]
+
+    @property
+    def protected(self) -> list[str]:
+        return [str(p) for p in self.engine_ports] + self.cluster_ports
+
+
+def firewall_rules(plan: HostPlan) -> FirewallRules:
+    """What `servekit-firewall` enforces for the host's vLLM processes.
+
+    An engine bound to all interfaces has no gateway in front: its clients come from anywhere
+    and its API key guards `/v1`, so its port stays open (and `/metrics`, `/health` with it: put
+    a gateway in front to close them). Otherwise the engine port (API, `/metrics`, `/health`)
+    admits only the gateway and monitoring hosts. Cluster ports (vLLM's master port, Ray's
+    ports) admit only the other nodes of the replica.
+    """
+    engine: set[int] = set()
+    opened: set[int] = set()
+    cluster: set[str] = set()
+    for instance in plan.vllm:
+        if instance.role == "server":
+            (opened if instance.bind_address == "0.0.0.0" else engine).add(instance.port)
+        if instance.nnodes > 1:
+            if uses_ray(instance):
+                cluster |= {str(RAY_PORT), *(str(p) for p in RAY_FIXED_PORTS.values())}
+                cluster.add(f"{RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}")
+            elif instance.master_port:
+                cluster.add(str(instance.master_port))
+    admitted = [a for a in plan.firewall_allow if not a.startswith("<")]
+    return FirewallRules(
+        engine_ports=sorted(engine),
+        cluster_ports=sorted(cluster, key=lambda p: int(p.split("-")[0])),
+        open_ports=sorted(opened),
+        admitted=admitted,
+    )
+
+
+def firewall_files(plan: HostPlan) -> list[RenderedFile]:
+    """The nftables rules file and the unit that loads it at boot."""
+    rules = firewall_rules(plan)
+    text = render_template(
+        "firewall.nft.j2",
+        host=plan.name,
+        fleet=plan.fleet,
+        engine_ports=rules.engine_ports,
+        cluster_ports=rules.cluster_ports,
+        open_ports=rules.open_ports,
+        admitted=rules.admitted,
+        protected=rules.protected,
+    )
+    unit = render_template("servekit-firewall.service.j2", rules_file=FIREWALL_RULES, nft=NFT)
+    return [
+        RenderedFile(FIREWALL_RULES, text, "0644"),
+        RenderedFile(f"/etc/systemd/system/{FIREWALL_UNIT}.service", unit, "0644"),
+    ]
 
 
 def write_tree(files: list[RenderedFile], root: Path) -> list[Path]:

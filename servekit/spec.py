@@ -313,6 +313,11 @@ class S3Bucket(Spec):
     prefix: str = ""
     region: str | None = None
     endpoint_url: str | None = None
+    credentials: SecretRef | None = Field(
+        None,
+        description="two lines: access key id, secret access key (default: the host's own, "
+        "e.g. an instance role)",
+    )
 
 
 class LocalPath(Spec):

@@ -61,16 +61,36 @@ def create_venv(venv: str, python: str = "python3", uv: str = uv_binary()) -> st
 
 
 def install_packages(
-    venv: str, requirements: Sequence[str], index_url: str = PYPI_SIMPLE, uv: str = uv_binary()
+    venv: str,
+    requirements: Sequence[str],
+    index_url: str = PYPI_SIMPLE,
+    uv: str = uv_binary(),
+    *,
+    extra_index_urls: Sequence[str] = (),
+    index_strategy: str | None = None,
+    quiet: bool = True,
 ) -> str:
     """Install pinned requirements (`'pkg==ver'`, ...) into `venv` with uv from `index_url`.
 
     uv trusts the host's certificate store (`--system-certs`), not only its built-in roots, so a
-    mirror or proxy with an internal CA works as it does for pip and apt.
+    mirror or proxy with an internal CA works as it does for pip and apt. `extra_index_urls` (a
+    CUDA build's wheel and PyTorch indexes) and `index_strategy` are passed to uv as given.
     """
     if not requirements:
         raise ValueError("install_packages needs at least one requirement")
-    return shlex.join(
-        [uv, "pip", "install", "--quiet", "--system-certs", "--python", venv_python(venv),
-         "--index-url", index_url, *requirements]
-    )  # fmt: skip
+    args = [
+        uv,
+        "pip",
+        "install",
+        *(["--quiet"] if quiet else []),
+        "--system-certs",
+        "--python",
+        venv_python(venv),
+        "--index-url",
+        index_url,
+    ]
+    for url in extra_index_urls:
+        args += ["--extra-index-url", url]
+    if index_strategy:
+        args += ["--index-strategy", index_strategy]
+    return shlex.join([*args, *requirements])  # fmt: skip

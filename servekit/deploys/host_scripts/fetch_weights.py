@@ -1,0 +1,143 @@
+# Runs on a host as the service user, with servekit's tools venv (huggingface_hub, boto3):
+# download one checkpoint into the cache, print progress, and write the completion marker last.
+# stdin: JSON {kind: "huggingface"|"s3", checkpoint, revision, marker,
+#              hf: {endpoint, cache_dir, token}, s3: {bucket, prefix, dest, region, endpoint_url,
+#              access_key_id, secret_access_key}}. Secrets arrive here only, never in argv.
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+
+job = json.load(sys.stdin)
+PROGRESS_S = 10.0
+
+
+def tree_bytes(path):
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def gib(count):
+    return "%.2f GiB" % (count / 2**30)
+
+
+def with_progress(label, directory, work, expected=None):
+    """Run `work()` while printing how much has arrived under `directory` every few seconds."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = work()
+        except BaseException as error:  # reported below, in the main thread
+            result["error"] = error
+
+    started = time.time()
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(PROGRESS_S)
+        if thread.is_alive():
+            have = tree_bytes(directory)
+            of = f" of {gib(expected)}" if expected else ""
+            print(f"{label}: {gib(have)}{of} after {time.time() - started:.0f}s", flush=True)
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def huggingface():
+    hf = job["hf"]
+    os.environ["HF_ENDPOINT"] = hf["endpoint"]
+    os.environ.setdefault("HF_XET_HIGH_PERFORMANCE", "1")
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    from huggingface_hub import snapshot_download
+
+    repo = job["checkpoint"]
+    label = f"{repo}@{job.get('revision') or 'main'}"
+    print(f"{label}: downloading from {hf['endpoint']} into {hf['cache_dir']}", flush=True)
+    folder = with_progress(
+        label,
+        hf["cache_dir"],
+        lambda: snapshot_download(
+            repo_id=repo,
+            revision=job.get("revision"),
+            cache_dir=hf["cache_dir"],
+            token=hf.get("token") or None,
+        ),
+    )
+    commit = os.path.basename(str(folder))
+    return {"snapshot": str(folder), "commit": commit, "bytes": tree_bytes(str(folder))}
+
+
+def s3():
+    import boto3
+    from botocore.config import Config
+
+    conf = job["s3"]
+    kwargs = {"config": Config(retries={"max_attempts": 10, "mode": "adaptive"})}
+    if conf.get("region"):
+        kwargs["region_name"] = conf["region"]
+    if conf.get("endpoint_url"):
+        kwargs["endpoint_url"] = conf["endpoint_url"]
+    if conf.get("access_key_id"):
+        kwargs["aws_access_key_id"] = conf["access_key_id"]
+        kwargs["aws_secret_access_key"] = conf["secret_access_key"]
+    client = boto3.client("s3", **kwargs)
+    bucket, prefix, dest = conf["bucket"], conf["prefix"], conf["dest"]
+    objects = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if not item["Key"].endswith("/"):
+                objects.append((item["Key"], item["Size"]))
+    if not objects:
+        raise SystemExit(
+            f"s3://{bucket}/{prefix} holds no files: upload the checkpoint there (one folder per "
+            f"checkpoint, e.g. {prefix}config.json)"
+        )
+    total = sum(size for _key, size in objects)
+    label = f"s3://{bucket}/{prefix}"
+    print(f"{label}: {len(objects)} files, {gib(total)}, into {dest}", flush=True)
+
+    def copy_all():
+        for key, size in objects:
+            target = os.path.join(dest, key[len(prefix) :])
+            if os.path.isfile(target) and os.path.getsize(target) == size:
+                continue  # arrived in an earlier, interrupted run
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            client.download_file(bucket, key, target + ".part")
+            os.replace(target + ".part", target)
+
+    os.makedirs(dest, exist_ok=True)
+    with_progress(label, dest, copy_all, total)
+    return {"directory": dest, "files": len(objects), "bytes": total}
+
+
+try:
+    details = huggingface() if job["kind"] == "huggingface" else s3()
+except SystemExit:
+    raise
+except BaseException as error:
+    print(
+        "download of {} failed: {}: {}".format(job["checkpoint"], type(error).__name__, error),
+        file=sys.stderr,
+    )
+    sys.exit(1)
+details.update(
+    {
+        "checkpoint": job["checkpoint"],
+        "revision": job.get("revision"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+)
+os.makedirs(os.path.dirname(job["marker"]), exist_ok=True)
+with open(job["marker"] + ".tmp", "w") as handle:
+    json.dump(details, handle)
+os.replace(job["marker"] + ".tmp", job["marker"])
+print("{}: complete, {}".format(job["checkpoint"], gib(details["bytes"])), flush=True)
