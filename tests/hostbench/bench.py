@@ -148,6 +148,7 @@ class Bench:
             if self._closed:
                 raise RuntimeError("the bench is closed")
             self._entries[name] = entry = _Entry(host, octet)
+        network.remove_stale_veth(name)
         subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o",
              f"lowerdir={self.base_root},upperdir={host_dir / 'upper'},workdir={host_dir / 'work'}",

@@ -48,3 +48,16 @@ def ensure_bridge(name: str = settings.BRIDGE) -> None:
         "-j",
         "ACCEPT",
     )
+
+
+def remove_stale_veth(host_name: str) -> bool:
+    """Delete the bridge-side veth `vb-<host>` left by a container that died uncleanly.
+
+    Called for an address this run has just leased (so no live host owns that name); without it
+    systemd-nspawn fails with "Failed to add new veth interfaces: File exists".
+    """
+    link = f"vb-{host_name}"
+    if not Path(f"/sys/class/net/{link}").exists():
+        return False
+    _run("ip", "link", "delete", link)
+    return True

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hostbench import Bench, registry
+from hostbench import Bench, network, registry
 from hostbench.fsutil import identity_alive, mounts_under
-from hostbench.plugin import HostFactory
+from hostbench.plugin import HostFactory, require_bench
 
 pytestmark = pytest.mark.hosts
 
@@ -140,3 +140,19 @@ def test_janitor_cleans_a_killed_run_but_not_live_ones(bench: Bench) -> None:
     assert bench.run_id not in cleaned
     assert live_host.run("true").returncode == 0
     bench.stop([live_host])
+
+
+@pytest.mark.hosts
+def test_stale_veth_of_a_dead_container_is_removed() -> None:
+    require_bench()
+    name = "sk-hstale"
+    subprocess.run(
+        ["ip", "link", "add", f"vb-{name}", "type", "veth", "peer", "name", "sk-stale-peer"],
+        check=True,
+    )
+    try:
+        assert network.remove_stale_veth(name)
+        assert not Path(f"/sys/class/net/vb-{name}").exists()
+        assert not network.remove_stale_veth(name)
+    finally:
+        subprocess.run(["ip", "link", "delete", f"vb-{name}"], capture_output=True)
