@@ -8,11 +8,10 @@ host.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TypeVar
 
-from pyinfra.api.command import PyinfraCommand, StringCommand
+from pyinfra.api.command import PyinfraCommand, QuoteString, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
@@ -28,7 +27,7 @@ def each(items: Iterable[T]) -> Iterator[T]:
 
 def failure(message: str) -> StringCommand:
     """A command that prints `message` to stderr and fails."""
-    return StringCommand(f"printf '%s\\n' {shlex.quote(message)} >&2; exit 1")
+    return StringCommand("printf '%s\\n'", QuoteString(message), ">&2", "&&", "false")
 
 
 @operation(is_idempotent=False)

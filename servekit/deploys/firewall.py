@@ -15,7 +15,8 @@ from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from servekit.deploys.hoststate import Commands, apply_files, differs, file_entry, stale, view
+from servekit.deploys.common import Commands
+from servekit.deploys.hoststate import apply_files, differs, file_entry, stale, view
 from servekit.hostplan import HostPlan
 from servekit.render import FIREWALL_RULES, FIREWALL_UNIT, firewall_files
 

@@ -13,18 +13,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Generator
 from typing import Any, cast
 
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
-from pyinfra.api.command import FunctionCommand, PyinfraCommand, QuoteString, StringCommand
+from pyinfra.api.command import FunctionCommand, QuoteString, StringCommand
 from pyinfra.context import host, state
 
 from servekit.deploys.host_scripts import script
 from servekit.facts.vllm import HostState
 from servekit.render import RenderedFile
-
-Commands = Generator[PyinfraCommand | str, None, None]
 
 EMPTY_STATE: dict[str, Any] = {
     "python": None, "packages": {}, "user": None, "paths": {}, "read": {}, "globs": {},
@@ -126,8 +123,3 @@ def differs(rendered: RenderedFile, current: dict[str, Any] | None) -> bool:
         or current.get("user") != rendered.user
         or current.get("group") != rendered.group
     )
-
-
-def failure(message: str) -> StringCommand:
-    """A command that prints `message` and fails: pyinfra stops this host, others carry on."""
-    return StringCommand("printf '%s\\n'", QuoteString(message), ">&2", "&&", "false")

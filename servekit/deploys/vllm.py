@@ -44,12 +44,11 @@ from pyinfra.context import host
 
 from servekit import catalog
 from servekit.deploys import pyenv
+from servekit.deploys.common import Commands, failure, problem
 from servekit.deploys.firewall import firewall_ops
 from servekit.deploys.hoststate import (
-    Commands,
     apply_files,
     differs,
-    failure,
     file_entry,
     python_command,
     run_key,
@@ -984,10 +983,7 @@ def vllm_host() -> None:
     try:
         render_host(plan, secret=read_secret)
     except SecretError as error:
-        problem(
-            name="Read the fleet's secrets",
-            message=f"servekit: {host.name}: {error}",
-        )
+        problem(name="Read the fleet's secrets", message=str(error))
         return
     packages(name="Install Debian packages", work=work)
     service_user(name="Create the vllm user and directories", work=work)
@@ -1010,16 +1006,6 @@ def vllm_host() -> None:
         start_servers(name=f"Start vLLM servers (wave {wave})", work=work, wave=wave)
         roll_back(name=f"Roll back failures (wave {wave})", work=work, wave=wave)
     finish(name="Finish the vLLM rollout", work=work)
-
-
-@operation(is_idempotent=False)
-def problem(message: str) -> Commands:
-    """
-    Stop this host with a message (what is wrong and what to do).
-
-    + message: the explanation printed as the host's error
-    """
-    yield failure(message)
 
 
 __all__ = ["FIREWALL_RULES", "vllm_host"]

@@ -197,7 +197,7 @@ def tags(models: list[str]) -> str:
     return json.dumps({"models": [{"name": m, "model": m, "size": 1} for m in models]})
 
 
-FAILS = re.compile(r"^printf '%s\\n' .* >&2; exit 1$", re.DOTALL)
+FAILS = re.compile(r"^printf '%s\\n' .* >&2 && false$", re.DOTALL)
 """A command that stops the host with a message (servekit.deploys.common.failure) fails."""
 PULL_OK = [f"{m}: success" for m in MODELS]
 
