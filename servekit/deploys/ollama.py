@@ -184,7 +184,7 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
         return
     if not host.get_fact(Directory, path="/run/systemd/system"):
         problem(
-            name="systemd",
+            name="Needs systemd",
             message="servekit runs Ollama as a systemd service, and this host was not booted "
             "with systemd (a container, or WSL without systemd=true in /etc/wsl.conf)",
             _sudo=sudo,
