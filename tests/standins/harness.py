@@ -6,9 +6,9 @@ Every wait here is bounded in time, and every process started is stopped by its 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.machinery
 import importlib.util
-import http.client
 import json
 import os
 import signal
