@@ -447,7 +447,7 @@ def test_an_arm64_box_installs_the_arm64_archive_and_joins_the_gpu_groups() -> N
 def test_a_host_without_systemd_is_refused_with_the_reason() -> None:
     run = run_deploy(host_data("linux"), linux(systemd=False))
     assert run.failed and list(run.steps) == ["Needs systemd"]
-    assert "not booted with systemd" in run.steps["systemd"].message()
+    assert "not booted with systemd" in run.steps["Needs systemd"].message()
 
 
 def test_a_host_without_apt_is_refused() -> None:
