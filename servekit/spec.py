@@ -1,8 +1,10 @@
 """The fleet schema: one declaration of machines, what they serve, and what surrounds them.
 
 An inventory file builds a `Fleet`; `servekit plan`, `servekit cloud` and the pyinfra deploys all
-read it. Validation here is structural (names, references, ports, secrets, security rules); the
-planner then checks that each model fits its hardware. Every error names the field and the fix.
+read it. Validation here is structural (names, references, secrets, security rules); planning
+(servekit/placement.py) then checks that each model fits its hardware and that no two services
+share a port on a host, once replicas and their ports are placed. Every error names the field and
+the fix.
 
 Example::
 
@@ -537,7 +539,6 @@ def _check_fleet(fleet: Fleet) -> list[Problem]:
             refers(f"{field}.host", service.host)
 
     problems += _check_security(fleet)
-    problems += _check_ports(fleet)
     return problems
 
 
@@ -589,53 +590,3 @@ def _check_security(fleet: Fleet) -> list[Problem]:
             )
         )
     return problems
-
-
-def _check_ports(fleet: Fleet) -> list[Problem]:
-    """Two services may not listen on one port of one host."""
-    listeners: dict[tuple[str, int], list[str]] = {}
-
-    def listen(host: str, port: int, what: str) -> None:
-        listeners.setdefault((host, port), []).append(what)
-
-    known = set(fleet.host_names())
-    for index, serve in enumerate(fleet.serve):
-        if serve.hosts is not None and not set(serve.hosts) <= known | {
-            m.name for m in fleet.machines
-        }:
-            continue
-        hosts = fleet.hosts_of(serve)
-        what = f"serve[{index}].port"
-        for host in hosts:
-            if serve.engine == "ollama":
-                if (host, serve.engine_port) not in listeners or "ollama" not in str(
-                    listeners[(host, serve.engine_port)]
-                ):
-                    listen(host, serve.engine_port, f"{what} (ollama)")
-            else:
-                listen(host, serve.engine_port, what)
-    for field, service in (("gateway.port", fleet.gateway), ("monitoring.port", fleet.monitoring)):
-        if service is not None:
-            for host in _expand(fleet, service.host):
-                listen(host, service.port, field)
-    problems = []
-    for (host, port), users in listeners.items():
-        if len(users) > 1:
-            problems.append(
-                Problem(
-                    users[-1],
-                    f"port {port} on {host!r} is also used by {', '.join(users[:-1])}",
-                    "give each service on a host its own port",
-                )
-            )
-    return problems
-
-
-def _expand(fleet: Fleet, ref: str) -> list[str]:
-    try:
-        machine = fleet.machine_of(ref)
-    except KeyError:
-        return []
-    if isinstance(machine, AwsNodeGroup) and ref == machine.name:
-        return machine.node_names()[:1]
-    return [ref]
