@@ -7,8 +7,10 @@ pyinfra prints the message alone (no traceback) and exits before connecting anyw
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -22,26 +24,71 @@ class Problem:
     field: str
     message: str
     fix: str = ""
+    where: str = ""
+    """FILE:LINE of the inventory statement that declared the value (when known)."""
 
     def __str__(self) -> str:
         text = f"{self.field}: {self.message}" if self.field else self.message
+        if self.where:
+            text += f" (declared at {self.where})"
         return f"{text}\n    fix: {self.fix}" if self.fix else text
+
+    def at(self, prefix: str, where: str = "") -> Problem:
+        """The same problem seen from an enclosing object: 'port' -> 'serve[1].port'."""
+        return replace(self, field=join_path(prefix, self.field), where=self.where or where)
 
 
 class FleetError(PyinfraError):
     """A fleet declaration that cannot work."""
 
-    def __init__(self, problems: Sequence[Problem], fleet: str | None = None) -> None:
+    def __init__(
+        self, problems: Sequence[Problem], fleet: str | None = None, where: str = ""
+    ) -> None:
         self.problems = list(problems)
         self.fleet = fleet
+        self.where = where
         head = f"fleet {fleet!r} cannot work" if fleet else "invalid fleet"
+        if where:
+            head += f" (declared at {where})"
         count = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
+        lines = "\n".join(
+            f"  - {p if p.where != where else replace(p, where='')}" for p in self.problems
+        )
         super().__init__(f"{head} ({count} problem{'s' if count != 1 else ''}):\n{lines}")
 
     @property
     def fields(self) -> list[str]:
         return [p.field for p in self.problems]
+
+
+def join_path(prefix: str, path: str) -> str:
+    """('serve[1]', 'port') -> 'serve[1].port'; ('machines', '[0].gpu') -> 'machines[0].gpu'."""
+    if not prefix:
+        return path
+    if not path:
+        return prefix
+    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
+
+
+_OWN_DIRS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+
+
+def user_site(skip: tuple[str, ...] = ()) -> str:
+    """FILE:LINE of the innermost caller outside servekit and the libraries it calls (pydantic,
+    typing): the inventory line that built a value, for error messages."""
+    frame = sys._getframe(1)
+    own = _OWN_DIRS + skip
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (
+            filename.startswith(own)
+            or "/pydantic" in filename
+            or filename.startswith("<frozen")
+            or os.path.basename(filename) in ("typing.py", "runpy.py", "functools.py")
+        ):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
 
 
 def field_path(loc: Iterable[int | str]) -> str:
@@ -84,6 +131,8 @@ def _problem(error: ErrorDetails, prefix: str, known_fields: dict[str, list[str]
         fix = f"did you mean {close[0]!r}?" if close else "remove it (see servekit/spec.py)"
     if " | fix: " in message:
         message, fix = message.split(" | fix: ", 1)
+    if kind in ("string_type", "int_type", "float_type", "bool_type", "list_type") and not fix:
+        fix = f"give a {kind.removesuffix('_type').replace('string', 'text')} value"
     return Problem(path, message, fix)
 
 

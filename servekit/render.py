@@ -24,22 +24,16 @@ from servekit.hostplan import (
     SecretSource,
     VllmInstance,
 )
+
+# Ray's ports live in servekit.spec next to RAY_PORT (placement claims them); re-exported here.
+from servekit.spec import RAY_FIXED_PORTS as RAY_FIXED_PORTS
 from servekit.spec import RAY_PORT
+from servekit.spec import RAY_WORKER_PORTS as RAY_WORKER_PORTS
 
 FIREWALL_RULES = "/etc/servekit/firewall.nft"
 FIREWALL_UNIT = "servekit-firewall"
 NFT = "/usr/sbin/nft"
 RAY_TEMP_DIR = f"{VLLM_HOME}/ray"
-RAY_FIXED_PORTS = {
-    "node-manager-port": 6380,
-    "object-manager-port": 6381,
-    "dashboard-agent-grpc-port": 6382,
-    "metrics-export-port": 6383,
-    "runtime-env-agent-port": 6384,
-    "dashboard-agent-listen-port": 52365,
-}
-RAY_WORKER_PORTS = (10002, 19999)
-"""Ray's ports are pinned so that the firewall can admit them from the replica's nodes only."""
 
 SecretResolver = Callable[[SecretSource], str]
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from pathlib import Path, PurePath
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,12 +30,31 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from servekit import catalog
-from servekit.errors import FleetError, Problem, from_validation_error, invalid
+from servekit.errors import FleetError, Problem, from_validation_error, invalid, user_site
+from servekit.fields import (
+    Address,
+    BucketName,
+    ControlPath,
+    EnvName,
+    HostDir,
+    KeepAlive,
+    KeyPrefix,
+    OllamaVersion,
+    Origin,
+    PrometheusDuration,
+    Region,
+    Revision,
+    Text,
+    Url,
+    UserName,
+    control_character,
+)
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -43,22 +63,161 @@ VLLM_PORT = 8000
 OLLAMA_PORT = 11434
 VLLM_MASTER_PORT = 29501
 RAY_PORT = 6379
+RAY_FIXED_PORTS = {
+    "node-manager-port": 6380,
+    "object-manager-port": 6381,
+    "dashboard-agent-grpc-port": 6382,
+    "metrics-export-port": 6383,
+    "runtime-env-agent-port": 6384,
+    "dashboard-agent-listen-port": 52365,
+}
+RAY_WORKER_PORTS = (10002, 19999)
+"""Ray's ports are pinned so that the firewall can admit them from the replica's nodes only; a
+Ray-backed replica claims all of them on each of its hosts (servekit/placement.py)."""
 NODE_EXPORTER_PORT = 9100
 DCGM_EXPORTER_PORT = 9400
 
 
+def _strings(value: object, path: str) -> Iterator[tuple[str, str]]:
+    """Every string inside a field value (lists, dicts, paths), with its position."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, PurePath):
+        yield path, str(value)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key, path)
+            yield from _strings(item, f"{path}.{key}")
+
+
+class _Invalid:
+    """Stands in for an invalid Spec while the enclosing object validates: its own problems are
+    reported from the carrier, and the enclosing rules never read an invalid value."""
+
+
+_INVALID = _Invalid()
+
+
+def _without_carriers(value: Any) -> Any:
+    if isinstance(value, Spec) and value.carried_problems:
+        return _INVALID
+    if isinstance(value, list | tuple):
+        return type(value)(_without_carriers(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _without_carriers(item) for key, item in value.items()}
+    return value
+
+
+def _carriers(value: object, path: str) -> Iterator[tuple[str, Spec]]:
+    """Invalid Specs inside a field value, with their position."""
+    if isinstance(value, Spec) and value.carried_problems:
+        yield path, value
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _carriers(item, f"{path}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _carriers(item, f"{path}.{key}")
+
+
 class Spec(BaseModel):
-    """Base of every schema type: unknown fields are errors, values are immutable."""
+    """Base of every schema type: unknown fields are errors, values are immutable, and no string
+    anywhere (lists and paths included) holds a control character.
+
+    An invalid Spec does not raise where it is built: it carries its problems, so that the Fleet
+    it is part of reports them at their position (`serve[1].port`, not `Serve.port`) together
+    with every other problem, and with the inventory line that declared it. A carrier used on its
+    own (any field read, or `check()`) raises its FleetError then. `Fleet` itself raises at once.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _raise_at_once: ClassVar[bool] = False
 
     def __init__(self, **data: Any) -> None:
+        where = user_site()
+        carriers = [found for key, value in data.items() for found in _carriers(value, key)]
+        nested = [
+            p.at(path, spec.declared_at) for path, spec in carriers for p in spec.carried_problems
+        ]
+        problems: list[Problem] = []
         try:
-            super().__init__(**data)
+            super().__init__(**{key: _without_carriers(value) for key, value in data.items()})
         except ValidationError as error:
-            raise from_validation_error(
-                error, prefix=type(self).__name__, known_fields=_known_fields(type(self))
-            ) from None
+            problems = [
+                p
+                for p in from_validation_error(
+                    error, known_fields=_known_fields(type(self))
+                ).problems
+                if not any(p.field == path for path, _spec in carriers)
+            ]
+        except FleetError as error:  # cross-field rules (Fleet) report several problems at once
+            problems = error.problems
+        problems = nested + problems
+        if not problems:
+            object.__setattr__(self, "__pydantic_private__", {"_where": where, "_problems": ()})
+            return
+        if self._raise_at_once:
+            fleet = data.get("name") if isinstance(data.get("name"), str) else None
+            raise FleetError(problems, fleet=fleet, where=where)
+        # A carrier: only its discriminator is readable (tagged unions need it), nothing else.
+        kind = type(self).model_fields.get("kind")
+        state = {"kind": data.get("kind", kind.default)} if kind is not None else {}
+        object.__setattr__(self, "__dict__", state)
+        object.__setattr__(self, "__pydantic_fields_set__", set(state))
+        object.__setattr__(self, "__pydantic_extra__", None)
+        object.__setattr__(
+            self, "__pydantic_private__", {"_where": where, "_problems": tuple(problems)}
+        )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _one_line(cls, value: Any, info: ValidationInfo) -> Any:
+        for path, text in _strings(value, ""):
+            bad = control_character(text)
+            if bad is not None:
+                raise invalid(
+                    f"{path.lstrip('.') + ' ' if path else ''}contains the control character "
+                    f"{bad} (a newline or similar)",
+                    "write the value on one line, without control characters",
+                )
+        return value
+
+    @property
+    def carried_problems(self) -> tuple[Problem, ...]:
+        """The problems of an invalid Spec (empty when it is valid)."""
+        private = object.__getattribute__(self, "__pydantic_private__") or {}
+        return tuple(private.get("_problems", ()))
+
+    @property
+    def declared_at(self) -> str:
+        """FILE:LINE of the statement that built this object (the inventory line)."""
+        private = object.__getattribute__(self, "__pydantic_private__") or {}
+        return str(private.get("_where", ""))
+
+    def check(self) -> None:
+        """Raise the FleetError an invalid Spec carries (its fields named from its class)."""
+        if self.carried_problems:
+            name = type(self).__name__
+            raise FleetError([p.at(name) for p in self.carried_problems], where=self.declared_at)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self).model_fields and self.carried_problems:
+            self.check()
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def __eq__(self, other: object) -> bool:
+        """Equal values are equal Specs, wherever they were declared."""
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __repr__(self) -> str:
+        if self.carried_problems:
+            return f"{type(self).__name__}(<invalid: {len(self.carried_problems)} problem(s)>)"
+        return super().__repr__()
 
 
 def _known_fields(model: type[BaseModel]) -> dict[str, list[str]]:
@@ -72,8 +231,8 @@ class SecretRef(Spec):
     not 0600.
     """
 
-    file: Path | None = None
-    env: str | None = None
+    file: ControlPath | None = None
+    env: EnvName | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -91,7 +250,7 @@ class SecretRef(Spec):
 class Gpu(Spec):
     """GPUs in one machine: a catalog model (or the name nvidia-smi prints) and how many."""
 
-    model: str
+    model: Text
     count: int = Field(1, ge=1, le=16)
     memory_gib: float | None = Field(None, gt=0, description="unified memory of an Apple machine")
 
@@ -123,13 +282,13 @@ class SshHost(Spec):
 
     kind: Literal["ssh"] = "ssh"
     name: Name
-    address: str = Field(min_length=1)
+    address: Address
     cluster_address: ipaddress.IPv4Address | None = Field(
         None, description="address on the network between nodes (multi-node); default: address"
     )
-    ssh_user: str | None = None
+    ssh_user: UserName | None = None
     ssh_port: Port = 22
-    ssh_key: Path | None = None
+    ssh_key: ControlPath | None = None
     sudo: bool = True
     os: Literal["linux", "macos"] = "linux"
     gpu: Gpu | None = None
@@ -208,9 +367,9 @@ class Serve(Spec):
     """
 
     name: Name | None = Field(None, description="names units and routes; default from the model")
-    model: str = Field(min_length=1)
+    model: Text = Field(min_length=1)
     engine: Literal["vllm", "ollama"] = "vllm"
-    hosts: list[str] | None = Field(None, description="machine or node-group names; default all")
+    hosts: list[Text] | None = Field(None, description="machine or node-group names; default all")
     replicas: int | None = Field(None, ge=1, description="default: as many as the hosts hold")
     nodes_per_replica: int = Field(1, ge=1, le=16)
     gpus_per_replica: int | None = Field(None, ge=1, le=16, description="default: a whole node")
@@ -224,9 +383,9 @@ class Serve(Spec):
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     gpu_memory_utilization: float = Field(0.92, gt=0.05, le=0.99)
     max_num_seqs: int | None = Field(None, ge=1)
-    served_names: list[str] = Field(default_factory=list, description="extra names it answers to")
+    served_names: list[Text] = Field(default_factory=list, description="extra names it answers to")
     port: Port | None = Field(None, description=f"default {VLLM_PORT} (vLLM), {OLLAMA_PORT}")
-    revision: str | None = Field(None, description="Hugging Face revision (commit) to pin")
+    revision: Revision | None = Field(None, description="Hugging Face revision (commit) to pin")
     distributed_backend: Literal["mp", "ray"] = "mp"
 
     @model_validator(mode="after")
@@ -266,15 +425,15 @@ class OllamaSettings(Spec):
     expose: bool = Field(
         False, description="listen beyond loopback: only allowed behind the fleet's gateway"
     )
-    keep_alive: str = "5m"
+    keep_alive: KeepAlive = "5m"
     num_parallel: int = Field(1, ge=1, le=64)
     max_loaded_models: int = Field(0, ge=0)
     flash_attention: bool | None = None
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     context_length: int = Field(0, ge=0, description="0: Ollama picks by VRAM")
-    origins: list[str] = Field(default_factory=list)
+    origins: list[Origin] = Field(default_factory=list)
     prune: bool = Field(False, description="delete models that are not declared")
-    models_dir: str | None = None
+    models_dir: HostDir | None = None
 
     @model_validator(mode="after")
     def _kv_needs_flash(self) -> OllamaSettings:
@@ -289,7 +448,7 @@ class OllamaSettings(Spec):
 class Gateway(Spec):
     """The one OpenAI-compatible endpoint clients use, with API keys, in front of the engines."""
 
-    host: str
+    host: Text
     port: Port = 8080
     api_keys: SecretRef = Field(description="a file (or env variable) with one client key a line")
 
@@ -297,24 +456,24 @@ class Gateway(Spec):
 class Monitoring(Spec):
     """Prometheus scraping the engines, node exporters and (GPU hosts) DCGM exporters."""
 
-    host: str
+    host: Text
     port: Port = 9090
-    scrape_interval: str = "15s"
-    retention: str = "15d"
+    scrape_interval: PrometheusDuration = "15s"
+    retention: PrometheusDuration = "15d"
 
 
 class HuggingFace(Spec):
     kind: Literal["huggingface"] = "huggingface"
-    endpoint: str = "https://huggingface.co"
+    endpoint: Url = "https://huggingface.co"
     token: SecretRef | None = Field(None, description="needed for gated models")
 
 
 class S3Bucket(Spec):
     kind: Literal["s3"] = "s3"
-    bucket: str = Field(min_length=3)
-    prefix: str = ""
-    region: str | None = None
-    endpoint_url: str | None = None
+    bucket: BucketName
+    prefix: KeyPrefix = ""
+    region: Region | None = None
+    endpoint_url: Url | None = None
     credentials: SecretRef | None = Field(
         None,
         description="two lines: access key id, secret access key (default: the host's own, "
@@ -324,7 +483,7 @@ class S3Bucket(Spec):
 
 class LocalPath(Spec):
     kind: Literal["local"] = "local"
-    path: str = Field(min_length=1, description="a directory on each host, e.g. an NFS mount")
+    path: HostDir = Field(description="a directory on each host, e.g. an NFS mount")
 
 
 WeightsSource = Annotated[HuggingFace | S3Bucket | LocalPath, Field(discriminator="kind")]
@@ -333,19 +492,19 @@ WeightsSource = Annotated[HuggingFace | S3Bucket | LocalPath, Field(discriminato
 class Sources(Spec):
     """Where everything is downloaded from: each one can point at a mirror (air-gapped sites)."""
 
-    python_index: str = "https://pypi.org/simple"
-    torch_index: str = "https://download.pytorch.org/whl"
-    vllm_wheels: str = "https://wheels.vllm.ai"
-    nvidia_apt: str = "https://developer.download.nvidia.com/compute/cuda/repos"
-    ollama_releases: str = "https://github.com/ollama/ollama/releases/download"
+    python_index: Url = "https://pypi.org/simple"
+    torch_index: Url = "https://download.pytorch.org/whl"
+    vllm_wheels: Url = "https://wheels.vllm.ai"
+    nvidia_apt: Url = "https://developer.download.nvidia.com/compute/cuda/repos"
+    ollama_releases: Url = "https://github.com/ollama/ollama/releases/download"
     weights: WeightsSource = Field(default_factory=HuggingFace)
 
 
 class Versions(Spec):
     """Pinned versions; each must be in servekit's versions catalog."""
 
-    vllm: str = "0.33.0"
-    ollama: str = Field(default_factory=lambda: catalog.ollama_versions().default)
+    vllm: Text = "0.33.0"
+    ollama: OllamaVersion = Field(default_factory=lambda: catalog.ollama_versions().default)
     driver_branch: int = Field(default_factory=catalog.default_driver_branch)
 
     @model_validator(mode="after")
@@ -376,7 +535,13 @@ class GpuSetup(Spec):
 
 
 class Fleet(Spec):
-    """Everything servekit manages for one team: machines, served models, and their surroundings."""
+    """Everything servekit manages for one team: machines, served models, and their surroundings.
+
+    The outermost object: it raises its FleetError where it is built, with every problem of the
+    objects inside it at their position.
+    """
+
+    _raise_at_once: ClassVar[bool] = True
 
     name: Name
     machines: list[Machine] = Field(min_length=1)
