@@ -34,8 +34,12 @@ from servekit.hostplan import (
 from servekit.spec import (
     DCGM_EXPORTER_PORT,
     NODE_EXPORTER_PORT,
+    OLLAMA_PORT,
+    RAY_FIXED_PORTS,
     RAY_PORT,
+    RAY_WORKER_PORTS,
     VLLM_MASTER_PORT,
+    VLLM_PORT,
     AwsNodeGroup,
     Fleet,
     Gpu,
@@ -99,7 +103,29 @@ class _Host:
     ollama_models: list[str] = field(default_factory=list)
     ollama_plans: list[planner.ModelPlan] = field(default_factory=list)
     ollama_port: int | None = None
-    ports: dict[int, str] = field(default_factory=dict)
+    ports: list[_Claim] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """Ports [low, high] one service holds on a host, and the field that declared them."""
+
+    low: int
+    high: int
+    what: str
+    field: str
+
+    def overlaps(self, other: _Claim) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+    def describe(self) -> str:
+        span = str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+        return f"{self.what} ({span}, {self.field})"
+
+
+# Engines run as unprivileged users (vLLM as `vllm`, Ollama as `ollama`: servekit/deploys) and
+# cannot bind a port below 1024 without a capability servekit never grants.
+UNPRIVILEGED_USER = {"vllm": "vllm", "ollama": "ollama"}
 
 
 def _secret(ref: SecretRef | None) -> SecretSource | None:
@@ -148,6 +174,20 @@ class _Planner:
                 address = machine.address
                 cluster = str(machine.cluster_address) if machine.cluster_address else address
             self.hosts[name] = _Host(name, address, cluster, list(range(count)))
+            self.hosts[name].ports.append(self.ssh_claim(name))
+            if fleet.monitoring is not None:  # exporters run on every host Prometheus scrapes
+                self.hosts[name].ports.append(
+                    _Claim(NODE_EXPORTER_PORT, NODE_EXPORTER_PORT, "node exporter", "monitoring")
+                )
+                if fleet.gpu_setup.dcgm and count:
+                    self.hosts[name].ports.append(
+                        _Claim(
+                            DCGM_EXPORTER_PORT,
+                            DCGM_EXPORTER_PORT,
+                            "DCGM exporter",
+                            "gpu_setup.dcgm",
+                        )
+                    )
         self.summaries: list[ServeSummary] = []
 
     def instance_type_of(self, host: str) -> str | None:
@@ -165,17 +205,74 @@ class _Planner:
         launched = catalog.instance_type(itype)
         return Gpu(model=launched.gpu, count=launched.gpus)
 
-    def claim_port(self, host: str, port: int, what: str, field_name: str) -> None:
-        users = self.hosts[host].ports
-        if port in users and users[port] != what:
+    def ssh_claim(self, host: str) -> _Claim:
+        """The host's SSH port: no service may take it (the firewall never closes it)."""
+        machine = self.fleet.machine_of(host)
+        index = self.fleet.machines.index(machine)
+        if isinstance(machine, SshHost):
+            return _Claim(machine.ssh_port, machine.ssh_port, "SSH", f"machines[{index}].ssh_port")
+        return _Claim(22, 22, "SSH", f"machines[{index}]")
+
+    def claim_port(
+        self,
+        host: str,
+        port: int,
+        what: str,
+        field_name: str,
+        *,
+        high: int | None = None,
+        engine: str | None = None,
+    ) -> None:
+        """Take ports [port, high] on a host for a service, or say which service holds them.
+
+        A service never shares a port or overlaps a range of another on the same host, never
+        takes the SSH port, and an engine (unprivileged) never takes a port below 1024."""
+        claim = _Claim(port, high if high is not None else port, what, field_name)
+        if engine is not None and port < 1024:
             self.problems.append(
                 Problem(
                     field_name,
-                    f"port {port} on {host!r} is also used by {users[port]}",
+                    f"port {port} is privileged (below 1024) and {engine} runs as the "
+                    f"unprivileged user {UNPRIVILEGED_USER[engine]!r}",
+                    "use a port from 1024 up (the default is "
+                    f"{OLLAMA_PORT if engine == 'ollama' else VLLM_PORT}); put the gateway in "
+                    "front for a well-known port",
+                )
+            )
+        for held in self.hosts[host].ports:
+            if held.what == what or not held.overlaps(claim):
+                continue
+            if held.what == "SSH":
+                ssh_field = (
+                    held.field
+                    if isinstance(self.fleet.machine_of(host), SshHost)
+                    else f"{held.field}.ssh_port"
+                )
+                ranged = claim.low != claim.high
+                self.problems.append(
+                    Problem(
+                        held.field if ranged and held.field.endswith("ssh_port") else field_name,
+                        f"{claim.describe()} on {host!r} would take its SSH port {held.low}; "
+                        "the firewall keeps SSH open, so the service could never be reached "
+                        "and the operator could be locked out",
+                        (
+                            f"move SSH out of {claim.low}-{claim.high} ({ssh_field}), or use "
+                            "distributed_backend='mp'"
+                        )
+                        if ranged
+                        else f"give {field_name} another port than {held.low}",
+                    )
+                )
+                continue
+            self.problems.append(
+                Problem(
+                    field_name,
+                    f"port {port if claim.low == claim.high else claim.describe()} on {host!r} "
+                    f"is also used by {held.describe()}",
                     "give each service on a host its own port",
                 )
             )
-        users.setdefault(port, what)
+        self.hosts[host].ports.append(claim)
 
     def gateway_host(self) -> str | None:
         gateway = self.fleet.gateway
@@ -385,11 +482,24 @@ class _Planner:
             if (token := _secret(getattr(self.fleet.sources.weights, "token", None))) is not None:
                 secrets["HF_TOKEN"] = token
             if role == "server":
-                self.claim_port(host, port, f"{unit}", f"serve[{index}].port")
-            if len(nodes) > 1 and rank == 0:
-                cluster_port = RAY_PORT if serve.distributed_backend == "ray" else VLLM_MASTER_PORT
+                self.claim_port(host, port, f"{unit}", f"serve[{index}].port", engine="vllm")
+            cluster_field = f"serve[{index}].distributed_backend"
+            if len(nodes) > 1 and serve.distributed_backend == "ray":
+                # Every node of a Ray replica holds Ray's fixed ports and its worker range.
+                ray = f"{unit} (Ray)"
+                if rank == 0:
+                    self.claim_port(host, RAY_PORT, ray, cluster_field)
+                for ray_port in RAY_FIXED_PORTS.values():
+                    self.claim_port(host, ray_port, ray, cluster_field)
                 self.claim_port(
-                    host, cluster_port, f"{unit} (cluster)", f"serve[{index}].nodes_per_replica"
+                    host, RAY_WORKER_PORTS[0], ray, cluster_field, high=RAY_WORKER_PORTS[1]
+                )
+            elif len(nodes) > 1 and rank == 0:
+                self.claim_port(
+                    host,
+                    VLLM_MASTER_PORT,
+                    f"{unit} (cluster)",
+                    f"serve[{index}].nodes_per_replica",
                 )
             state.vllm.append(
                 VllmInstance(
@@ -468,7 +578,9 @@ class _Planner:
                     )
                 )
             state.ollama_port = serve.engine_port
-            self.claim_port(host, serve.engine_port, "ollama", f"serve[{index}].port")
+            self.claim_port(
+                host, serve.engine_port, "ollama", f"serve[{index}].port", engine="ollama"
+            )
             if tag not in state.ollama_models:
                 state.ollama_models.append(tag)
                 state.ollama_plans.append(plan)
