@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from servekit import catalog, planner
@@ -28,12 +29,13 @@ app = typer.Typer(
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(bench_app, name="bench")
 # Tables are wide: keep them readable when piped (rich assumes 80 columns off a terminal).
-out = Console(width=None if sys.stdout.isatty() else 150)
+# No markup on stdout: every cell holds inventory values, and '[/]' in one must print as is.
+out = Console(width=None if sys.stdout.isatty() else 150, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

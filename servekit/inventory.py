@@ -7,6 +7,11 @@ An inventory file builds a Fleet and ends with::
 pyinfra then sees five groups whose hosts carry their HostPlan under the host-data key
 `servekit` (plus the SSH settings pyinfra's connector reads). Planning happens right there, so a
 fleet that cannot work stops with a FleetError before pyinfra connects anywhere.
+
+Secrets are checked there too (servekit/secrets.py: a regular 0600 file of the user, ...), also
+for `pyinfra ... --dry`. `servekit plan`, `render` and `cloud` load the same file through
+`load_fleet`, which skips that check: they never read a secret (render writes placeholders), so
+they keep working on a machine that does not hold the secret files.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from servekit.cloud.state import state_dir as state_dir  # its home moved to ser
 from servekit.errors import FleetError, Problem
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
 from servekit.placement import FleetPlan, NodeAddress, plan_fleet
+from servekit.secrets import fleet_secret_problems
 from servekit.spec import AwsNodeGroup, Fleet, LocalHost, SshHost
 
 HostEntry = tuple[str, dict[str, Any]]
 
 _quiet_pending_cloud = False
+"""True while servekit's own commands load an inventory (offline: no secrets, no cloud notice)."""
 
 
 class Groups(NamedTuple):
@@ -63,9 +70,18 @@ def _connection_data(fleet: Fleet, plan: HostPlan) -> tuple[str, dict[str, Any]]
 
 
 def pyinfra_groups(fleet: Fleet) -> Groups:
-    """Plan the fleet (FleetError if it cannot work) and return its pyinfra groups."""
+    """Plan the fleet and check its secrets (FleetError listing every problem, with the line
+    of the inventory that declared the fleet) and return its pyinfra groups."""
     addresses = cloud_addresses(fleet)
-    plan = plan_fleet(fleet, addresses)
+    problems = [] if _quiet_pending_cloud else fleet_secret_problems(fleet)
+    try:
+        plan = plan_fleet(fleet, addresses)
+    except FleetError as error:
+        raise FleetError(
+            error.problems + problems, fleet=fleet.name, where=fleet.declared_at
+        ) from None
+    if problems:
+        raise FleetError(problems, fleet=fleet.name, where=fleet.declared_at)
     pending = [h.name for h in plan.hosts.values() if h.connection == "ssh" and not h.address]
     if pending and not _quiet_pending_cloud:
         print(

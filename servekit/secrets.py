@@ -1,47 +1,195 @@
-"""Read secrets on the machine running servekit, from the file or variable a fleet names."""
+"""Read secrets on the machine running servekit, from the file or variable a fleet names.
+
+One check, `load_secret`, used everywhere a secret is read: when pyinfra loads an inventory
+(`fleet_secret_problems`, so `pyinfra ... --dry` refuses a broken secret before any connection)
+and by the deploys (`read_secret`, `read_secret_lines`). A secret file must be a regular file
+(a symlink to one is fine; not a device, FIFO or directory), owned by the user running servekit,
+mode 0600 or 0400, at most 64 KiB (read with that cap), with a first line that is neither empty
+nor a comment. An environment secret must be set, non-empty, and on one line.
+
+`servekit plan` and `servekit render` do not read secrets (render writes placeholders): they work
+on a machine that does not hold them.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
-from servekit.hostplan import SecretSource
+from pydantic import BaseModel
+
+from servekit.errors import Problem
+from servekit.fields import control_character
+
+MAX_SECRET_BYTES = 64 * 1024
+ALLOWED_MODES = (0o600, 0o400)
+
+
+class SecretLike(Protocol):
+    """A SecretRef (schema) or SecretSource (host plan): a file or an env variable."""
+
+    @property
+    def file(self) -> object: ...
+
+    @property
+    def env(self) -> str | None: ...
 
 
 class SecretError(RuntimeError):
     """A secret could not be read; the message says where it was looked for and how to fix it."""
 
+    def __init__(self, message: str, fix: str = "") -> None:
+        self.message = message
+        self.fix = fix
+        super().__init__(f"{message}; fix: {fix}" if fix else message)
 
-def read_secret(source: SecretSource) -> str:
-    """The secret's value (first line of the file, or the variable), never logged."""
-    if source.env:
-        value = os.environ.get(source.env, "").strip()
-        if not value:
-            raise SecretError(f"environment variable {source.env} is empty or unset")
-        return value
-    assert source.file is not None
-    path = Path(source.file).expanduser()
+
+def _file_lines(path: Path) -> list[str]:
+    shown = str(path)
+    create = f"create it: (umask 077; printf '%s\\n' VALUE > {shown})"
     try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
+        before = os.stat(path)  # follows a symlink: its target is what is checked
     except OSError as error:
+        raise SecretError(f"cannot read secret file {shown}: {error.strerror}", create) from None
+    if not stat.S_ISREG(before.st_mode):
         raise SecretError(
-            f"cannot read secret file {path}: {error.strerror}; create it with mode 0600"
-        ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecretError(f"secret file {path} is readable by others: chmod 600 {path}")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise SecretError(f"secret file {path} is empty")
-    return lines[0]
+            f"secret file {shown} is not a regular file (a directory, device or FIFO)",
+            "point the SecretRef at a plain file holding the secret",
+        )
+    try:
+        # O_NONBLOCK: a FIFO swapped in after the check must not block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise SecretError(f"cannot read secret file {shown}: {error.strerror}", create) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (
+            before.st_dev,
+            before.st_ino,
+        ):
+            raise SecretError(f"secret file {shown} changed while read", "read it again")
+        if info.st_uid != os.geteuid():
+            raise SecretError(
+                f"secret file {shown} belongs to uid {info.st_uid}, not to you (uid "
+                f"{os.geteuid()})",
+                f"chown $(id -u) {shown}, or keep the secret in a file of your own",
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        if mode not in ALLOWED_MODES:
+            raise SecretError(
+                f"secret file {shown} has mode {mode:04o}; others could read or change it",
+                f"chmod 600 {shown}",
+            )
+        if info.st_size > MAX_SECRET_BYTES:
+            raise SecretError(
+                f"secret file {shown} is {info.st_size} bytes, more than a secret "
+                f"({MAX_SECRET_BYTES // 1024} KiB at most)",
+                "point the SecretRef at the file that holds only the secret",
+            )
+        data = b""
+        while len(data) <= MAX_SECRET_BYTES:
+            chunk = os.read(fd, MAX_SECRET_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_BYTES:
+        raise SecretError(
+            f"secret file {shown} is larger than {MAX_SECRET_BYTES // 1024} KiB",
+            "point the SecretRef at the file that holds only the secret",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError(f"secret file {shown} is not UTF-8 text", create) from None
+    lines = [line.strip() for line in text.split("\n")]
+    if not lines[0]:
+        raise SecretError(f"secret file {shown} has an empty first line", create)
+    if lines[0].startswith("#"):
+        raise SecretError(
+            f"the first line of secret file {shown} is a comment; the secret would be the comment",
+            "put the secret itself on the first line",
+        )
+    for number, line in enumerate(lines, 1):
+        bad = control_character(line)
+        if bad is not None:
+            raise SecretError(
+                f"line {number} of secret file {shown} holds the control character {bad}",
+                "keep one secret a line, in plain text",
+            )
+    return [line for line in lines if line and not line.startswith("#")]
 
 
-def read_secret_lines(source: SecretSource) -> list[str]:
-    """All non-empty lines (e.g. one client API key a line)."""
+def _env_value(name: str) -> str:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        raise SecretError(
+            f"environment variable {name} is {'unset' if value is None else 'empty'}",
+            f"export {name}=... before running servekit, or use SecretRef(file=...)",
+        )
+    bad = control_character(value)
+    if bad is not None:
+        raise SecretError(
+            f"environment variable {name} holds the control character {bad} (a newline?)",
+            f"set {name} to the secret alone, on one line",
+        )
+    return value.strip()
+
+
+def load_secret(source: SecretLike) -> list[str]:
+    """The secret's lines (a variable is one line), after every check above; SecretError else."""
     if source.env:
-        return [read_secret(source)]
-    first = read_secret(source)
-    assert source.file is not None
-    lines = Path(source.file).expanduser().read_text(encoding="utf-8").splitlines()
-    return [first, *[line.strip() for line in lines if line.strip()][1:]]
+        return [_env_value(source.env)]
+    if source.file is None:
+        raise SecretError("a secret names neither a file nor a variable", "give one of them")
+    return _file_lines(Path(str(source.file)).expanduser())
+
+
+def read_secret(source: SecretLike) -> str:
+    """The secret's value (first line of the file, or the variable), never logged."""
+    return load_secret(source)[0]
+
+
+def read_secret_lines(source: SecretLike) -> list[str]:
+    """All non-empty, non-comment lines (e.g. one client API key a line)."""
+    return load_secret(source)
+
+
+def _secret_refs(value: object, path: str) -> Iterator[tuple[str, SecretLike]]:
+    from servekit.spec import SecretRef
+
+    if isinstance(value, SecretRef):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_refs(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _secret_refs(item, f"{path}[{index}]")
+
+
+def _failure(ref: SecretLike) -> SecretError | None:
+    try:
+        load_secret(ref)
+    except SecretError as error:
+        return error
+    return None
+
+
+def fleet_secret_problems(fleet: BaseModel) -> list[Problem]:
+    """Every secret a fleet names, checked on this machine: one Problem per broken secret,
+    naming its field (engine_api_key, gateway.api_keys, sources.weights.token, ...)."""
+    problems: list[Problem] = []
+    seen: dict[tuple[object, str | None], SecretError | None] = {}
+    for field, ref in _secret_refs(fleet, ""):
+        key = (ref.file, ref.env)
+        if key not in seen:
+            seen[key] = _failure(ref)
+        failure = seen[key]
+        if failure is not None:
+            problems.append(Problem(field, failure.message, failure.fix))
+    return problems

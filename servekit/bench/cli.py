@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -86,7 +87,7 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -285,10 +286,12 @@ def run(
     except (TargetError, TokenizerError) as error:
         raise _fail(str(error)) from None
     err.print(
-        f"servekit bench: {resolved.base_url} ({info.engine}"
-        f"{' ' + info.version if info.version else ''}), model {model_name or '?'}, "
-        f"{chosen}, {input_len} in / {output_len} out tokens"
-        + (f", tokenizer {tok.path}" if tok else ""),
+        escape(
+            f"servekit bench: {resolved.base_url} ({info.engine}"
+            f"{' ' + info.version if info.version else ''}), model {model_name or '?'}, "
+            f"{chosen}, {input_len} in / {output_len} out tokens"
+            + (f", tokenizer {tok.path}" if tok else "")
+        ),
         highlight=False,
     )
     progress = None if quiet else RichProgress(err)
@@ -299,7 +302,7 @@ def run(
     print_result(result, out)
     if json_file is not None:
         result.write(json_file)
-        err.print(f"wrote {json_file}", highlight=False)
+        err.print(escape(f"wrote {json_file}"), highlight=False)
 
 
 @app.command("compare")
@@ -323,4 +326,4 @@ def compare(
             write_chart(results, png)
         except ChartError as error:
             raise _fail(str(error)) from None
-        out.print(f"chart: {png}", highlight=False)
+        out.print(escape(f"chart: {png}"), highlight=False)

@@ -76,14 +76,16 @@ def echo(line: str) -> None:
 
 def print_intro(fleet: str, intents: list[GroupIntent], store: StateStore) -> None:
     """What the inventory asks for, known offline, before AWS is asked anything."""
-    out.print(f"fleet {fleet}: state {store.path}")
+    out.print(escape(f"fleet {fleet}: state {store.path}"))
     if not intents:
         out.print("  no AWS node groups (AwsNodeGroup) in this inventory")
     for intent in intents:
         group = intent.group
         price = intent.cost_usd_hour()
         cost = f", ${price:,.2f}/h list price" if price is not None else ""
-        out.print(f"  {group.name}: {group.count} × {group.instance_type} in {group.region}{cost}")
+        out.print(
+            escape(f"  {group.name}: {group.count} × {group.instance_type} in {group.region}{cost}")
+        )
 
 
 def print_plan(plan: Plan) -> None:
@@ -140,7 +142,9 @@ def plan(
     print_plan(result)
     if out_file is not None:
         save_plan(result, out_file)
-        out.print(f"Saved the plan to {out_file}: `servekit cloud apply --plan-file {out_file}`")
+        out.print(
+            escape(f"Saved the plan to {out_file}: `servekit cloud apply --plan-file {out_file}`")
+        )
     raise typer.Exit(2 if result.has_changes else 0)
 
 
@@ -187,8 +191,10 @@ def apply(
                 result, store, providers, ssh_check(wait_ssh), Timeouts(ssh_s=ssh_timeout), echo
             )
     out.print(
-        f"Apply complete; state {store.path}. Next: pyinfra {inventory or 'INVENTORY'} "
-        "deploys/gpu.py deploys/vllm.py"
+        escape(
+            f"Apply complete; state {store.path}. Next: pyinfra {inventory or 'INVENTORY'} "
+            "deploys/gpu.py deploys/vllm.py"
+        )
     )
 
 
@@ -212,7 +218,7 @@ def destroy(
                 confirm(f"Destroy all of fleet {fleet.name}'s AWS resources listed above?")
             out.print()
             execute(result, store, providers, None, Timeouts(), echo)
-    out.print(f"Destroy complete; {store.path} lists no resources.")
+    out.print(escape(f"Destroy complete; {store.path} lists no resources."))
 
 
 @cloud_app.command()
@@ -231,17 +237,22 @@ def status(inventory: Inventory) -> None:
         if regions:
             providers(regions[0]).check_credentials()
         rows = fleet_status(fleet.name, state, regions, providers)
-    table = Table(title=f"fleet {fleet.name} ({store.path})", title_justify="left")
+    table = Table(title=escape(f"fleet {fleet.name} ({store.path})"), title_justify="left")
     for column in ("resource", "id", "region", "status", "public", "private", "drift"):
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row.address,
-            row.id,
-            row.region,
-            row.status,
-            row.public_ip or "",
-            row.private_ip or "",
+            *(
+                escape(cell)
+                for cell in (
+                    row.address,
+                    row.id,
+                    row.region,
+                    row.status,
+                    row.public_ip or "",
+                    row.private_ip or "",
+                )
+            ),
             f"[yellow]{escape(row.drift)}[/]" if row.drift else "",
         )
     out.print(table)
@@ -259,4 +270,6 @@ def force_unlock(
     with reported():
         store = StateStore(load_fleet(inventory).name)
         info = cloud_state.force_unlock(store, lock_id)
-    out.print(f"Removed {info.describe()}. Run `servekit cloud plan {inventory}` to review.")
+    out.print(
+        escape(f"Removed {info.describe()}. Run `servekit cloud plan {inventory}` to review.")
+    )
