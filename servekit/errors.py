@@ -112,6 +112,18 @@ _FIXES = {
     "string_pattern_mismatch": "use lower-case letters, digits and '-' (it names units and tags)",
     "int_parsing": "use a whole number",
     "too_short": "add at least one entry",
+    "too_long": "shorten it",
+    "string_too_short": "give a non-empty value",
+    "string_too_long": "shorten it",
+    "ip_v4_address": "give an IPv4 address such as '10.0.1.5'",
+    "union_tag_invalid": "use one of the kinds listed",
+    "union_tag_not_found": "build it with its class (SshHost(...), LocalHost(...), ...)",
+    "model_type": "build it with its class, e.g. Gpu(model=...), not a plain value",
+    "model_attributes_type": "build it with its class, e.g. Gpu(model=...), not a plain value",
+    "dict_type": "build it with its class, not a plain value",
+    "float_parsing": "use a number",
+    "bool_parsing": "use True or False",
+    "enum": "use one of the values listed",
 }
 
 
@@ -131,9 +143,9 @@ def _problem(error: ErrorDetails, prefix: str, known_fields: dict[str, list[str]
         fix = f"did you mean {close[0]!r}?" if close else "remove it (see servekit/spec.py)"
     if " | fix: " in message:
         message, fix = message.split(" | fix: ", 1)
-    if kind in ("string_type", "int_type", "float_type", "bool_type", "list_type") and not fix:
+    if kind.endswith("_type") and not fix:
         fix = f"give a {kind.removesuffix('_type').replace('string', 'text')} value"
-    return Problem(path, message, fix)
+    return Problem(path, message, fix or "correct the value (servekit/spec.py gives its type)")
 
 
 def from_validation_error(

@@ -107,6 +107,10 @@ def load_fleet(path: str | Path) -> Fleet:
     _quiet_pending_cloud = True
     try:
         module = runpy.run_path(str(path), run_name="__servekit_inventory__")
+    except FleetError:
+        raise
+    except Exception as error:  # the inventory is Python: its own mistakes, without a traceback
+        raise FleetError([_inventory_problem(path, error)]) from None
     finally:
         _quiet_pending_cloud = False
     fleets = [value for value in module.values() if isinstance(value, Fleet)]
@@ -115,6 +119,22 @@ def load_fleet(path: str | Path) -> Fleet:
             [Problem("inventory", f"{path} declares {len(fleets)} fleets", "declare exactly one")]
         )
     return fleets[0]
+
+
+def _inventory_problem(path: Path, error: Exception) -> Problem:
+    """An exception raised while running an inventory file, at its line in that file."""
+    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+    traceback = error.__traceback__
+    while traceback is not None:
+        if Path(traceback.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = traceback.tb_lineno
+        traceback = traceback.tb_next
+    where = f"{path}:{line}" if line else str(path)
+    return Problem(
+        "inventory",
+        f"{where}: {type(error).__name__}: {error}",
+        "fix that line of the inventory (it is Python: see inventories/ for examples)",
+    )
 
 
 def load_plan(path: str | Path) -> tuple[Fleet, FleetPlan]:

@@ -159,17 +159,18 @@ def read_secret_lines(source: SecretLike) -> list[str]:
     return load_secret(source)
 
 
-def _secret_refs(value: object, path: str) -> Iterator[tuple[str, SecretLike]]:
+def secret_refs(value: object, path: str = "") -> Iterator[tuple[str, SecretLike]]:
+    """Every SecretRef inside a schema object, with its field path."""
     from servekit.spec import SecretRef
 
     if isinstance(value, SecretRef):
         yield path, value
     elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
-            yield from _secret_refs(getattr(value, name), f"{path}.{name}" if path else name)
+            yield from secret_refs(getattr(value, name), f"{path}.{name}" if path else name)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            yield from _secret_refs(item, f"{path}[{index}]")
+            yield from secret_refs(item, f"{path}[{index}]")
 
 
 def _failure(ref: SecretLike) -> SecretError | None:
@@ -185,7 +186,7 @@ def fleet_secret_problems(fleet: BaseModel) -> list[Problem]:
     naming its field (engine_api_key, gateway.api_keys, sources.weights.token, ...)."""
     problems: list[Problem] = []
     seen: dict[tuple[object, str | None], SecretError | None] = {}
-    for field, ref in _secret_refs(fleet, ""):
+    for field, ref in secret_refs(fleet, ""):
         key = (ref.file, ref.env)
         if key not in seen:
             seen[key] = _failure(ref)

@@ -105,14 +105,32 @@ def test_render_writes_host_files(tmp_path: Path) -> None:
     assert "<secret from file ~/.config/servekit/prod/engine.key>" in env.read_text()
 
 
+def _home_with_secrets(inventory: Path, home: Path) -> dict[str, str]:
+    """An environment whose HOME holds every secret file the inventory names (mode 0600): pyinfra
+    checks secrets when it loads an inventory, so the examples load where their secrets exist."""
+    from servekit.inventory import load_fleet
+    from servekit.secrets import secret_refs
+
+    for _field, ref in secret_refs(load_fleet(inventory), ""):
+        if ref.file is not None:
+            path = home / str(ref.file).removeprefix("~/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("sk-test\n")
+            path.chmod(0o600)
+    return {**os.environ, "HOME": str(home)}
+
+
 @pytest.mark.parametrize("inventory", INVENTORIES, ids=lambda p: p.stem)
-def test_pyinfra_debug_inventory_shows_groups_and_host_data(inventory: Path) -> None:
+def test_pyinfra_debug_inventory_shows_groups_and_host_data(
+    inventory: Path, tmp_path: Path
+) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pyinfra", str(inventory.relative_to(ROOT)), "debug-inventory"],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=ROOT,
+        env=_home_with_secrets(inventory, tmp_path),
     )
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
