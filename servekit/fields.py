@@ -89,7 +89,7 @@ Address = Annotated[str, AfterValidator(check_address)]
 # Ollama's release tags are vX.Y.Z and vX.Y.Z-rcN (github.com/ollama/ollama/releases/tag/v0.12.3;
 # release candidates such as 0.4.0-rc8: github.com/ollama/ollama/issues/7507). servekit pins the
 # version without the 'v'.
-_OLLAMA_VERSION = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}(-rc\d{1,3})?$")
+_OLLAMA_VERSION = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}(-rc\d{1,3})?$", re.ASCII)
 
 
 def check_ollama_version(value: str) -> str:
@@ -106,8 +106,8 @@ OllamaVersion = Annotated[str, AfterValidator(check_ollama_version)]
 # OLLAMA_KEEP_ALIVE: Go's time.ParseDuration, else an integer number of seconds; negative keeps a
 # model loaded forever (envconfig.KeepAlive in github.com/ollama/ollama, envconfig/config.go).
 # Go durations: an optional sign, then decimal numbers each with a unit ns/us/µs/ms/s/m/h, or "0".
-_GO_DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+)$")
-_SECONDS = re.compile(r"^[-+]?\d{1,18}$")
+_GO_DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+)$", re.ASCII)
+_SECONDS = re.compile(r"^[-+]?\d{1,18}$", re.ASCII)
 
 
 def check_keep_alive(value: str) -> str:
@@ -204,7 +204,7 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def check_bucket(value: str) -> str:
-    ip_like = re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value) is not None
+    ip_like = re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value, re.ASCII) is not None
     if not _BUCKET.fullmatch(value) or ".." in value or ip_like or value.startswith("xn--"):
         raise invalid(
             f"{value!r} is not an S3 bucket name",
@@ -358,6 +358,13 @@ _URL_CHARS = re.compile(r"^[A-Za-z0-9\-._~:/?#\[\]@&+,=%*]+$")
 def check_url(value: str) -> str:
     """An http(s) URL with a host and no login: mirrors and endpoints."""
     check_text(value)
+    authority = value.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority:  # checked first: no other message may echo a password
+        raise invalid(
+            "the URL carries a login (user:password@), which would land in commands and logs",
+            "remove it and put the login in Sources(mirror_credentials=SecretRef(file=...)) "
+            "(a netrc file)",
+        )
     if not _URL_CHARS.fullmatch(value):
         raise invalid(
             f"{value!r} contains characters a URL does not need (space, quote, $, ;, ...)",
