@@ -172,6 +172,10 @@ class Spec(BaseModel):
             self, "__pydantic_private__", {"_where": where, "_problems": tuple(problems)}
         )
 
+    # Plain dicts inside a Fleet are validated by pydantic itself (errors at their position), not
+    # through this __init__: pydantic skips an __init__ marked as its own (pydantic/main.py).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @field_validator("*", mode="after")
     @classmethod
     def _one_line(cls, value: Any, info: ValidationInfo) -> Any:
