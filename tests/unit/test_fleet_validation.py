@@ -291,6 +291,86 @@ INVALID: list[tuple[str, Callable[[], object], str, str]] = [
         "flash_attention",
     ),
     (
+        "engine-on-the-ssh-port",
+        lambda: plan(
+            machines=[a100(ssh_port=2222)], serve=[Serve(model="llama-3.1-8b-instruct", port=2222)]
+        ),
+        "serve[0].port",
+        "another port",
+    ),
+    (
+        "gateway-on-port-22",
+        lambda: plan(gateway=Gateway(host="gpu1", port=22, api_keys=KEY)),
+        "gateway.port",
+        "another port",
+    ),
+    (
+        "ssh-port-inside-ray-worker-range",
+        lambda: plan(
+            machines=[a100("g1", count=8, ssh_port=10022), a100("g2", count=8)],
+            serve=[
+                Serve(
+                    model="llama-3.1-70b-instruct", nodes_per_replica=2, distributed_backend="ray"
+                )
+            ],
+        ),
+        "machines[0].ssh_port",
+        "10002-19999",
+    ),
+    (
+        "engine-inside-ray-worker-range",
+        lambda: plan(
+            machines=[a100("g1", count=8), a100("g2", count=8)],
+            serve=[
+                Serve(
+                    model="llama-3.1-70b-instruct",
+                    nodes_per_replica=2,
+                    gpus_per_replica=4,
+                    replicas=1,
+                    distributed_backend="ray",
+                ),
+                Serve(model="llama-3.1-8b-instruct", gpus_per_replica=4, hosts=["g2"], port=15000),
+            ],
+        ),
+        "serve[1].port",
+        "own port",
+    ),
+    (
+        "gateway-on-a-ray-fixed-port",
+        lambda: plan(
+            machines=[a100("g1", count=8), a100("g2", count=8)],
+            serve=[
+                Serve(
+                    model="llama-3.1-70b-instruct", nodes_per_replica=2, distributed_backend="ray"
+                )
+            ],
+            gateway=Gateway(host="g2", port=6381, api_keys=KEY),
+        ),
+        "gateway.port",
+        "own port",
+    ),
+    (
+        "engine-on-the-node-exporter-port",
+        lambda: plan(
+            serve=[Serve(model="llama-3.1-8b-instruct", port=9100)],
+            monitoring=Monitoring(host="gpu1"),
+        ),
+        "serve[0].port",
+        "own port",
+    ),
+    (
+        "vllm-on-a-privileged-port",
+        lambda: plan(serve=[Serve(model="llama-3.1-8b-instruct", port=443)]),
+        "serve[0].port",
+        "1024",
+    ),
+    (
+        "ollama-on-a-privileged-port",
+        lambda: plan(serve=[Serve(model="llama3.1:8b", engine="ollama", port=80)]),
+        "serve[0].port",
+        "1024",
+    ),
+    (
         "ray-on-single-node",
         lambda: Serve(model="llama-3.1-8b-instruct", distributed_backend="ray"),
         "Serve",
@@ -412,3 +492,22 @@ def test_pyinfra_stops_before_connecting(
     assert "Traceback" not in done.stderr
     assert "Connecting to hosts" not in done.stderr + done.stdout
     assert listener.connections == 0
+
+
+def test_ray_ports_have_one_home() -> None:
+    from servekit import render, spec
+
+    assert render.RAY_FIXED_PORTS is spec.RAY_FIXED_PORTS
+    assert render.RAY_WORKER_PORTS == spec.RAY_WORKER_PORTS == (10002, 19999)
+
+
+def test_ports_that_do_not_clash_are_accepted() -> None:
+    plan(
+        machines=[a100("g1", count=8, ssh_port=2222), a100("g2", count=8, ssh_port=20022)],
+        serve=[
+            Serve(model="llama-3.1-70b-instruct", nodes_per_replica=2, distributed_backend="ray")
+        ],
+        gateway=Gateway(host="g1", port=8443, api_keys=KEY),
+        monitoring=Monitoring(host="g1"),
+    )
+    plan(serve=[Serve(model="llama-3.1-8b-instruct", port=1024)])
