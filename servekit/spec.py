@@ -324,7 +324,7 @@ class AwsNodeGroup(Spec):
     spot: bool = False
     fallback_instance_types: list[str] = Field(default_factory=list)
     os: Literal["linux"] = "linux"
-    ssh_user: str = "ubuntu"
+    ssh_user: UserName = "ubuntu"
     ssh_key: Path = Field(description="private key; its .pub is installed on the instances")
     ssh_cidrs: list[ipaddress.IPv4Network] = Field(min_length=1, description="who may SSH in")
     root_volume_gib: int | None = Field(None, ge=30, le=16384)

@@ -33,6 +33,12 @@ def cloud(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     moto_extras.add_dlami(REGION)
     home = tmp_path / "home"
     write_ssh_key(home / ".ssh" / "servekit-prod")
+    # The secrets inventories/prod.py names: pyinfra checks them when it loads the inventory.
+    for secret in ("prod/client-keys", "prod/engine.key", "hf-token"):
+        path = home / ".config" / "servekit" / secret
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("sk-test\n")
+        path.chmod(0o600)
     state_dir = tmp_path / "cloud"
     for name in list(os.environ):
         if name.startswith("AWS_"):
