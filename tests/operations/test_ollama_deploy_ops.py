@@ -141,9 +141,13 @@ def host_data(
         serve=[Serve(model=model, engine="ollama") for model in MODELS],
         ollama=settings or OllamaSettings(),
         versions=Versions(ollama=VERSION),
-        sources=Sources(ollama_releases=mirror),
+        sources=Sources(),
     )
-    return plan_fleet(fleet).hosts["box"].to_host_data()
+    data = plan_fleet(fleet).hosts["box"].to_host_data()
+    # The schema refuses a mirror that is not a plain http(s) URL at load; the deploy must still
+    # refuse one that reaches it, so the mirror goes into the plan past the schema.
+    data["sources"]["ollama_releases"] = mirror
+    return data
 
 
 # --- answers of a Mac ---------------------------------------------------------------------------
