@@ -316,7 +316,7 @@ def check_host_dir(value: str) -> str:
     if not value.startswith("/") or posixpath.normpath(value) != value or value.startswith("//"):
         raise invalid(
             f"{value!r} is not an absolute, normalised path",
-            "give an absolute path without '..', '.', '//' or a trailing '/', e.g. '/srv/models'"
+            "give an absolute path without '..', '.', '//' or a trailing '/', e.g. '/srv/models'",
         )
     if value in SYSTEM_DIRS:
         raise invalid(
