@@ -173,11 +173,16 @@ def secret_refs(value: object, path: str = "") -> Iterator[tuple[str, SecretLike
             yield from secret_refs(item, f"{path}[{index}]")
 
 
-def _failure(ref: SecretLike) -> SecretError | None:
+def _failure(ref: SecretLike, lines_needed: int) -> SecretError | None:
     try:
-        load_secret(ref)
+        lines = load_secret(ref)
     except SecretError as error:
         return error
+    if len(lines) < lines_needed:
+        return SecretError(
+            f"the secret ({ref.file or ref.env}) has {len(lines)} line(s), {lines_needed} needed",
+            "put the access key id on the first line and the secret access key on the second",
+        )
     return None
 
 
@@ -185,11 +190,13 @@ def fleet_secret_problems(fleet: BaseModel) -> list[Problem]:
     """Every secret a fleet names, checked on this machine: one Problem per broken secret,
     naming its field (engine_api_key, gateway.api_keys, sources.weights.token, ...)."""
     problems: list[Problem] = []
-    seen: dict[tuple[object, str | None], SecretError | None] = {}
+    seen: dict[tuple[object, str | None, int], SecretError | None] = {}
     for field, ref in secret_refs(fleet, ""):
-        key = (ref.file, ref.env)
+        # S3 credentials: two lines, access key id then secret (the deploy reads both).
+        needed = 2 if field.endswith("weights.credentials") else 1
+        key = (ref.file, ref.env, needed)
         if key not in seen:
-            seen[key] = _failure(ref)
+            seen[key] = _failure(ref, needed)
         failure = seen[key]
         if failure is not None:
             problems.append(Problem(field, failure.message, failure.fix))

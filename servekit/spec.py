@@ -212,6 +212,14 @@ class Spec(BaseModel):
             self.check()
         return super().__getattr__(name)  # type: ignore[misc]
 
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        self.check()
+        return super().model_dump(**kwargs)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        self.check()
+        return super().model_dump_json(**kwargs)
+
     def __eq__(self, other: object) -> bool:
         """Equal values are equal Specs, wherever they were declared."""
         if not isinstance(other, BaseModel):

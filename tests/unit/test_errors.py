@@ -257,3 +257,9 @@ def test_python_mistakes_in_an_inventory_are_problems_at_their_line(
     assert f"{path}:2" in problem.message
     result = runner.invoke(app, ["plan", str(path)])
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_dumping_an_invalid_spec_raises_its_problems() -> None:
+    with pytest.raises(FleetError):
+        Serve(model="m", port=0).model_dump()
+    assert Serve(model="m").model_dump()["model"] == "m"

@@ -221,3 +221,18 @@ def test_pyinfra_dry_refuses_a_broken_secret_and_servekit_plan_does_not_read_it(
         timeout=120,
     )
     assert planned.returncode == 0, planned.stderr
+
+
+def test_s3_credentials_need_two_lines(tmp_path: Path) -> None:
+    from servekit.spec import S3Bucket
+
+    one = secret(tmp_path / "one", "AKIAEXAMPLE\n")
+    fleet = Fleet(
+        name="t",
+        machines=[SshHost(name="gpu1", address="127.0.0.1")],
+        sources=Sources(weights=S3Bucket(bucket="models", credentials=SecretRef(file=str(one)))),
+    )
+    (problem,) = fleet_secret_problems(fleet)
+    assert problem.field == "sources.weights.credentials" and "second" in problem.fix
+    secret(tmp_path / "one", "AKIAEXAMPLE\nsecret-key\n")
+    assert fleet_secret_problems(fleet) == []
