@@ -121,8 +121,8 @@ def check_keep_alive(value: str) -> str:
 
 KeepAlive = Annotated[str, AfterValidator(check_keep_alive)]
 
-# Prometheus durations (prometheus/common model.ParseDuration): units y w d h m s ms in this
-# order, each at most once, or "0".
+# Prometheus durations (prometheus/common model/time.go, durationRE and ParseDuration): units
+# y w d h m s ms in this order, each at most once, or "0" (refused here: an interval above zero).
 _PROM_DURATION = re.compile(
     r"^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$"
 )
@@ -169,8 +169,9 @@ def check_revision(value: str) -> str:
 
 Revision = Annotated[str, AfterValidator(check_revision)]
 
-# POSIX portable user names (IEEE Std 1003.1, 3.437 User Name; 3.282 Portable Filename Character
-# Set), lower-case as useradd's default NAME_REGEX, no trailing '$' (a shell character).
+# User names as Debian's adduser.conf checks them (NAME_REGEX="^[a-z][-a-z0-9_]*\$?$", and
+# SYS_NAME_REGEX allows a leading '_'), at most 32 characters, without the trailing '$' (a shell
+# character): what `ssh -l` and sudo take as one word.
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
