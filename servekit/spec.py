@@ -1,10 +1,13 @@
 """The fleet schema: one declaration of machines, what they serve, and what surrounds them.
 
 An inventory file builds a `Fleet`; `servekit plan`, `servekit cloud` and the pyinfra deploys all
-read it. Validation here is structural (names, references, secrets, security rules); planning
-(servekit/placement.py) then checks that each model fits its hardware and that no two services
-share a port on a host, once replicas and their ports are placed. Every error names the field and
-the fix.
+read it. Validation here is structural (names, references, security rules), and every value that
+reaches a shell, a path, a unit, nftables, apt or a URL has a type from servekit/fields.py; no
+string anywhere holds a control character. Planning (servekit/placement.py) then checks that each
+model fits its hardware and places ports (never the SSH port, never inside another service's
+range, never below 1024 for an engine); secrets are checked when pyinfra loads the inventory
+(servekit/inventory.py). Every error names the field (at its position: `serve[1].port`), the fix,
+and the inventory line that declared it.
 
 Example::
 
