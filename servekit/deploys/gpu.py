@@ -54,6 +54,8 @@ class Survey:
     nvswitch: bool
     systemd: bool
     kernel: Kernel | None
+    keyring_sha256: str | PolicyError
+    """The cuda-keyring .deb's pinned sha256, or why there is none (refused if it is needed)."""
 
     @property
     def services_now(self) -> bool:
@@ -126,6 +128,7 @@ def survey(target: GpuTarget) -> Survey | None:
         directory, arch = nvidia.repository(
             release["id"], release["version_id"], host.get_fact(Arch)
         )
+        nvidia.repository_url(target.mirror, directory, arch)  # refuses a malformed mirror
     except PolicyError as error:
         problem(name="Unsupported host", message=str(error))
         return None
@@ -186,7 +189,15 @@ def survey(target: GpuTarget) -> Survey | None:
         nvswitch=nvswitch,
         systemd=bool(host.get_fact(Directory, path="/run/systemd/system")),
         kernel=host.get_fact(KernelHeaders),
+        keyring_sha256=_keyring_sha256(directory, arch),
     )
+
+
+def _keyring_sha256(directory: str, arch: str) -> str | PolicyError:
+    try:
+        return nvidia.keyring_sha256(directory, arch, host.data.get(nvidia.KEYRING_SHA256_DATA_KEY))
+    except PolicyError as error:
+        return error
 
 
 def any_changed(*operations: OperationMeta) -> Callable[[], bool]:
@@ -249,7 +260,8 @@ def _repository(found: Survey, rendered: dict[str, RenderedFile]) -> None:
     """NVIDIA's repository with its key, preferred for its packages, and apt's lists of it."""
     keyring = ops.cuda_keyring(
         name="Install NVIDIA's repository key (cuda-keyring)",
-        url=f"{found.repository_url}cuda-keyring_{nvidia.KEYRING_VERSION}_all.deb",
+        url=nvidia.keyring_deb_url(found.repository_url),
+        sha256=found.keyring_sha256,
     )
     keyring_list = files.file(
         name="Remove cuda-keyring's own source list (servekit's names the mirror)",

@@ -218,6 +218,15 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
     user, home = ollama.SERVICE_USER, ollama.SERVICE_HOME
     gpu_groups = [g for g in ollama.GPU_GROUPS if g in host.get_fact(Groups)]
     models_dir = settings.env.get("OLLAMA_MODELS", f"{home}/models")
+    for path in dict.fromkeys([home, models_dir]):
+        if reason := ollama.data_dir_problem(path):
+            problem(
+                name="Ollama data directory",
+                _sudo=sudo,
+                message=f"refusing ollama.models_dir: {reason}; set OllamaSettings(models_dir=...) "
+                "to a directory of its own (/srv/ollama/models)",
+            )
+            return
     above: list[PathEntry] = host.get_fact(DirectoryPath, path=models_dir)
     blocked = ollama.untraversable(above, user, [user, *gpu_groups])
     if blocked:

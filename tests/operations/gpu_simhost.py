@@ -96,6 +96,7 @@ class SimHost:
     boots: int = 0
     reboot_pending: bool = False
     log: list[str] = field(default_factory=list)
+    keyring_tampered: bool = False  # the mirror serves a cuda-keyring .deb that is not NVIDIA's
 
     # --- what the host looks like -----------------------------------------------------------
 
@@ -315,6 +316,20 @@ class SimHost:
             assert match, command
             self.files["/tmp/downloaded-keyring"] = match.group(1)
             return True, []
+        if command.startswith("have=$(sha256sum") and "cuda-keyring" in command:
+            # the downloaded .deb's digest: NVIDIA's (the catalog pin of its directory and
+            # architecture), or another one when the mirror serves a tampered package
+            url = self.files["/tmp/downloaded-keyring"]
+            directory, arch = url.rsplit("/", 3)[1:3]
+            have = (
+                "0" * 64 if self.keyring_tampered else catalog.cuda_keyring_sha256(directory, arch)
+            )
+            pinned = re.search(r'\[ "\$have" = \'?([0-9a-f]{64})', command)
+            assert pinned, command
+            if have == pinned.group(1):
+                return True, []
+            self.files.pop("/tmp/downloaded-keyring")
+            return False, [shlex.split(command.split("printf '%s\\n' ", 1)[1].split(" >&2")[0])[0]]
         if command.startswith("dpkg --force-confdef --force-confold -i"):
             url = self.files.pop("/tmp/downloaded-keyring")
             directory, arch = url.rsplit("/", 3)[1:3]
