@@ -334,14 +334,11 @@ def service_user(work: HostWork) -> Commands:
     state = view(work.spec())
     commands = []
     if not state.get("user"):
+        useradd = ["useradd", "--system", "--gid", VLLM_USER, "--home-dir", VLLM_HOME]
+        useradd += ["--no-create-home", "--shell", "/usr/sbin/nologin", VLLM_USER]
         commands += [
             f"(getent group {q(VLLM_USER)} >/dev/null || groupadd --system {q(VLLM_USER)})",
-            shell.join(
-                [
-                    "useradd", "--system", "--gid", VLLM_USER, "--home-dir", VLLM_HOME,
-                    "--no-create-home", "--shell", "/usr/sbin/nologin", VLLM_USER,
-                ]
-            ),  # fmt: skip
+            shell.join(useradd),
         ]
     for path, user, group, mode in DIRECTORIES:
         current = state["paths"].get(path)
