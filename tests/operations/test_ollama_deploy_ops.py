@@ -470,6 +470,28 @@ def test_a_models_dir_the_service_user_cannot_reach_is_named_with_the_fix() -> N
     assert "chmod o+x /home/alice" in message
 
 
+@pytest.mark.parametrize("models_dir", ["/", "/etc", "/usr", "/var/lib", "/srv/../etc", "/proc/x"])
+def test_a_system_directory_is_never_given_to_the_ollama_user(models_dir: str) -> None:
+    """Defence in depth: even a plan that slipped past the schema never gets `chown ollama` on a
+    system directory; the deploy stops before creating the user or any directory."""
+    data = host_data("linux")
+    data["ollama"]["env"]["OLLAMA_MODELS"] = models_dir  # as if the schema had let it through
+    run = run_deploy(data, linux())
+    assert run.failed and list(run.steps)[-1] == "Ollama data directory"
+    assert "refusing ollama.models_dir" in run.steps["Ollama data directory"].message()
+    everything = " ".join(run.executed)
+    assert "chown" not in everything and "chmod" not in everything
+    assert not any(name.startswith("Create") for name in run.steps)
+
+
+def test_the_data_directories_are_chowned_one_by_one_never_recursively() -> None:
+    run = run_deploy(host_data("linux"), linux())
+    assert not run.failed, run
+    for path in ("/var/lib/ollama", "/var/lib/ollama/models"):
+        commands = " ".join(run.steps[f"Create {path}"].shell())
+        assert f"chown ollama:ollama {path}" in commands and "-R" not in commands
+
+
 @pytest.mark.parametrize("nvidia", [False, True])
 def test_gpu_boxes_never_get_a_driver_from_this_deploy(
     nvidia: bool, caplog: pytest.LogCaptureFixture

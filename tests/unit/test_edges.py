@@ -1,0 +1,238 @@
+"""Nothing written outside where it belongs: `servekit render` and symlinks in OUTDIR, S3 keys that
+escape the checkpoint directory, data directories that are system directories, and the apt
+sources a hostile mirror URL could extend."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from servekit import catalog, nvidia, ollama
+from servekit.deploys.host_scripts import fetch_weights
+from servekit.render import RenderedFile, UnsafeOutput, gpu_files, write_tree
+
+# --- servekit render --------------------------------------------------------------------------
+
+
+def rendered(path: str, content: str = "x = 1\n", mode: str = "0644") -> RenderedFile:
+    return RenderedFile(path, content, mode)
+
+
+def test_render_writes_the_tree_with_the_files_modes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    written = write_tree(
+        [rendered("/etc/vllm/a.yaml"), rendered("/etc/vllm/a.env", "KEY=<secret>\n", "0600")],
+        out,
+    )
+    assert written == [out / "etc/vllm/a.yaml", out / "etc/vllm/a.env"]
+    assert (out / "etc/vllm/a.env").read_text() == "KEY=<secret>\n"
+    assert (out / "etc/vllm/a.env").stat().st_mode & 0o777 == 0o600
+    # a second render replaces the files in place
+    write_tree([rendered("/etc/vllm/a.yaml", "x = 2\n")], out)
+    assert (out / "etc/vllm/a.yaml").read_text() == "x = 2\n"
+    assert not list((out / "etc/vllm").glob(".*servekit-new"))
+
+
+def test_render_refuses_a_symlinked_folder_planted_in_outdir(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    (out / "host").mkdir(parents=True)
+    (out / "host" / "etc").symlink_to(outside)
+    with pytest.raises(UnsafeOutput, match=r"refusing to write through the symlink .*host/etc"):
+        write_tree([rendered("/etc/systemd/system/vllm.service")], out / "host")
+    assert list(outside.iterdir()) == []
+
+
+def test_render_refuses_a_symlinked_file_planted_in_outdir(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "out"
+    (out / "etc").mkdir(parents=True)
+    (out / "etc" / "servekit.conf").symlink_to(victim)
+    with pytest.raises(UnsafeOutput, match="symlink"):
+        write_tree([rendered("/etc/servekit.conf", "overwritten\n")], out)
+    assert victim.read_text() == "keep me\n"
+    assert (out / "etc" / "servekit.conf").is_symlink()
+
+
+def test_render_refuses_paths_that_climb_out(tmp_path: Path) -> None:
+    with pytest.raises(UnsafeOutput, match="not a normalised absolute path"):
+        write_tree([rendered("/etc/../../escaped")], tmp_path / "out")
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_the_render_command_says_why_and_exits(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from servekit.cli import app
+
+    inventory = Path(__file__).resolve().parents[2] / "inventories" / "laptop.py"
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    first = CliRunner().invoke(app, ["render", str(inventory), str(out)])
+    assert first.exit_code == 0, first.output
+    host = next(p for p in out.iterdir() if p.is_dir())
+    top = next(p for p in host.iterdir() if p.is_dir())
+    os.rename(top, tmp_path / "moved")
+    top.symlink_to(outside)
+    result = CliRunner().invoke(app, ["render", str(inventory), str(out)])
+    assert result.exit_code == 1
+    assert "refusing to write through the symlink" in result.output
+    assert "Traceback" not in result.output
+    assert list(outside.iterdir()) == []
+
+
+# --- S3 keys ----------------------------------------------------------------------------------
+
+
+def test_s3_keys_inside_the_checkpoint_land_inside(tmp_path: Path) -> None:
+    dest = tmp_path / "models" / "org--model"
+    dest.mkdir(parents=True)
+    copies = fetch_weights.plan_copies(
+        str(dest), "ckpt/m/", [("ckpt/m/config.json", 10), ("ckpt/m/sub/a.safetensors", 20)]
+    )
+    real = os.path.realpath(dest)
+    assert copies == [
+        ("ckpt/m/config.json", 10, f"{real}/config.json"),
+        ("ckpt/m/sub/a.safetensors", 20, f"{real}/sub/a.safetensors"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "ckpt/m/../../etc/passwd",
+        "ckpt/m/..",
+        "ckpt/m/sub/../../x",
+        "ckpt/m//etc/passwd",
+        "ckpt/m/./config.json",
+        "ckpt/m/a\nb",
+        "other/config.json",
+        "/etc/passwd",
+    ],
+)
+def test_s3_keys_that_escape_the_checkpoint_are_refused(key: str, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    listing = [("ckpt/m/config.json", 1), (key, 1)]
+    with pytest.raises(fetch_weights.UnsafeKey, match=r"refusing S3 key|not under the prefix"):
+        fetch_weights.plan_copies(str(dest), "ckpt/m/", listing)
+
+
+def test_s3_keys_through_a_planted_symlink_are_refused(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (dest / "sub").symlink_to(outside)
+    with pytest.raises(fetch_weights.UnsafeKey, match="is a symlink"):
+        fetch_weights.safe_target(str(dest), "p/", "p/sub/model.safetensors")
+
+
+def test_the_fetch_script_refuses_an_escaping_listing_before_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole listing is checked first: one bad key and nothing is downloaded."""
+    downloads: list[str] = []
+
+    class Client:
+        def get_paginator(self, _name: str) -> Client:
+            return self
+
+        def paginate(self, **_kw: str) -> list[dict[str, list[dict[str, object]]]]:
+            keys = ["p/config.json", "p/../../../../tmp/evil"]
+            return [{"Contents": [{"Key": k, "Size": 1} for k in keys]}]
+
+        def download_file(self, _bucket: str, key: str, _target: str) -> None:
+            downloads.append(key)
+
+    import boto3
+
+    monkeypatch.setattr(boto3, "client", lambda *_a, **_k: Client())
+    dest = tmp_path / "dest"
+    monkeypatch.setattr(
+        fetch_weights,
+        "job",
+        {"s3": {"bucket": "b", "prefix": "p/", "dest": str(dest)}, "checkpoint": "m"},
+    )
+    with pytest.raises(SystemExit, match=re.escape("refusing S3 key 'p/../../../../tmp/evil'")):
+        fetch_weights.s3()
+    assert downloads == []
+
+
+# --- data directories -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/etc", "/usr", "/var", "/home", "/var/lib", "/usr/local", "/etc/ollama", "/proc/1"],
+)
+def test_system_directories_are_never_a_data_directory(path: str) -> None:
+    assert ollama.data_dir_problem(path) is not None
+
+
+@pytest.mark.parametrize("path", ["relative", "/srv//x", "/srv/./x", "/srv/../etc", "/srv/x/"])
+def test_data_directories_are_absolute_and_normalised(path: str) -> None:
+    assert ollama.data_dir_problem(path) is not None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/var/lib/ollama", "/srv/ollama/models", "/home/alice/models", ollama.INSTALL_SH_MODELS],
+)
+def test_ordinary_data_directories_are_accepted(path: str) -> None:
+    assert ollama.data_dir_problem(path) is None
+
+
+# --- apt sources and the cuda-keyring pin -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    [
+        "https://m.example/repos\nTrusted: yes",
+        "https://m.example/repos\rTrusted: yes",
+        "https://m.example/repos https://evil.example/",
+        "https://user:pass@m.example/repos",
+        "ftp://m.example/repos",
+        "https://m.example/\x1b[2J",
+    ],
+)
+def test_a_mirror_that_could_extend_the_apt_sources_is_refused(mirror: str) -> None:
+    assert nvidia.mirror_problem(mirror) is not None
+    with pytest.raises(nvidia.PolicyError):
+        nvidia.repository_url(mirror, "ubuntu2404", "x86_64")
+
+
+def test_the_sources_file_of_an_accepted_mirror_has_exactly_its_fields() -> None:
+    url = nvidia.repository_url("https://m.example/cuda/repos/", "ubuntu2404", "x86_64")
+    (sources,) = [
+        f for f in gpu_files(url, nvidia.KEYRING_FILE, None) if f.path.endswith(".sources")
+    ]
+    fields = [line.split(":", 1)[0] for line in sources.content.splitlines() if line[:1].isalpha()]
+    assert fields == ["Types", "URIs", "Suites", "Signed-By"]
+    assert "URIs: https://m.example/cuda/repos/ubuntu2404/x86_64/\n" in sources.content
+
+
+def test_the_keyring_pins_are_sha256s_of_the_catalogued_version() -> None:
+    assert nvidia.KEYRING_VERSION == catalog.cuda_keyring_version() == "1.1-1"
+    for directory in ("ubuntu2204", "ubuntu2404", "debian12"):
+        pin = nvidia.keyring_sha256(directory, "x86_64")
+        assert nvidia.SHA256.match(pin)
+    assert nvidia.keyring_deb_url("https://m/ubuntu2404/x86_64/") == (
+        "https://m/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb"
+    )
+
+
+def test_a_pair_without_a_pin_is_refused_unless_the_host_overrides_it() -> None:
+    with pytest.raises(nvidia.PolicyError, match=r"no pinned sha256 .* debian12/sbsa"):
+        nvidia.keyring_sha256("debian12", "sbsa")
+    assert nvidia.keyring_sha256("debian12", "sbsa", "a" * 64) == "a" * 64
+    with pytest.raises(nvidia.PolicyError, match="is not a sha256"):
+        nvidia.keyring_sha256("debian12", "x86_64", "not-a-digest; reboot")
