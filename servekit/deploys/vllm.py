@@ -42,8 +42,10 @@ from pyinfra.api.operation import operation
 from pyinfra.context import host
 
 from servekit import catalog, shell
+from servekit.credentials import NETRC_FILE
 from servekit.deploys import pyenv
 from servekit.deploys.common import Commands, failure, problem
+from servekit.deploys.credentials import mirror_login_files
 from servekit.deploys.firewall import firewall_ops
 from servekit.deploys.hoststate import (
     apply_files,
@@ -218,6 +220,11 @@ class HostWork:
         return [i for i in self.plan.vllm if i.role == "server"]
 
     @property
+    def netrc(self) -> str | None:
+        """The root-only netrc uv and pip read mirror logins from (NETRC), if the fleet has any."""
+        return NETRC_FILE if self.plan.sources.get("mirror_credentials") else None
+
+    @property
     def processes(self) -> list[VllmInstance]:
         """Instances with a vLLM unit here (a Ray worker node runs Ray only)."""
         return [i for i in self.plan.vllm if i.role != "ray-worker"]
@@ -370,7 +377,7 @@ def uv_tool(work: HostWork) -> Commands:
     if output.split()[1:2] == [pyenv.UV_VERSION]:
         host.noop(f"uv {pyenv.UV_VERSION} is installed")
         return
-    yield pyenv.bootstrap_uv(str(work.plan.sources["python_index"]))
+    yield pyenv.bootstrap_uv(str(work.plan.sources["python_index"]), netrc=work.netrc)
     stale()
 
 
@@ -410,6 +417,7 @@ def vllm_venv(work: HostWork) -> Commands:
             extra_index_urls=build.extra_index_urls,
             index_strategy=build.index_strategy,
             quiet=False,
+            netrc=work.netrc,
         )
         record = {**installed, "requirements": wanted}
         yield streamed(_with_marker(install, work.venv, record))
@@ -448,6 +456,7 @@ def vllm_venv(work: HostWork) -> Commands:
         extra_index_urls=build.extra_index_urls,
         index_strategy=build.index_strategy,
         quiet=False,
+        netrc=work.netrc,
     )
     record = {
         "vllm": work.version,
@@ -501,7 +510,7 @@ def tools_venv(work: HostWork) -> Commands:
     if not state.get("python"):
         python, python_args = "3.12", ["--managed-python"]
     create = shell.join([uv, "venv", "--quiet", "--python", python, *python_args, TOOLS_VENV])
-    install = pyenv.install_packages(TOOLS_VENV, wanted, index, uv)
+    install = pyenv.install_packages(TOOLS_VENV, wanted, index, uv, netrc=work.netrc)
     script = " && ".join([f"rm -rf {q(TOOLS_VENV)}", create, install])
     yield _with_marker(script, TOOLS_VENV, {"requirements": wanted})
     stale()
@@ -992,6 +1001,8 @@ def vllm_host() -> None:
         return
     packages(name="Install Debian packages", work=work)
     service_user(name="Create the vllm user and directories", work=work)
+    if mirror_login_files(plan.sources, [(NETRC_FILE, "netrc")]) is None:
+        return
     uv_tool(name="Install uv", work=work)
     vllm_venv(name="Install the vLLM venv", work=work)
     if work.tools:

@@ -491,3 +491,22 @@ def test_a_mirror_that_could_extend_the_apt_sources_stops_before_any_change(mirr
     assert [s.name for s in run.steps] == ["NVIDIA GPU host | Unsupported host"]
     assert "sources.nvidia_apt" in run.commands()[0]
     assert sim.packages == {} and not sim.files
+
+
+def test_a_mirror_login_goes_to_apt_auth_conf_d_root_only(tmp_path: Path) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine mirror.example login alice password s3cr3t-P4ss\n")
+    netrc.chmod(0o600)
+    sim = host("ubuntu2404", one_a100())
+    data = single_a100_data()
+    data["servekit"]["sources"]["mirror_credentials"] = {"file": str(netrc), "env": None}
+    run = deploy(sim, data)
+    assert not run.failed, run
+    auth = "/etc/apt/auth.conf.d/servekit.conf"
+    assert "machine mirror.example login alice password s3cr3t-P4ss" in sim.files[auth]
+    assert sim.modes[auth] == 0o600
+    assert "s3cr3t" not in " ".join(run.commands())
+    names = [s.name for s in run.steps]
+    write = names.index("NVIDIA GPU host | Write the mirror login for apt (" + auth + ", 0600)")
+    assert write < names.index("NVIDIA GPU host | Install NVIDIA's repository key (cuda-keyring)")
+    converges(sim, data)

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from servekit import catalog, nvidia, ollama
+from servekit import catalog, credentials, nvidia, ollama
+from servekit.deploys import pyenv
+from servekit.deploys.credentials import write_command
 from servekit.deploys.host_scripts import fetch_weights
 from servekit.render import RenderedFile, UnsafeOutput, gpu_files, write_tree
+from servekit.spec import SecretRef, Sources
 
 # --- servekit render --------------------------------------------------------------------------
 
@@ -236,3 +240,128 @@ def test_a_pair_without_a_pin_is_refused_unless_the_host_overrides_it() -> None:
     assert nvidia.keyring_sha256("debian12", "sbsa", "a" * 64) == "a" * 64
     with pytest.raises(nvidia.PolicyError, match="is not a sha256"):
         nvidia.keyring_sha256("debian12", "x86_64", "not-a-digest; reboot")
+
+
+# --- mirror credentials -----------------------------------------------------------------------
+
+NETRC = (
+    "# the team's mirrors\n"
+    "machine mirror.example login alice password s3cr3t-P4ss\n"
+    "machine apt.example\n  login bob\n  password hunter2\n"
+)
+
+
+def secret(tmp_path: Path, text: str = NETRC, mode: int = 0o600) -> Path:
+    path = tmp_path / "netrc"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_mirror_credentials_are_parsed_and_written_back_in_one_form(tmp_path: Path) -> None:
+    logins = credentials.read({"file": str(secret(tmp_path))})
+    assert [(e.machine, e.login) for e in logins] == [
+        ("mirror.example", "alice"),
+        ("apt.example", "bob"),
+    ]
+    assert "s3cr3t" not in repr(logins)
+    assert credentials.netrc_text(logins).splitlines()[1:] == [
+        "machine mirror.example login alice password s3cr3t-P4ss",
+        "machine apt.example login bob password hunter2",
+    ]
+
+
+def test_apt_gets_an_http_entry_for_an_http_mirror() -> None:
+    """apt_auth.conf(5): a machine without a protocol matches https (and tor+https) only."""
+    logins = credentials.parse_netrc(NETRC, "test")
+    sources = {"nvidia_apt": "http://apt.example/cuda/repos", "python_index": "https://x/simple"}
+    lines = credentials.apt_auth_text(logins, sources).splitlines()[1:]
+    assert lines == [
+        "machine mirror.example login alice password s3cr3t-P4ss",
+        "machine apt.example login bob password hunter2",
+        "machine http://apt.example login bob password hunter2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("default login a password b", "no default or macdef"),
+        ("machine m login a password b\nmacdef init\n", "no default or macdef"),
+        ("machine m login a", "has no password"),
+        ("machine m password p", "has no login"),
+        ('machine m login a password "two words"', "quote"),
+        ("machine m login a password pä", "non-ASCII"),
+        ("login a password b", "before any machine"),
+        ("machine m login a password", "has no value"),
+        ("machine user@m login a password b", "not a host name"),
+        ("# only a comment\n", "hold no entry"),
+        ("machine m login a password b trailing", "expected machine"),
+        ("", "hold no entry"),
+    ],
+)
+def test_netrc_that_cannot_be_passed_on_safely_is_refused(text: str, why: str) -> None:
+    with pytest.raises(credentials.CredentialsError, match=why) as refused:
+        credentials.parse_netrc(text, "file ~/netrc")
+    assert "hunter" not in str(refused.value) and "file ~/netrc" in str(refused.value)
+
+
+def test_a_credentials_file_must_be_private_regular_and_small(tmp_path: Path) -> None:
+    with pytest.raises(credentials.CredentialsError, match="read by others: chmod 600"):
+        credentials.read({"file": str(secret(tmp_path, mode=0o644))})
+    with pytest.raises(credentials.CredentialsError, match="not a regular file"):
+        credentials.read({"file": "/dev/zero"})
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(credentials.CredentialsError, match="not a regular file"):
+        credentials.read({"file": str(fifo)})
+    big = secret(tmp_path, "machine m login a password b\n" + "#" * 70_000)
+    with pytest.raises(credentials.CredentialsError, match="larger than 64 KiB"):
+        credentials.read({"file": str(big)})
+    with pytest.raises(credentials.CredentialsError, match="cannot read"):
+        credentials.read({"file": str(tmp_path / "missing")})
+
+
+def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIRROR_NETRC", "machine m login a password b")
+    assert credentials.read({"env": "MIRROR_NETRC"})[0].login == "a"
+    monkeypatch.setenv("MIRROR_NETRC", " ")
+    with pytest.raises(credentials.CredentialsError, match="is empty"):
+        credentials.read({"env": "MIRROR_NETRC"})
+
+
+def test_the_write_command_takes_the_secret_on_stdin_and_never_opens_it_up(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "etc dir" / "servekit" / "netrc$(touch PWNED)"
+    command = write_command(str(target), None)
+    assert "s3cr3t" not in command
+    result = subprocess.run(
+        ["sh", "-c", f"umask 022; {command}"],
+        input=NETRC,
+        text=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert target.read_text() == NETRC
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "PWNED").exists()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temp file left
+
+
+def test_index_urls_with_a_login_never_reach_a_command_line() -> None:
+    with pytest.raises(ValueError, match="mirror_credentials"):
+        pyenv.install_packages("/v", ["x==1"], "https://u:p@pypi.example/simple")
+    with pytest.raises(ValueError, match="mirror_credentials"):
+        pyenv.bootstrap_uv("https://u:p@pypi.example/simple")
+    command = pyenv.install_packages("/v", ["x==1"], "https://pypi.example/simple", netrc="/n rc")
+    assert command.startswith("NETRC='/n rc' ") and command.count("NETRC") == 1
+
+
+def test_the_fleet_declares_mirror_credentials_as_a_secret_reference() -> None:
+    sources = Sources(mirror_credentials=SecretRef(file=Path("~/.config/servekit/netrc")))
+    dumped = sources.model_dump(mode="json")["mirror_credentials"]
+    assert dumped == {"file": "~/.config/servekit/netrc", "env": None}
+    assert credentials.reference({"mirror_credentials": dumped}) == dumped
+    assert credentials.reference(Sources().model_dump(mode="json")) is None
