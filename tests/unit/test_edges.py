@@ -4,9 +4,13 @@ sources a hostile mirror URL could extend."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import os
 import re
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -365,3 +369,74 @@ def test_the_fleet_declares_mirror_credentials_as_a_secret_reference() -> None:
     assert dumped == {"file": "~/.config/servekit/netrc", "env": None}
     assert credentials.reference({"mirror_credentials": dumped}) == dumped
     assert credentials.reference(Sources().model_dump(mode="json")) is None
+
+
+class _LoginMirror(http.server.BaseHTTPRequestHandler):
+    """A PEP 503 index and a file tree that answer only with the right Basic login."""
+
+    wheel: Path
+    expected = "Basic " + base64.b64encode(b"alice:s3cr3t-P4ss").decode()
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != self.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mirror"')
+            self.end_headers()
+            return
+        if self.path.rstrip("/") == "/simple/sk-demo":
+            body = f'<a href="/files/{self.wheel.name}">{self.wheel.name}</a>'.encode()
+            kind = "text/html"
+        elif self.path == f"/files/{self.wheel.name}":
+            body, kind = self.wheel.read_bytes(), "application/octet-stream"
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_real_pip_and_curl_log_in_with_the_netrc_servekit_writes(tmp_path: Path) -> None:
+    """The files servekit writes work with the real readers: pip through NETRC (as the uv/pip
+    commands run), curl through --netrc-file (as the Ollama download runs); no login on argv."""
+    from hostbench import build_wheel
+
+    _LoginMirror.wheel = build_wheel(tmp_path / "wheels", "sk-demo", "1.0.0")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoginMirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        logins = credentials.parse_netrc(
+            "machine 127.0.0.1 login alice password s3cr3t-P4ss", "test"
+        )
+        netrc = tmp_path / "netrc"
+        netrc.write_text(credentials.netrc_text(logins))
+        index = f"{base}/simple/"
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q"]
+        pip += [*pyenv.pip_index_args(index), "-d", str(tmp_path / "got"), "sk-demo==1.0.0"]
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PIP_CONFIG_FILE": os.devnull}
+        refused = subprocess.run(pip, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0  # the mirror wants a login
+        got = subprocess.run(
+            pip, env={**env, "NETRC": str(netrc)}, capture_output=True, text=True, timeout=120
+        )
+        assert got.returncode == 0, got.stderr
+        assert (tmp_path / "got" / _LoginMirror.wheel.name).exists()
+        curl = [
+            "curl",
+            "-fsS",
+            "--netrc-file",
+            str(netrc),
+            f"{base}/files/{_LoginMirror.wheel.name}",
+        ]
+        fetched = subprocess.run(curl, capture_output=True, timeout=60)
+        assert fetched.returncode == 0 and fetched.stdout == _LoginMirror.wheel.read_bytes()
+        assert not any("s3cr3t" in word for word in pip + curl)
+    finally:
+        server.shutdown()
