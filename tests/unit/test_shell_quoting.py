@@ -251,6 +251,10 @@ def test_python_environment_commands_keep_each_value_one_argument(
 ) -> None:
     index = "https://pypi.example/simple" + value
     venv = "/opt/servekit/venvs/x" + value
+    if shell.CONTROL.search(value):  # a URL with a newline is refused outright
+        with pytest.raises(ValueError, match="control character"):
+            pyenv.bootstrap_uv(index, "0.13.9", venv)
+        index = "https://pypi.example/simple"
     bootstrap = pyenv.bootstrap_uv(index, "0.13.9", venv)
     parses(bootstrap)
     words = shlex.split(bootstrap)
