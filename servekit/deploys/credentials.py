@@ -51,17 +51,22 @@ def secret_file(path: str, content: str, owner: str | None = "root:root") -> Com
 
 
 def mirror_login_files(
-    sources: dict[str, Any], targets: list[tuple[str, str]], owner: str | None = "root:root"
+    sources: dict[str, Any],
+    targets: list[tuple[str, str]],
+    owner: str | None = "root:root",
+    sudo: bool | None = None,
 ) -> bool | None:
     """Write the fleet's mirror credentials to each (path, kind) of `targets` (`netrc` or
     `apt`), 0600 and owned by `owner`; nothing when the fleet declares none. Whether there are
     credentials (the commands that download then name the netrc); None when they cannot be read:
-    this host is stopped with the reason (never the content), and the deploy adds nothing more."""
+    this host is stopped with the reason (never the content), and the deploy adds nothing more.
+    `sudo` is passed on to the operations (None: the deploy's own setting)."""
+    become: dict[str, Any] = {} if sudo is None else {"_sudo": sudo}
     try:
         ref = credentials.reference(sources)
         logins = credentials.read(ref) if ref else None
     except credentials.CredentialsError as error:
-        _stop(name="Mirror credentials", message=str(error))
+        _stop(name="Mirror credentials", message=str(error), **become)
         return None
     if logins is None:
         return False
@@ -76,6 +81,7 @@ def mirror_login_files(
             path=path,
             content=text,
             owner=owner,
+            **become,
         )
     return True
 

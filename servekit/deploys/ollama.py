@@ -278,7 +278,7 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
             recursive=False,
         )
 
-    logins = mirror_login_files(plan.sources, [(NETRC_FILE, "netrc")])
+    logins = mirror_login_files(plan.sources, [(NETRC_FILE, "netrc")], sudo=sudo)
     if logins is None:
         return
     release = ollama_ops.release(
@@ -391,7 +391,7 @@ def _macos(plan: HostPlan, settings: OllamaHost, base_url: str) -> None:
     for path in each(dict.fromkeys([f"{home}/.ollama/logs", models_dir])):
         files.directory(name=f"Create {path}", path=path, _sudo=False)
     netrc = f"{home}/{MAC_NETRC}"
-    logins = mirror_login_files(plan.sources, [(netrc, "netrc")], owner=None)
+    logins = mirror_login_files(plan.sources, [(netrc, "netrc")], owner=None, sudo=False)
     if logins is None:
         return
     release = ollama_ops.release(

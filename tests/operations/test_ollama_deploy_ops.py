@@ -536,8 +536,11 @@ def with_login(data: Any, tmp_path: Any) -> Any:
 def test_a_mirror_login_reaches_curl_as_a_root_only_netrc_never_in_argv(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run = run_deploy(with_login(host_data("linux"), tmp_path), linux())
+    data = with_login(host_data("linux"), tmp_path)
+    data["sudo"] = True  # a login user that is not root: the netrc is written through sudo
+    run = run_deploy(data, linux())
     assert not run.failed, run
+    assert run.step("Write the mirror login for netrc").sudo
     (write,) = run.step("Write the mirror login for netrc").commands
     assert write.connector_arguments.get("_stdin", "").count(PASSWORD) == 1
     assert "chmod 0600" in write.get_raw_value() and "chown root:root" in write.get_raw_value()
