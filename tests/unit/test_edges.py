@@ -143,6 +143,14 @@ def test_s3_keys_through_a_planted_symlink_are_refused(tmp_path: Path) -> None:
         fetch_weights.safe_target(str(dest), "p/", "p/sub/model.safetensors")
 
 
+def test_a_checkpoint_directory_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "dest").symlink_to(outside)
+    with pytest.raises(fetch_weights.UnsafeKey, match="it is a symlink"):
+        fetch_weights.safe_target(str(tmp_path / "dest"), "p/", "p/config.json")
+
+
 def test_the_fetch_script_refuses_an_escaping_listing_before_downloading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

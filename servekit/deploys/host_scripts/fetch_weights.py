@@ -31,6 +31,8 @@ def safe_target(dest, prefix, key):
             f"refusing S3 key {key!r}: it would be written outside {dest} (an absolute path, "
             "'..', '.', an empty or control-character part); rename the object in the bucket"
         )
+    if os.path.islink(dest):
+        raise UnsafeKey(f"refusing to download into {dest}: it is a symlink; remove it")
     root = os.path.realpath(dest)
     target = os.path.join(root, *parts)
     walked = root
