@@ -13,13 +13,14 @@ import sys
 import threading
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from servekit import catalog, credentials, nvidia, ollama
 from servekit.deploys import pyenv
 from servekit.deploys.credentials import write_command
 from servekit.deploys.host_scripts import fetch_weights
-from servekit.render import RenderedFile, UnsafeOutput, gpu_files, write_tree
+from servekit.render import RenderedFile, UnsafeOutput, gpu_files, render_template, write_tree
 from servekit.spec import SecretRef, Sources
 
 # --- servekit render --------------------------------------------------------------------------
@@ -448,3 +449,16 @@ def test_real_pip_and_curl_log_in_with_the_netrc_servekit_writes(tmp_path: Path)
         assert not any("s3cr3t" in word for word in pip + curl)
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "url", ["https://m/x/\nTrusted: yes", "https://m/x/\rTrusted: yes", "https://m/ https://e/", ""]
+)
+def test_the_sources_template_itself_refuses_a_value_that_adds_a_field(url: str) -> None:
+    """Defence in depth: even a URL that bypassed nvidia.repository_url never renders."""
+    with pytest.raises(jinja2.UndefinedError, match="refused_apt_sources_value"):
+        render_template("nvidia-cuda.sources.j2", url=url, keyring=nvidia.KEYRING_FILE)
+    with pytest.raises(jinja2.UndefinedError):
+        render_template("nvidia-cuda.sources.j2", url="https://m/", keyring="/k.gpg\nTrusted: yes")
+    shown = render_template("nvidia-cuda.sources.j2", url="<NVIDIA repository>", keyring="/k")
+    assert "URIs: <NVIDIA repository>\n" in shown
