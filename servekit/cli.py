@@ -19,7 +19,7 @@ from servekit.cloud.cli import cloud_app
 from servekit.errors import FleetError
 from servekit.inventory import load_plan
 from servekit.placement import FleetPlan
-from servekit.render import render_host, write_tree
+from servekit.render import UnsafeOutput, render_host, write_tree
 
 app = typer.Typer(
     help="Plan, deploy and benchmark LLM serving (vLLM, Ollama) on your own machines.",
@@ -240,7 +240,11 @@ def render(
     except FleetError as error:
         raise fail(str(error)) from None
     for name, host in fleet_plan.hosts.items():
-        for path in write_tree(render_host(host), outdir / name):
+        try:
+            written = write_tree(render_host(host), outdir / name)
+        except UnsafeOutput as error:
+            raise fail(str(error)) from None
+        for path in written:
             out.print(str(path), highlight=False)
 
 

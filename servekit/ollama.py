@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
-from servekit import catalog
+from servekit import catalog, shell
 
 System = Literal["linux", "macos"]
 
@@ -161,29 +160,39 @@ class MacLayout:
 # --- installing a release -------------------------------------------------------------------
 
 
-def _die(message: str) -> str:
-    """Shell: print `servekit: message` to stderr and stop (message inside double quotes)."""
-    return f'{{ echo "servekit: {message}" >&2; exit 1; }}'
+def _download_and_verify(base: str, asset: str, sha256: str, netrc: str | None = None) -> list[str]:
+    """Shell lines: fetch the asset and sha256sum.txt into "$tmp", stop unless the digests match.
 
-
-def _download_and_verify(base: str, asset: str, sha256: str) -> list[str]:
-    """Shell lines: fetch the asset and sha256sum.txt into "$tmp", stop unless the digests match."""
-    q = shlex.quote
-    curl = "curl -fsSL --retry 3 --connect-timeout 20"
+    Every value (URLs, the asset's name, the netrc file's path) is one quoted word
+    (`servekit.shell`); a mirror's login comes from `netrc` (`curl --netrc-file`), never argv.
+    """
+    q, tmp = shell.quote, shell.var("tmp")
+    curl = ["curl", "-fsSL", "--retry", "3", "--connect-timeout", "20"]
+    if netrc:
+        curl += ["--netrc-file", netrc]
     sums_url, asset_url = f"{base}/sha256sum.txt", f"{base}/{asset}"
+    sums, archive = shell.word(tmp, "/sha256sum.txt"), shell.word(tmp, "/", asset)
     # GitHub's file lists `./<asset>` (the release job runs `find . | xargs sha256sum`); mirrors
     # and `sha256sum` itself write `<asset>` (or `*<asset>` in binary mode).
     pick = r"""'{ n = $2; sub(/^[*]/, "", n); sub(/^\.\//, "", n) } n == a { print $1; exit }'"""
     return [
-        f'{curl} -o "$tmp/sha256sum.txt" {q(sums_url)} || ' + _die(f"cannot download {sums_url}"),
-        f'{curl} -o "$tmp/{asset}" {q(asset_url)} || ' + _die(f"cannot download {asset_url}"),
-        f'want=$(awk -v a={q(asset)} {pick} "$tmp/sha256sum.txt")',
-        '[ -n "$want" ] || ' + _die(f"{asset} is not listed in {sums_url}"),
-        f'have=$({sha256} "$tmp/{asset}" | cut -d " " -f 1)',
+        f"{shell.join(curl)} -o {sums} {q(sums_url)} || " + shell.die("cannot download ", sums_url),
+        f"{shell.join(curl)} -o {archive} {q(asset_url)} || "
+        + shell.die("cannot download ", asset_url),
+        f"want=$(awk -v a={q(asset)} {pick} {sums})",
+        '[ -n "$want" ] || ' + shell.die(asset, " is not listed in ", sums_url),
+        f'have=$({sha256} {archive} | cut -d " " -f 1)',
         '[ "$have" = "$want" ] || '
-        + _die(
-            f"refusing {asset_url}: its sha256 is $have, {sums_url} says $want (a corrupt "
-            "download or a tampered mirror); the installed Ollama is left as it is"
+        + shell.die(
+            "refusing ",
+            asset_url,
+            ": its sha256 is ",
+            shell.var("have"),
+            ", ",
+            sums_url,
+            " says ",
+            shell.var("want"),
+            " (a corrupt download or a tampered mirror); the installed Ollama is left as it is",
         ),
     ]
 
@@ -193,57 +202,61 @@ def _script(lines: Sequence[str]) -> str:
     return "\n".join(["set -e", *lines])
 
 
-def install_linux(version: str, base_url: str, arch: str) -> str:
+def install_linux(version: str, base_url: str, arch: str, netrc: str | None = None) -> str:
     """Install Ollama `version` to /usr/local from its verified release archive.
 
     The archive is checked and unpacked in a temp dir first; only then is the old `lib/ollama`
     moved aside, the new one moved in and `bin/ollama` replaced by a rename (the running server
     keeps its binary until it restarts). A bad download changes nothing.
     """
+    q, tmp = shell.quote, shell.var("tmp")
     asset = asset_name(version, "linux", arch)
     base = release_url(base_url, version)
+    archive, unpacked = shell.word(tmp, "/", asset), shell.word(tmp, "/unpack")
     unpack = (
-        'zstd -dc "$tmp/{a}" | tar -x -C "$tmp/unpack"'
+        f"zstd -dc {archive} | tar -x -C {unpacked}"
         if asset.endswith(".tar.zst")
-        else 'tar -xzf "$tmp/{a}" -C "$tmp/unpack"'
-    ).format(a=asset)
+        else f"tar -xzf {archive} -C {unpacked}"
+    )
+    libs, libs_old, binary = q(LINUX_LIBS), q(f"{LINUX_LIBS}.old"), q(LINUX_BINARY)
+    new_libs = shell.word(tmp, "/unpack/lib/ollama")
+    new_binary = shell.word(tmp, "/unpack/bin/ollama")
     return _script(
         [
             "tmp=$(mktemp -d /var/tmp/servekit-ollama.XXXXXX)",
             "trap 'rm -rf \"$tmp\"' EXIT",
-            *_download_and_verify(base, asset, "sha256sum"),
-            'mkdir "$tmp/unpack"',
+            *_download_and_verify(base, asset, "sha256sum", netrc),
+            f"mkdir {unpacked}",
             unpack,
-            '[ -f "$tmp/unpack/bin/ollama" ] || ' + _die(f"{asset} holds no bin/ollama"),
-            f"mkdir -p {LINUX_PREFIX}/bin {LINUX_PREFIX}/lib",
-            f'rm -rf "{LINUX_LIBS}.old"',
-            f'if [ -e "{LINUX_LIBS}" ]; then mv "{LINUX_LIBS}" "{LINUX_LIBS}.old"; fi',
-            f'if [ -d "$tmp/unpack/lib/ollama" ]; then mv "$tmp/unpack/lib/ollama" "{LINUX_LIBS}"; '
-            "fi",
-            f'chown -R root:root "{LINUX_LIBS}" 2>/dev/null || true',
-            f'install -o root -g root -m 0755 "$tmp/unpack/bin/ollama" "{LINUX_BINARY}.new"',
-            f'mv -f "{LINUX_BINARY}.new" "{LINUX_BINARY}"',
-            f'rm -rf "{LINUX_LIBS}.old"',
+            f"[ -f {new_binary} ] || " + shell.die(asset, " holds no bin/ollama"),
+            f"mkdir -p {q(LINUX_PREFIX + '/bin')} {q(LINUX_PREFIX + '/lib')}",
+            f"rm -rf {libs_old}",
+            f"if [ -e {libs} ]; then mv {libs} {libs_old}; fi",
+            f"if [ -d {new_libs} ]; then mv {new_libs} {libs}; fi",
+            f"chown -R root:root {libs} 2>/dev/null || true",
+            f"install -o root -g root -m 0755 {new_binary} {q(LINUX_BINARY + '.new')}",
+            f"mv -f {q(LINUX_BINARY + '.new')} {binary}",
+            f"rm -rf {libs_old}",
         ]
     )
 
 
-def install_macos(version: str, base_url: str, layout: MacLayout) -> str:
+def install_macos(version: str, base_url: str, layout: MacLayout, netrc: str | None = None) -> str:
     """Install Ollama `version` into `~/.servekit/ollama/<version>/` from the verified
     `ollama-darwin.tgz`, then remove other versions (models live in ~/.ollama, untouched)."""
     asset = asset_name(version, "macos")
     base = release_url(base_url, version)
-    q = shlex.quote
+    q, tmp = shell.quote, shell.var("tmp")
     final, staging = q(layout.install_dir), q(f"{layout.install_dir}.partial")
     return _script(
         [
             f"mkdir -p {q(layout.root)}",
             f"tmp=$(mktemp -d {q(layout.root + '/.download.XXXXXX')})",
             "trap 'rm -rf \"$tmp\"' EXIT",
-            *_download_and_verify(base, asset, "shasum -a 256"),
+            *_download_and_verify(base, asset, "shasum -a 256", netrc),
             f"rm -rf {staging} && mkdir -p {staging}",
-            f'tar -xzf "$tmp/{asset}" -C {staging}',
-            f"[ -f {staging}/ollama ] || " + _die(f"{asset} holds no ollama"),
+            f"tar -xzf {shell.word(tmp, '/', asset)} -C {staging}",
+            f"[ -f {staging}/ollama ] || " + shell.die(asset, " holds no ollama"),
             f"chmod 0755 {staging}/ollama",
             f"rm -rf {final} && mv {staging} {final}",
             f'for old in {q(layout.root)}/*; do [ "$old" = {final} ] || rm -rf "$old"; done',
@@ -254,7 +267,7 @@ def install_macos(version: str, base_url: str, layout: MacLayout) -> str:
 def ready_command(url: str, version: str, timeout_s: int, log_command: str) -> str:
     """Wait (at most `timeout_s`) until `GET /` answers and `/api/version` is `version`; on
     timeout print the server's last log lines and fail."""
-    q = shlex.quote
+    q = shell.quote
     want = '"version" *: *"' + re.escape(version) + '"'  # {"version":"X"}, spaces or not
     probe = (
         f"curl -fsS --max-time 3 -o /dev/null {q(url + '/')} && "
@@ -265,8 +278,11 @@ def ready_command(url: str, version: str, timeout_s: int, log_command: str) -> s
             f"end=$(( $(date +%s) + {int(timeout_s)} ))",
             f"until {probe}; do",
             '  if [ "$(date +%s)" -ge "$end" ]; then',
-            f'    echo "servekit: Ollama {version} did not answer GET {url}/ within {timeout_s} s; '
-            'its last log lines:" >&2',
+            "    "
+            + shell.say(
+                f"Ollama {version} did not answer GET {url}/ within {int(timeout_s)} s; "
+                "its last log lines:"
+            ),
             f"    {log_command} >&2 || true",
             "    exit 1",
             "  fi",
@@ -348,7 +364,7 @@ def pull_command(model: str, url: str, stall_s: int = PULL_STALL_S) -> str:
     """Pull `model` through `POST /api/pull` (streamed) on the host, printing progress lines
     `MODEL: ...`; fails with `MODEL: error: ...` on any error line, a broken stream, or no
     `success`."""
-    q = shlex.quote
+    q = shell.quote
     body = json.dumps({"model": model, "stream": True})
     curl = (
         f"curl -sS -N --connect-timeout 10 --speed-limit 1 --speed-time {int(stall_s)} "
@@ -362,7 +378,7 @@ def pull_command(model: str, url: str, stall_s: int = PULL_STALL_S) -> str:
 
 def delete_command(model: str, url: str) -> str:
     """Delete `model` through `DELETE /api/delete`."""
-    q = shlex.quote
+    q = shell.quote
     body = json.dumps({"model": model})
     return (
         "curl -fsS --max-time 60 -X DELETE -H 'Content-Type: application/json' "
@@ -395,6 +411,37 @@ class PathEntry(TypedDict):
     mode: int
     owner: str
     group: str
+
+
+SYSTEM_DIRS = frozenset(
+    {
+        "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+        "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys",
+        "/tmp", "/usr", "/var", "/usr/bin", "/usr/lib", "/usr/lib64", "/usr/libexec",
+        "/usr/local", "/usr/local/bin", "/usr/local/lib", "/usr/local/sbin", "/usr/local/share",
+        "/usr/sbin", "/usr/share", "/usr/src", "/var/cache", "/var/lib", "/var/log", "/var/mail",
+        "/var/opt", "/var/spool", "/var/tmp", "/var/www",
+    }
+)  # fmt: skip
+"""Directories a deploy must never hand to the service user (`chown ollama`), whatever a plan says
+(the schema refuses them at load too; this is the deploy's own guard)."""
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys")
+"""Trees no part of which is a data directory."""
+
+
+def data_dir_problem(path: str) -> str | None:
+    """Why `path` must not become the service user's data directory (owned by it), or None:
+    not absolute, not normalised, a system directory, or inside a system tree."""
+    if not path.startswith("/") or shell.CONTROL.search(path):
+        return f"{path!r} is not an absolute path"
+    parts = path.split("/")[1:]
+    if path != "/" and any(part in ("", ".", "..") for part in parts):
+        return f"{path!r} is not a normalised path (no '//', '.', '..' or trailing '/')"
+    if path in SYSTEM_DIRS:
+        return f"{path} is a system directory: servekit never gives it to the {SERVICE_USER} user"
+    if any(path.startswith(tree + "/") for tree in SYSTEM_TREES):
+        return f"{path} is inside a system directory: choose a data directory such as /srv/ollama"
+    return None
 
 
 def parents(path: str) -> list[str]:

@@ -7,6 +7,10 @@ shown as placeholders too).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -410,13 +414,79 @@ def firewall_files(plan: HostPlan) -> list[RenderedFile]:
     ]
 
 
+class UnsafeOutput(ValueError):
+    """`servekit render` would write outside OUTDIR (a symlink in the way, a `..` in a path)."""
+
+
+def _open_dir(parent: int, name: str, shown: Path) -> int:
+    """Open (making it if missing) the directory `name` under the open directory `parent`,
+    never following a symlink."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=parent)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as error:
+        if os.path.islink(shown) or error.errno == errno.ELOOP:
+            raise UnsafeOutput(
+                f"refusing to write through the symlink {shown}: remove it, or render into an "
+                "empty folder"
+            ) from None
+        if error.errno == errno.ENOTDIR:
+            raise UnsafeOutput(f"{shown} is a file where a folder is needed: remove it") from None
+        raise
+
+
 def write_tree(files: list[RenderedFile], root: Path) -> list[Path]:
-    """Write rendered files under `root` (mirroring their absolute paths) for review."""
+    """Write rendered files under `root` (mirroring their absolute paths) for review.
+
+    Nothing below `root` is followed if it is a symlink (each folder is opened with O_NOFOLLOW
+    relative to the one above, and a file is written to a new name, then renamed over): a link
+    planted in OUTDIR cannot make `render` write anywhere else. Such a link is refused.
+    """
     written = []
+    root.mkdir(parents=True, exist_ok=True)
     for rendered in files:
-        target = root / rendered.path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(rendered.content, encoding="utf-8")
-        target.chmod(int(rendered.mode, 8))
+        parts = rendered.path.strip("/").split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise UnsafeOutput(f"{rendered.path!r} is not a normalised absolute path")
+        target = root.joinpath(*parts)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            shown = root
+            for part in parts[:-1]:
+                shown = shown / part
+                inner = _open_dir(fd, part, shown)
+                os.close(fd)
+                fd = inner
+            _write_file(fd, parts[-1], rendered, target)
+        finally:
+            os.close(fd)
         written.append(target)
     return written
+
+
+def _write_file(directory: int, name: str, rendered: RenderedFile, shown: Path) -> None:
+    """Write `name` in the open `directory`: a new file, then renamed over the old entry."""
+    try:
+        current = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        current = None
+    if current is not None and stat.S_ISLNK(current.st_mode):
+        raise UnsafeOutput(
+            f"refusing to write through the symlink {shown}: remove it, or render into an "
+            "empty folder"
+        )
+    temp = f".{name}.servekit-new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp, dir_fd=directory)
+    mode = int(rendered.mode, 8)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(temp, flags, 0o600, dir_fd=directory)
+    try:
+        data = memoryview(rendered.content.encode("utf-8"))
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)

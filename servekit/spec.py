@@ -513,6 +513,12 @@ class Sources(Spec):
     nvidia_apt: Url = "https://developer.download.nvidia.com/compute/cuda/repos"
     ollama_releases: Url = "https://github.com/ollama/ollama/releases/download"
     weights: WeightsSource = Field(default_factory=HuggingFace)
+    mirror_credentials: SecretRef | None = Field(
+        None,
+        description="a netrc file (machine HOST login USER password PASS) for mirrors that need a "
+        "login; written on hosts only to 0600 files (apt auth.conf.d, a root-only netrc for "
+        "uv/pip/curl), never in argv, logs or world-readable files",
+    )
 
 
 class Versions(Spec):

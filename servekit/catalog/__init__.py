@@ -241,6 +241,18 @@ def default_driver_branch() -> int:
     return int(_load("versions.toml")["driver"]["default"])
 
 
+def cuda_keyring_version() -> str:
+    """The cuda-keyring package version servekit installs (versions.toml `[cuda_keyring]`)."""
+    return str(_load("versions.toml")["cuda_keyring"]["version"])
+
+
+def cuda_keyring_sha256(directory: str, arch: str) -> str | None:
+    """The pinned sha256 of NVIDIA's cuda-keyring .deb for a repository directory and
+    architecture (`ubuntu2404`, `x86_64`), or None when servekit has no pin for that pair."""
+    pins: dict[str, str] = _load("versions.toml")["cuda_keyring"]["sha256"]
+    return pins.get(f"{directory}/{arch}")
+
+
 def tool_version(tool: str) -> str:
     return str(_load("versions.toml")["tools"][tool])
 

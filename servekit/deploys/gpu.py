@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from io import StringIO
+from typing import Any
 
 from pyinfra import logger
 from pyinfra.api.deploy import deploy
@@ -23,8 +24,10 @@ from pyinfra.facts.server import Arch, KernelModules
 from pyinfra.operations import apt, files, python, systemd
 
 from servekit import catalog, nvidia
+from servekit.credentials import APT_AUTH_FILE
 from servekit.deploys import nvidia as ops
 from servekit.deploys.common import problem
+from servekit.deploys.credentials import mirror_login_files
 from servekit.facts.nvidia import (
     LoadedDriver,
     NvidiaDriver,
@@ -54,6 +57,8 @@ class Survey:
     nvswitch: bool
     systemd: bool
     kernel: Kernel | None
+    keyring_sha256: str | PolicyError
+    """The cuda-keyring .deb's pinned sha256, or why there is none (refused if it is needed)."""
 
     @property
     def services_now(self) -> bool:
@@ -126,6 +131,7 @@ def survey(target: GpuTarget) -> Survey | None:
         directory, arch = nvidia.repository(
             release["id"], release["version_id"], host.get_fact(Arch)
         )
+        nvidia.repository_url(target.mirror, directory, arch)  # refuses a malformed mirror
     except PolicyError as error:
         problem(name="Unsupported host", message=str(error))
         return None
@@ -186,7 +192,15 @@ def survey(target: GpuTarget) -> Survey | None:
         nvswitch=nvswitch,
         systemd=bool(host.get_fact(Directory, path="/run/systemd/system")),
         kernel=host.get_fact(KernelHeaders),
+        keyring_sha256=_keyring_sha256(directory, arch),
     )
+
+
+def _keyring_sha256(directory: str, arch: str) -> str | PolicyError:
+    try:
+        return nvidia.keyring_sha256(directory, arch, host.data.get(nvidia.KEYRING_SHA256_DATA_KEY))
+    except PolicyError as error:
+        return error
 
 
 def any_changed(*operations: OperationMeta) -> Callable[[], bool]:
@@ -217,8 +231,8 @@ def gpu_host() -> None:
             found.repository_url, nvidia.KEYRING_FILE, target.cuda_toolkit, found.systemd
         )
     }
-    if found.needs_repository:
-        _repository(found, rendered)
+    if found.needs_repository and not _repository(found, rendered):
+        return
     nouveau = put(rendered[GPU_PATHS.nouveau], "Blacklist nouveau")
     ops.initramfs_updated(name="Rebuild the initramfs without nouveau", _if=nouveau.did_change)
     driver_ops = [] if found.external else _driver(found)
@@ -245,11 +259,22 @@ def gpu_host() -> None:
     )
 
 
-def _repository(found: Survey, rendered: dict[str, RenderedFile]) -> None:
-    """NVIDIA's repository with its key, preferred for its packages, and apt's lists of it."""
+def _sources() -> dict[str, Any]:
+    """The fleet's sources for this host (mirrors, their logins), or none without a plan."""
+    raw = host.data.get(HOST_DATA_KEY)
+    return HostPlan.from_host_data(raw).sources if raw is not None else {}
+
+
+def _repository(found: Survey, rendered: dict[str, RenderedFile]) -> bool:
+    """NVIDIA's repository with its key, preferred for its packages, and apt's lists of it;
+    False when the host stopped (its mirror credentials cannot be read)."""
+    # apt (and apt-helper, which fetches the key package) read mirror logins from auth.conf.d
+    if mirror_login_files(_sources(), [(APT_AUTH_FILE, "apt")]) is None:
+        return False
     keyring = ops.cuda_keyring(
         name="Install NVIDIA's repository key (cuda-keyring)",
-        url=f"{found.repository_url}cuda-keyring_{nvidia.KEYRING_VERSION}_all.deb",
+        url=nvidia.keyring_deb_url(found.repository_url),
+        sha256=found.keyring_sha256,
     )
     keyring_list = files.file(
         name="Remove cuda-keyring's own source list (servekit's names the mirror)",
@@ -273,6 +298,7 @@ def _repository(found: Survey, rendered: dict[str, RenderedFile]) -> None:
         wanted += [choice.fabricmanager, choice.nscq]
     if wanted:
         ops.apt_knows(name="Make sure apt knows the packages to install", packages=wanted)
+    return True
 
 
 def _driver(found: Survey) -> list[OperationMeta]:

@@ -35,19 +35,27 @@ from servekit.nvidia import DriverChoice, Flavour, GpuTarget
 
 
 @operation()
-def cuda_keyring(url: str) -> Commands:
+def cuda_keyring(url: str, sha256: str | Exception) -> Commands:
     """
     Install NVIDIA's repository key package (cuda-keyring) from the repository or its mirror,
-    unless a version of it is installed (later ones come through apt).
+    unless a version of it is installed (later ones come through apt). The .deb is checked
+    against its pinned sha256 before `dpkg -i`: apt cannot vouch for the package that holds the
+    key apt will trust.
 
     + url: the .deb's URL (fetched with apt's own downloader, so no curl or wget is needed)
+    + sha256: the digest the .deb must have (servekit's catalog pin, or the host's override),
+      or why there is none (the step then stops the host)
     """
     installed = host.get_fact(NvidiaPackages).get(nvidia.KEYRING_PACKAGE)
     if installed and installed["installed"]:
         host.noop(f"{nvidia.KEYRING_PACKAGE} {installed['version']} is installed")
         return
+    if isinstance(sha256, Exception):
+        yield failure(f"servekit: {host.name}: {sha256}")
+        return
     deb = host.get_temp_filename(url)
     yield StringCommand("/usr/lib/apt/apt-helper download-file", QuoteString(url), QuoteString(deb))
+    yield StringCommand(nvidia.keyring_verify_command(deb, sha256, url))
     yield StringCommand("dpkg --force-confdef --force-confold -i", QuoteString(deb))
     yield StringCommand("rm -f", QuoteString(deb))
 

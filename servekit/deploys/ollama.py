@@ -39,8 +39,10 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
 
 from servekit import ollama
+from servekit.credentials import MAC_NETRC, NETRC_FILE
 from servekit.deploys import launchd, ollama_models, ollama_ops
 from servekit.deploys.common import each, problem
+from servekit.deploys.credentials import mirror_login_files
 from servekit.errors import FleetError, Problem
 from servekit.facts.macos import Homebrew, LaunchAgent, OllamaApp
 from servekit.facts.ollama import DirectoryPath
@@ -158,6 +160,13 @@ def ollama_host(default_fleet: str | None = None) -> None:
             message=f"sources.ollama_releases must be an http(s) URL, not {base_url!r}",
         )
         return
+    if "@" in base_url.split("/")[2]:  # never shown: it holds a password
+        problem(
+            name="Ollama release mirror",
+            message="sources.ollama_releases carries a login (user:password@): put it in "
+            "Sources(mirror_credentials=SecretRef(file=...)), a netrc file servekit writes 0600",
+        )
+        return
     kernel = host.get_fact(Kernel)
     expected = "Darwin" if plan.os == "macos" else "Linux"
     if kernel != expected:
@@ -218,6 +227,15 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
     user, home = ollama.SERVICE_USER, ollama.SERVICE_HOME
     gpu_groups = [g for g in ollama.GPU_GROUPS if g in host.get_fact(Groups)]
     models_dir = settings.env.get("OLLAMA_MODELS", f"{home}/models")
+    for path in dict.fromkeys([home, models_dir]):
+        if reason := ollama.data_dir_problem(path):
+            problem(
+                name="Ollama data directory",
+                _sudo=sudo,
+                message=f"refusing ollama.models_dir: {reason}; set OllamaSettings(models_dir=...) "
+                "to a directory of its own (/srv/ollama/models)",
+            )
+            return
     above: list[PathEntry] = host.get_fact(DirectoryPath, path=models_dir)
     blocked = ollama.untraversable(above, user, [user, *gpu_groups])
     if blocked:
@@ -260,6 +278,9 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
             recursive=False,
         )
 
+    logins = mirror_login_files(plan.sources, [(NETRC_FILE, "netrc")], sudo=sudo)
+    if logins is None:
+        return
     release = ollama_ops.release(
         name=f"Install Ollama {version}",
         _sudo=sudo,
@@ -267,6 +288,7 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
         base_url=base_url,
         system="linux",
         machine=host.get_fact(Arch),
+        netrc=NETRC_FILE if logins else None,
     )
     unit_file, dropin_file = ollama_files(plan, HostFacts())
     unit = put(unit_file, "Install ollama.service", sudo)
@@ -368,6 +390,10 @@ def _macos(plan: HostPlan, settings: OllamaHost, base_url: str) -> None:
     models_dir = ollama.expand_home(settings.env.get("OLLAMA_MODELS", "~/.ollama/models"), home)
     for path in each(dict.fromkeys([f"{home}/.ollama/logs", models_dir])):
         files.directory(name=f"Create {path}", path=path, _sudo=False)
+    netrc = f"{home}/{MAC_NETRC}"
+    logins = mirror_login_files(plan.sources, [(netrc, "netrc")], owner=None, sudo=False)
+    if logins is None:
+        return
     release = ollama_ops.release(
         name=f"Install Ollama {version}",
         _sudo=False,
@@ -375,6 +401,7 @@ def _macos(plan: HostPlan, settings: OllamaHost, base_url: str) -> None:
         base_url=base_url,
         system="macos",
         home=home,
+        netrc=netrc if logins else None,
     )
     files.link(name=f"Link {layout.link}", path=layout.link, target=layout.binary, _sudo=False)
     (plist_file,) = ollama_files(plan, HostFacts(home=home))

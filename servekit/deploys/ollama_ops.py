@@ -18,7 +18,12 @@ from servekit.ollama import MacLayout, ReleaseError, System
 
 @operation()
 def release(
-    version: str, base_url: str, system: System, machine: str = "x86_64", home: str = ""
+    version: str,
+    base_url: str,
+    system: System,
+    machine: str = "x86_64",
+    home: str = "",
+    netrc: str | None = None,
 ) -> Commands:
     """
     Install Ollama `version` from its release (verified against `sha256sum.txt`) unless the
@@ -29,6 +34,7 @@ def release(
     + system: `linux` (to /usr/local, as root) or `macos` (to ~/.servekit/ollama/<version>)
     + machine: `uname -m` of a Linux host (x86_64, aarch64)
     + home: the login user's home (macOS)
+    + netrc: a 0600 netrc file with the mirror's login (curl --netrc-file), if it needs one
 
     **Example:**
 
@@ -48,14 +54,14 @@ def release(
         host.noop(f"Ollama {version} is installed ({binary})")
         return
     if system == "macos":
-        yield StringCommand(ollama.install_macos(version, base_url, layout))
+        yield StringCommand(ollama.install_macos(version, base_url, layout, netrc))
         return
     try:
         arch = ollama.go_arch(machine)
     except ReleaseError as error:
         yield failure(f"servekit: {host.name}: {error}")
         return
-    yield StringCommand(ollama.install_linux(version, base_url, arch))
+    yield StringCommand(ollama.install_linux(version, base_url, arch, netrc))
 
 
 @operation(is_idempotent=False)

@@ -7,10 +7,10 @@ Debian's `python3` and `python3-venv` (apt-installed by the deploy first).
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from servekit import shell
 from servekit.catalog import tool_version
 
 UV_VERSION = tool_version("uv")
@@ -32,9 +32,27 @@ def venv_python(venv: str) -> str:
     return f"{venv}/bin/python"
 
 
+def plain_url(url: str) -> str:
+    """`url` unchanged, or ValueError when it carries a login (`user:pass@`): a login would
+    be on the command line and in the deploy's output; it belongs in
+    `Sources.mirror_credentials` (a netrc the commands read through NETRC)."""
+    if urlsplit(url).username is not None or shell.CONTROL.search(url):
+        raise ValueError(
+            "an index URL with a login or a control character is refused: put the login in "
+            "Sources(mirror_credentials=SecretRef(...))"
+        )
+    return url
+
+
+def _with_netrc(argv: Sequence[str], netrc: str | None) -> str:
+    """The command line of `argv`, run with NETRC naming the mirror logins (only its path)."""
+    command = shell.join(argv)
+    return f"{shell.assignment('NETRC', netrc)} {command}" if netrc else command
+
+
 def pip_index_args(index_url: str) -> list[str]:
     """pip's arguments for one index; a plain-HTTP index must also be named a trusted host."""
-    args = ["--index-url", index_url]
+    args = ["--index-url", plain_url(index_url)]
     parts = urlsplit(index_url)
     if parts.scheme == "http" and parts.hostname:
         args += ["--trusted-host", parts.hostname]
@@ -42,22 +60,27 @@ def pip_index_args(index_url: str) -> list[str]:
 
 
 def bootstrap_uv(
-    index_url: str = PYPI_SIMPLE, version: str = UV_VERSION, uv_venv: str = UV_VENV
+    index_url: str = PYPI_SIMPLE,
+    version: str = UV_VERSION,
+    uv_venv: str = UV_VENV,
+    *,
+    netrc: str | None = None,
 ) -> str:
-    """Create the venv for uv and pip-install `uv==version` into it from `index_url`."""
+    """Create the venv for uv and pip-install `uv==version` into it from `index_url` (with the
+    mirror logins of the netrc file `netrc`, when given)."""
     pip = f"{uv_venv}/bin/pip"
     install = [pip, "install", "--disable-pip-version-check", "--no-input", "--quiet"]
     return " && ".join(
         [
-            shlex.join(["python3", "-m", "venv", uv_venv]),
-            shlex.join([*install, *pip_index_args(index_url), f"uv=={version}"]),
+            shell.join(["python3", "-m", "venv", uv_venv]),
+            _with_netrc([*install, *pip_index_args(index_url), f"uv=={version}"], netrc),
         ]
     )
 
 
 def create_venv(venv: str, python: str = "python3", uv: str = uv_binary()) -> str:
     """Create `venv` with uv from the host's own Python (never a downloaded interpreter)."""
-    return shlex.join([uv, "venv", "--quiet", "--python", python, "--no-managed-python", venv])
+    return shell.join([uv, "venv", "--quiet", "--python", python, "--no-managed-python", venv])
 
 
 def install_packages(
@@ -69,12 +92,14 @@ def install_packages(
     extra_index_urls: Sequence[str] = (),
     index_strategy: str | None = None,
     quiet: bool = True,
+    netrc: str | None = None,
 ) -> str:
     """Install pinned requirements (`'pkg==ver'`, ...) into `venv` with uv from `index_url`.
 
     uv trusts the host's certificate store (`--system-certs`), not only its built-in roots, so a
     mirror or proxy with an internal CA works as it does for pip and apt. `extra_index_urls` (a
     CUDA build's wheel and PyTorch indexes) and `index_strategy` are passed to uv as given.
+    Mirror logins come from the netrc file `netrc` (NETRC in the command's environment).
     """
     if not requirements:
         raise ValueError("install_packages needs at least one requirement")
@@ -87,10 +112,10 @@ def install_packages(
         "--python",
         venv_python(venv),
         "--index-url",
-        index_url,
+        plain_url(index_url),
     ]
     for url in extra_index_urls:
-        args += ["--extra-index-url", url]
+        args += ["--extra-index-url", plain_url(url)]
     if index_strategy:
         args += ["--index-strategy", index_strategy]
-    return shlex.join([*args, *requirements])  # fmt: skip
+    return _with_netrc([*args, *requirements], netrc)

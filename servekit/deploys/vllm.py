@@ -32,7 +32,6 @@ second run changes nothing and costs one command per host.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -42,9 +41,11 @@ from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from servekit import catalog
+from servekit import catalog, shell
+from servekit.credentials import NETRC_FILE
 from servekit.deploys import pyenv
 from servekit.deploys.common import Commands, failure, problem
+from servekit.deploys.credentials import mirror_login_files
 from servekit.deploys.firewall import firewall_ops
 from servekit.deploys.hoststate import (
     apply_files,
@@ -78,6 +79,7 @@ from servekit.render import (
 )
 from servekit.render import ray_unit as ray_unit_name
 from servekit.secrets import SecretError, read_secret, read_secret_lines
+from servekit.shell import quote as q
 from servekit.spec import RAY_PORT
 from servekit.weights import HF_HOME, MARKERS_DIR, MODELS_DIR, WeightsLocation, locate, s3_prefix
 
@@ -218,6 +220,11 @@ class HostWork:
         return [i for i in self.plan.vllm if i.role == "server"]
 
     @property
+    def netrc(self) -> str | None:
+        """The root-only netrc uv and pip read mirror logins from (NETRC), if the fleet has any."""
+        return NETRC_FILE if self.plan.sources.get("mirror_credentials") else None
+
+    @property
     def processes(self) -> list[VllmInstance]:
         """Instances with a vLLM unit here (a Ray worker node runs Ray only)."""
         return [i for i in self.plan.vllm if i.role != "ray-worker"]
@@ -334,10 +341,11 @@ def service_user(work: HostWork) -> Commands:
     state = view(work.spec())
     commands = []
     if not state.get("user"):
+        useradd = ["useradd", "--system", "--gid", VLLM_USER, "--home-dir", VLLM_HOME]
+        useradd += ["--no-create-home", "--shell", "/usr/sbin/nologin", VLLM_USER]
         commands += [
-            f"(getent group {VLLM_USER} >/dev/null || groupadd --system {VLLM_USER})",
-            f"useradd --system --gid {VLLM_USER} --home-dir {VLLM_HOME} --no-create-home "
-            f"--shell /usr/sbin/nologin {VLLM_USER}",
+            f"(getent group {q(VLLM_USER)} >/dev/null || groupadd --system {q(VLLM_USER)})",
+            shell.join(useradd),
         ]
     for path, user, group, mode in DIRECTORIES:
         current = state["paths"].get(path)
@@ -347,7 +355,9 @@ def service_user(work: HostWork) -> Commands:
             or (current.get("user"), current.get("group"), current.get("mode"))
             != (user, group, mode)
         ):
-            commands.append(f"install -d -o {user} -g {group} -m {mode} {shlex.quote(path)}")
+            commands.append(
+                shell.join(["install", "-d", "-o", user, "-g", group, "-m", mode, path])
+            )
     if not commands:
         host.noop(f"user {VLLM_USER} and its directories exist")
         return
@@ -367,7 +377,7 @@ def uv_tool(work: HostWork) -> Commands:
     if output.split()[1:2] == [pyenv.UV_VERSION]:
         host.noop(f"uv {pyenv.UV_VERSION} is installed")
         return
-    yield pyenv.bootstrap_uv(str(work.plan.sources["python_index"]))
+    yield pyenv.bootstrap_uv(str(work.plan.sources["python_index"]), netrc=work.netrc)
     stale()
 
 
@@ -407,6 +417,7 @@ def vllm_venv(work: HostWork) -> Commands:
             extra_index_urls=build.extra_index_urls,
             index_strategy=build.index_strategy,
             quiet=False,
+            netrc=work.netrc,
         )
         record = {**installed, "requirements": wanted}
         yield streamed(_with_marker(install, work.venv, record))
@@ -436,7 +447,7 @@ def vllm_venv(work: HostWork) -> Commands:
         yield failure(f"servekit: {host.name}: {error}")
         return
     python, python_args = _venv_python(state, work.version)
-    create = shlex.join([uv, "venv", "--quiet", "--python", python, *python_args, work.venv])
+    create = shell.join([uv, "venv", "--quiet", "--python", python, *python_args, work.venv])
     install = pyenv.install_packages(
         work.venv,
         wanted,
@@ -445,6 +456,7 @@ def vllm_venv(work: HostWork) -> Commands:
         extra_index_urls=build.extra_index_urls,
         index_strategy=build.index_strategy,
         quiet=False,
+        netrc=work.netrc,
     )
     record = {
         "vllm": work.version,
@@ -461,8 +473,8 @@ def vllm_venv(work: HostWork) -> Commands:
         },
     }
     what = f"vLLM {work.version}: {build.describe()}, driver {driver}"
-    banner = f"echo {shlex.quote(what + ', from ' + build.index_url)}"
-    script = " && ".join([banner, f"rm -rf {shlex.quote(work.venv)}", create, install])
+    banner = f"echo {q(what + ', from ' + build.index_url)}"
+    script = " && ".join([banner, f"rm -rf {q(work.venv)}", create, install])
     _rebuilt.add(run_key())
     yield streamed(_with_marker(script, work.venv, record))
     stale()
@@ -474,8 +486,8 @@ _rebuilt: set[tuple[int, str]] = set()
 def _with_marker(command: str, venv: str, record: dict[str, Any]) -> StringCommand:
     """`command`, then the venv's marker (written last: a venv without it is incomplete)."""
     text = json.dumps(record, sort_keys=True)
-    marker = shlex.quote(f"{venv}/{VENV_MARKER}")
-    return StringCommand(f"{command} && printf '%s\\n' {shlex.quote(text)} > {marker}")
+    marker = q(f"{venv}/{VENV_MARKER}")
+    return StringCommand(f"{command} && printf '%s\\n' {q(text)} > {marker}")
 
 
 @operation()
@@ -497,9 +509,9 @@ def tools_venv(work: HostWork) -> Commands:
     python, python_args = "python3", ["--no-managed-python"]
     if not state.get("python"):
         python, python_args = "3.12", ["--managed-python"]
-    create = shlex.join([uv, "venv", "--quiet", "--python", python, *python_args, TOOLS_VENV])
-    install = pyenv.install_packages(TOOLS_VENV, wanted, index, uv)
-    script = " && ".join([f"rm -rf {TOOLS_VENV}", create, install])
+    create = shell.join([uv, "venv", "--quiet", "--python", python, *python_args, TOOLS_VENV])
+    install = pyenv.install_packages(TOOLS_VENV, wanted, index, uv, netrc=work.netrc)
+    script = " && ".join([f"rm -rf {q(TOOLS_VENV)}", create, install])
     yield _with_marker(script, TOOLS_VENV, {"requirements": wanted})
     stale()
 
@@ -575,7 +587,9 @@ def weights(work: HostWork, location: WeightsLocation) -> Commands:
         yield failure(f"servekit: {host.name}: {error}")
         return
     command = python_command("fetch_weights", python=f"{TOOLS_VENV}/bin/python")
-    as_user = f"runuser -u {VLLM_USER} -- env HOME={VLLM_HOME} HF_HOME={HF_HOME}"
+    as_user = shell.join(
+        ["runuser", "-u", VLLM_USER, "--", "env", f"HOME={VLLM_HOME}", f"HF_HOME={HF_HOME}"]
+    )
     yield streamed(StringCommand(as_user, command), stdin=stdin_json(job))
     stale()
 
@@ -685,8 +699,8 @@ def prune(work: HostWork) -> Commands:
             base = f"{VLLM_CONFIG_DIR}/{name.removeprefix('vllm-')}"
             files += [f"{base}.yaml", f"{base}.env", f"{ROLLBACK_DIR}/{name}"]
         commands.append(
-            f"systemctl disable --now {shlex.quote(unit)} >/dev/null 2>&1; "
-            f"rm -rf {' '.join(shlex.quote(f) for f in files)}"
+            f"systemctl disable --now {q(unit)} >/dev/null 2>&1; "
+            f"rm -rf {' '.join(q(f) for f in files)}"
         )
     commands.append("systemctl daemon-reload")
     yield "; ".join(commands)
@@ -940,11 +954,11 @@ def finish(work: HostWork) -> Commands:
         yield apply_files({"remove": clean})
     if relink:
         if link:
-            yield f"ln -sfn {shlex.quote(link)} {PREVIOUS_LINK}"
-        yield f"ln -sfn {work.venv} {CURRENT_LINK}"
+            yield shell.join(["ln", "-sfn", link, PREVIOUS_LINK])
+        yield shell.join(["ln", "-sfn", work.venv, CURRENT_LINK])
     if prune:
         # every unit runs `current` now; `previous` stays for a manual way back
-        yield "rm -rf " + " ".join(shlex.quote(v) for v in prune)
+        yield "rm -rf " + " ".join(q(v) for v in prune)
     stale()
     if failed:
         lines = []
@@ -987,6 +1001,8 @@ def vllm_host() -> None:
         return
     packages(name="Install Debian packages", work=work)
     service_user(name="Create the vllm user and directories", work=work)
+    if mirror_login_files(plan.sources, [(NETRC_FILE, "netrc")]) is None:
+        return
     uv_tool(name="Install uv", work=work)
     vllm_venv(name="Install the vLLM venv", work=work)
     if work.tools:

@@ -23,11 +23,13 @@ from nvidia_repo.standins import (
     DRIVER,
     NEWER_FABRIC_MANAGER,
     NEXT_BRANCH_DRIVER,
+    Repository,
     build_repository,
     hardware,
     install_hardware,
 )
 
+from servekit.nvidia import KEYRING_SHA256_DATA_KEY
 from servekit.placement import plan_fleet
 from servekit.render import GPU_PATHS
 from servekit.spec import Fleet, Gpu, GpuSetup, Sources, SshHost
@@ -72,16 +74,24 @@ class GpuBench:
 
 
 @pytest.fixture(scope="module")
-def nvidia_mirror(file_server: FileServer, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """NVIDIA's repository as a mirror on the bridge: servekit only gets this URL."""
-    repository = build_repository(tmp_path_factory.mktemp("nvidia-repo"))
-    file_server.add_tree(repository.root, "compute/cuda/repos")
+def nvidia_repository(tmp_path_factory: pytest.TempPathFactory) -> Repository:
+    return build_repository(tmp_path_factory.mktemp("nvidia-repo"))
+
+
+@pytest.fixture(scope="module")
+def nvidia_mirror(file_server: FileServer, nvidia_repository: Repository) -> str:
+    """NVIDIA's repository as a mirror on the bridge: servekit only gets this URL (and the pin of
+    its stand-in cuda-keyring package, which is not NVIDIA's)."""
+    file_server.add_tree(nvidia_repository.root, "compute/cuda/repos")
     return file_server.url_for("compute/cuda/repos")
 
 
 @pytest.fixture(scope="module")
 def gpu_bench(
-    test_hosts: HostFactory, nvidia_mirror: str, tmp_path_factory: pytest.TempPathFactory
+    test_hosts: HostFactory,
+    nvidia_mirror: str,
+    nvidia_repository: Repository,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GpuBench]:
     hgx, single = test_hosts(2, fresh=True)
     install_hardware(hgx.root, hardware(*A100[:1], 8, *A100[1:], nvswitches=6))
@@ -101,7 +111,13 @@ def gpu_bench(
     inventory = write_inventory(
         tmp_path_factory.mktemp("gpu-inventory") / "inventory.py",
         {"gpu": [hgx, single]},
-        host_data={h.name: {"servekit": plans[h.name].to_host_data()} for h in (hgx, single)},
+        host_data={
+            h.name: {
+                "servekit": plans[h.name].to_host_data(),
+                KEYRING_SHA256_DATA_KEY: nvidia_repository.keyring_sha256,
+            }
+            for h in (hgx, single)
+        },
     )
     bench = GpuBench(hgx, single, inventory, nvidia_mirror)
     yield bench

@@ -10,6 +10,7 @@ driver's). `linux-headers-<running kernel>` is here too: the bench's kernel has 
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 import subprocess
@@ -197,6 +198,13 @@ class Repository:
     @property
     def directory(self) -> Path:
         return self.root / DIRECTORY
+
+    @property
+    def keyring_sha256(self) -> str:
+        """The sha256 of this repository's own cuda-keyring .deb (signed with the test key, so not
+        NVIDIA's): a test fleet pins it with the host data `servekit_cuda_keyring_sha256`."""
+        (deb,) = self.directory.glob("cuda-keyring_*_all.deb")
+        return hashlib.sha256(deb.read_bytes()).hexdigest()
 
 
 def build_repository(work: Path, kernel: str | None = None) -> Repository:

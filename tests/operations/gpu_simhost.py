@@ -96,6 +96,8 @@ class SimHost:
     boots: int = 0
     reboot_pending: bool = False
     log: list[str] = field(default_factory=list)
+    keyring_tampered: bool = False  # the mirror serves a cuda-keyring .deb that is not NVIDIA's
+    stdin: str | None = None  # what the command being run gets on standard input
 
     # --- what the host looks like -----------------------------------------------------------
 
@@ -271,6 +273,12 @@ class SimHost:
             return True, [f"/usr/sbin/{program}"] if known.get(program) else []
         if match := re.search(r"stat -c '[^']*' (\S+) 2>", command):
             return True, self.stat(shlex.split(match.group(1))[0])
+        if match := re.search(r"sha256sum (\S+) 2>", command):
+            path = shlex.split(match.group(1))[0]
+            if path in self.files:
+                digest = hashlib.sha256(self.files[path].encode()).hexdigest()
+                return True, [f"{digest}  {path}"]
+            return True, []
         if match := re.search(r"sha1sum (\S+) 2>", command):
             path = shlex.split(match.group(1))[0]
             if path in self.files:
@@ -314,6 +322,26 @@ class SimHost:
             match = KEYRING_URL.search(command + " ")
             assert match, command
             self.files["/tmp/downloaded-keyring"] = match.group(1)
+            return True, []
+        if command.startswith("have=$(sha256sum") and "cuda-keyring" in command:
+            # the downloaded .deb's digest: NVIDIA's (the catalog pin of its directory and
+            # architecture), or another one when the mirror serves a tampered package
+            url = self.files["/tmp/downloaded-keyring"]
+            directory, arch = url.rsplit("/", 3)[1:3]
+            have = (
+                "0" * 64 if self.keyring_tampered else catalog.cuda_keyring_sha256(directory, arch)
+            )
+            pinned = re.search(r'\[ "\$have" = \'?([0-9a-f]{64})', command)
+            assert pinned, command
+            if have == pinned.group(1):
+                return True, []
+            self.files.pop("/tmp/downloaded-keyring")
+            return False, [shlex.split(command.split("printf '%s\\n' ", 1)[1].split(" >&2")[0])[0]]
+        if command.startswith("umask 077 && mkdir -p "):
+            # servekit.deploys.credentials.write_command: the content is on standard input
+            path = shlex.split(command.rsplit(' && mv -f "$tmp" ', 1)[1])[0]
+            assert self.stdin is not None, command
+            self.files[path], self.modes[path] = self.stdin, 0o600
             return True, []
         if command.startswith("dpkg --force-confdef --force-confold -i"):
             url = self.files.pop("/tmp/downloaded-keyring")
@@ -592,6 +620,16 @@ def _attach(pyinfra_host: Any, sim: SimHost) -> None:
         original_init(state)
         connector = pyinfra_host.connector
         connector._lookup_response = lookup
+        original_run = connector.run_shell_command
+
+        def run_shell_command(command: Any, **arguments: Any) -> Any:
+            sim.stdin = arguments.get("_stdin")
+            try:
+                return original_run(command, **arguments)
+            finally:
+                sim.stdin = None
+
+        connector.run_shell_command = run_shell_command
         connector.put_file = put_file
         original_connect = connector.connect
 

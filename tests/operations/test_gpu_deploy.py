@@ -449,3 +449,64 @@ def test_the_deploy_file_runs_at_local_without_servekit_data() -> None:
     pci = subprocess.run(["sh", "-c", NvidiaPciDevices().command()], capture_output=True, text=True)
     if not NvidiaPciDevices().process(pci.stdout.splitlines()):
         assert "no NVIDIA device on this host: nothing to do" in done.stderr
+
+
+# --- the repository key and the mirror ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_tampered_keyring_package_is_refused_before_dpkg(release: str) -> None:
+    """The cuda-keyring .deb is checked against its pin (catalog) between download and dpkg."""
+    sim = host(release, one_a100(), keyring_tampered=True)
+    run = deploy(sim, single_a100_data())
+    assert run.failed
+    step = run.step("repository key")
+    assert "sha256sum" in step.commands[1] and "dpkg" not in " ".join(step.commands)
+    assert "cuda-keyring" not in sim.packages
+    assert "/usr/share/keyrings/cuda-archive-keyring.gpg" not in sim.files
+    assert run.step("Add NVIDIA's CUDA repository").commands == []  # the host stopped there
+    assert not sim.apt_lists
+
+
+def test_a_host_override_of_the_keyring_pin_is_what_the_check_compares() -> None:
+    sim = host("ubuntu2404", one_a100())
+    data = single_a100_data()
+    data["servekit_cuda_keyring_sha256"] = "b" * 64
+    run = deploy(sim, data)
+    assert run.failed
+    assert f'[ "$have" = {"b" * 64} ]' in run.step("repository key").commands[1]
+    assert "cuda-keyring" not in sim.packages
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    ["https://m.example/repos\nTrusted: yes", "https://u:p@m.example/repos", "https://m/a b"],
+)
+def test_a_mirror_that_could_extend_the_apt_sources_stops_before_any_change(mirror: str) -> None:
+    sim = host("ubuntu2404", one_a100())
+    data = single_a100_data()
+    data["servekit"]["sources"]["nvidia_apt"] = mirror
+    run = deploy(sim, data)
+    assert run.failed
+    assert [s.name for s in run.steps] == ["NVIDIA GPU host | Unsupported host"]
+    assert "sources.nvidia_apt" in run.commands()[0]
+    assert sim.packages == {} and not sim.files
+
+
+def test_a_mirror_login_goes_to_apt_auth_conf_d_root_only(tmp_path: Path) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine mirror.example login alice password s3cr3t-P4ss\n")
+    netrc.chmod(0o600)
+    sim = host("ubuntu2404", one_a100())
+    data = single_a100_data()
+    data["servekit"]["sources"]["mirror_credentials"] = {"file": str(netrc), "env": None}
+    run = deploy(sim, data)
+    assert not run.failed, run
+    auth = "/etc/apt/auth.conf.d/servekit.conf"
+    assert "machine mirror.example login alice password s3cr3t-P4ss" in sim.files[auth]
+    assert sim.modes[auth] == 0o600
+    assert "s3cr3t" not in " ".join(run.commands())
+    names = [s.name for s in run.steps]
+    write = names.index("NVIDIA GPU host | Write the mirror login for apt (" + auth + ", 0600)")
+    assert write < names.index("NVIDIA GPU host | Install NVIDIA's repository key (cuda-keyring)")
+    converges(sim, data)

@@ -474,6 +474,28 @@ def test_a_models_dir_the_service_user_cannot_reach_is_named_with_the_fix() -> N
     assert "chmod o+x /home/alice" in message
 
 
+@pytest.mark.parametrize("models_dir", ["/", "/etc", "/usr", "/var/lib", "/srv/../etc", "/proc/x"])
+def test_a_system_directory_is_never_given_to_the_ollama_user(models_dir: str) -> None:
+    """Defence in depth: even a plan that slipped past the schema never gets `chown ollama` on a
+    system directory; the deploy stops before creating the user or any directory."""
+    data = host_data("linux")
+    data["ollama"]["env"]["OLLAMA_MODELS"] = models_dir  # as if the schema had let it through
+    run = run_deploy(data, linux())
+    assert run.failed and list(run.steps)[-1] == "Ollama data directory"
+    assert "refusing ollama.models_dir" in run.steps["Ollama data directory"].message()
+    everything = " ".join(run.executed)
+    assert "chown" not in everything and "chmod" not in everything
+    assert not any(name.startswith("Create") for name in run.steps)
+
+
+def test_the_data_directories_are_chowned_one_by_one_never_recursively() -> None:
+    run = run_deploy(host_data("linux"), linux())
+    assert not run.failed, run
+    for path in ("/var/lib/ollama", "/var/lib/ollama/models"):
+        commands = " ".join(run.steps[f"Create {path}"].shell())
+        assert f"chown ollama:ollama {path}" in commands and "-R" not in commands
+
+
 @pytest.mark.parametrize("nvidia", [False, True])
 def test_gpu_boxes_never_get_a_driver_from_this_deploy(
     nvidia: bool, caplog: pytest.LogCaptureFixture
@@ -500,3 +522,63 @@ def test_models_left_by_ollamas_install_script_are_pointed_out(
     run = run_deploy(host_data("linux", kept), linux(install_sh_models=True))
     assert not run.failed and "install.sh" not in caplog.text
     assert f'"{ollama.INSTALL_SH_MODELS}"' in run.uploads["/etc/systemd/system/ollama.service"]
+
+
+# --- mirror logins ------------------------------------------------------------------------------
+
+PASSWORD = "s3cr3t-P4ss"
+
+
+def with_login(data: Any, tmp_path: Any) -> Any:
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine mirror.example login alice password {PASSWORD}\n")
+    netrc.chmod(0o600)
+    data["sources"]["mirror_credentials"] = {"file": str(netrc), "env": None}
+    return data
+
+
+def test_a_mirror_login_reaches_curl_as_a_root_only_netrc_never_in_argv(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = with_login(host_data("linux"), tmp_path)
+    data["sudo"] = True  # a login user that is not root: the netrc is written through sudo
+    run = run_deploy(data, linux())
+    assert not run.failed, run
+    assert run.step("Write the mirror login for netrc").sudo
+    (write,) = run.step("Write the mirror login for netrc").commands
+    assert write.connector_arguments.get("_stdin", "").count(PASSWORD) == 1
+    assert "chmod 0600" in write.get_raw_value() and "chown root:root" in write.get_raw_value()
+    (install,) = run.step(f"Install Ollama {VERSION}").shell()
+    assert "--netrc-file /etc/servekit/netrc" in install
+    assert PASSWORD not in " ".join(run.executed) and PASSWORD not in caplog.text
+    names = list(run.steps)
+    assert names.index("Write the mirror login for netrc (/etc/servekit/netrc, 0600)") < (
+        names.index(f"Install Ollama {VERSION}")
+    )
+
+
+def test_a_mac_keeps_its_mirror_login_in_the_users_home(tmp_path: Any) -> None:
+    run = run_deploy(with_login(host_data(), tmp_path), mac())
+    (write,) = run.step("Write the mirror login for netrc").commands
+    assert f"{HOME}/.servekit/netrc" in write.get_raw_value()
+    assert "chown" not in write.get_raw_value() and not run.step("mirror login").sudo
+    (install,) = run.step(f"Install Ollama {VERSION}").shell()
+    assert f"--netrc-file {HOME}/.servekit/netrc" in install
+    assert PASSWORD not in " ".join(run.executed)
+
+
+def test_unreadable_mirror_credentials_stop_the_host_without_showing_them(tmp_path: Any) -> None:
+    data = with_login(host_data("linux"), tmp_path)
+    (tmp_path / "netrc").chmod(0o644)
+    run = run_deploy(data, linux())
+    assert run.failed and list(run.steps)[-1] == "Mirror credentials"
+    assert "chmod 600" in run.steps["Mirror credentials"].message()
+    assert PASSWORD not in " ".join(run.executed)
+    assert not any(name.startswith("Install Ollama") for name in run.steps)
+
+
+def test_a_release_mirror_url_with_a_login_is_refused_without_echoing_it() -> None:
+    run = run_deploy(host_data(mirror=f"https://alice:{PASSWORD}@m.example/ollama"), mac())
+    assert run.failed and list(run.steps) == ["Ollama release mirror"]
+    message = run.steps["Ollama release mirror"].message()
+    assert "mirror_credentials" in message and PASSWORD not in message

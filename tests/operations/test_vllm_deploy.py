@@ -250,3 +250,21 @@ def test_units_no_longer_planned_are_removed() -> None:
     (removal,) = run.ran("systemctl disable --now")
     assert "vllm-old.service" in removal and "/etc/vllm/old.yaml /etc/vllm/old.env" in removal
     assert "vllm-mine" not in removal and "llama" not in removal
+
+
+def test_a_mirror_login_reaches_uv_and_pip_through_netrc_only(tmp_path: Path) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine pypi.example login alice password s3cr3t-P4ss\n")
+    netrc.chmod(0o600)
+    plans = plans_of("single_a100.py")
+    for plan in plans.values():
+        plan.sources["mirror_credentials"] = {"file": str(netrc), "env": None}
+    (run,) = deploy(plans, "A100-SXM4-80GB").values()
+    assert not run.failed, run
+    (written,) = run.stdin_of(r"umask 077 && mkdir -p /etc/servekit && .* /etc/servekit/netrc")
+    assert written.endswith("machine pypi.example login alice password s3cr3t-P4ss\n")
+    installs = run.ran(r"pip install")
+    assert len(installs) >= 2  # uv itself (pip), then vLLM (uv pip)
+    for command in installs:
+        assert "NETRC=/etc/servekit/netrc " in command
+    assert not any("s3cr3t" in command for command in run.commands)

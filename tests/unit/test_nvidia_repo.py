@@ -23,7 +23,7 @@ from nvidia_repo.standins import (
     hardware,
 )
 
-from servekit import cuda_check
+from servekit import cuda_check, nvidia
 from servekit.facts.nvidia import FabricState, NvidiaGpus
 from servekit.facts.probe import STATUS_PREFIX
 from servekit.render import render_template
@@ -85,6 +85,26 @@ def test_apt_accepts_the_signed_repository(repository: Repository, tmp_path: Pat
     assert update.returncode == 0 and "W:" not in update.stderr, update.stderr
     madison = apt.run("apt-cache", "madison", "nvidia-fabricmanager").stdout
     assert f"{NEWER_FABRIC_MANAGER}-1" in madison and f"{DRIVER}-1" in madison
+
+
+def test_its_keyring_package_passes_its_own_pin_and_fails_nvidias(
+    repository: Repository, tmp_path: Path
+) -> None:
+    """The stand-in cuda-keyring is not NVIDIA's: the catalog's pin refuses it, so the host tests
+    pin its own digest (host data `servekit_cuda_keyring_sha256`), and the check is the same."""
+    (deb,) = repository.directory.glob("cuda-keyring_*_all.deb")
+    assert deb.name == f"cuda-keyring_{nvidia.KEYRING_VERSION}_all.deb"
+    url = f"https://mirror.example/{DIRECTORY}/{deb.name}"
+    copy = tmp_path / "keyring.deb"
+    for pin, ok in (
+        (repository.keyring_sha256, True),
+        (nvidia.keyring_sha256("debian12", "x86_64"), False),
+    ):
+        shutil.copy(deb, copy)
+        check = nvidia.keyring_verify_command(str(copy), pin, url)
+        result = subprocess.run(["sh", "-c", check], capture_output=True, text=True)
+        assert (result.returncode == 0) is ok, result.stderr
+        assert copy.exists() is ok
 
 
 def test_apt_refuses_it_without_the_key(repository: Repository, tmp_path: Path) -> None:

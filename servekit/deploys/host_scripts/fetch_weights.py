@@ -10,8 +10,48 @@ import sys
 import threading
 import time
 
-job = json.load(sys.stdin)
 PROGRESS_S = 10.0
+job = {}
+
+
+class UnsafeKey(Exception):
+    """An S3 key that would land outside the checkpoint directory."""
+
+
+def safe_target(dest, prefix, key):
+    """Where `key` (under `prefix`) goes inside `dest`, or UnsafeKey when it would land outside:
+    an absolute or `..` part, an empty or control-character part, or a symlink on the way."""
+    if not key.startswith(prefix):
+        raise UnsafeKey(f"{key!r} is not under the prefix {prefix!r}")
+    relative = key[len(prefix) :]
+    parts = relative.split("/")
+    bad = [p for p in parts if p in ("", ".", "..") or any(ord(c) < 32 or c == "\x7f" for c in p)]
+    if bad:
+        raise UnsafeKey(
+            f"refusing S3 key {key!r}: it would be written outside {dest} (an absolute path, "
+            "'..', '.', an empty or control-character part); rename the object in the bucket"
+        )
+    if os.path.islink(dest):
+        raise UnsafeKey(f"refusing to download into {dest}: it is a symlink; remove it")
+    root = os.path.realpath(dest)
+    target = os.path.join(root, *parts)
+    walked = root
+    for part in parts:
+        walked = os.path.join(walked, part)
+        if os.path.islink(walked):
+            raise UnsafeKey(
+                f"refusing S3 key {key!r}: {walked} is a symlink (it could point outside {dest}); "
+                "remove it"
+            )
+    if os.path.commonpath([root, os.path.realpath(target)]) != root:
+        raise UnsafeKey(f"refusing S3 key {key!r}: it resolves outside {dest}")
+    return target
+
+
+def plan_copies(dest, prefix, objects):
+    """(key, size, target) for each listed object; refuses the whole listing if one key is
+    unsafe, before anything is downloaded."""
+    return [(key, size, safe_target(dest, prefix, key)) for key, size in objects]
 
 
 def tree_bytes(path):
@@ -101,43 +141,54 @@ def s3():
             f"s3://{bucket}/{prefix} holds no files: upload the checkpoint there (one folder per "
             f"checkpoint, e.g. {prefix}config.json)"
         )
+    os.makedirs(dest, exist_ok=True)
+    try:
+        copies = plan_copies(dest, prefix, objects)
+    except UnsafeKey as error:
+        raise SystemExit(f"s3://{bucket}/{prefix}: {error}") from None
     total = sum(size for _key, size in objects)
     label = f"s3://{bucket}/{prefix}"
     print(f"{label}: {len(objects)} files, {gib(total)}, into {dest}", flush=True)
 
     def copy_all():
-        for key, size in objects:
-            target = os.path.join(dest, key[len(prefix) :])
+        for key, size, target in copies:
+            safe_target(dest, prefix, key)  # again: no symlink appeared on its way since
             if os.path.isfile(target) and os.path.getsize(target) == size:
                 continue  # arrived in an earlier, interrupted run
             os.makedirs(os.path.dirname(target), exist_ok=True)
             client.download_file(bucket, key, target + ".part")
             os.replace(target + ".part", target)
 
-    os.makedirs(dest, exist_ok=True)
     with_progress(label, dest, copy_all, total)
     return {"directory": dest, "files": len(objects), "bytes": total}
 
 
-try:
-    details = huggingface() if job["kind"] == "huggingface" else s3()
-except SystemExit:
-    raise
-except BaseException as error:
-    print(
-        "download of {} failed: {}: {}".format(job["checkpoint"], type(error).__name__, error),
-        file=sys.stderr,
+def main():
+    global job
+    job = json.load(sys.stdin)
+    try:
+        details = huggingface() if job["kind"] == "huggingface" else s3()
+    except SystemExit:
+        raise
+    except BaseException as error:
+        print(
+            "download of {} failed: {}: {}".format(job["checkpoint"], type(error).__name__, error),
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    details.update(
+        {
+            "checkpoint": job["checkpoint"],
+            "revision": job.get("revision"),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
     )
-    sys.exit(1)
-details.update(
-    {
-        "checkpoint": job["checkpoint"],
-        "revision": job.get("revision"),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-)
-os.makedirs(os.path.dirname(job["marker"]), exist_ok=True)
-with open(job["marker"] + ".tmp", "w") as handle:
-    json.dump(details, handle)
-os.replace(job["marker"] + ".tmp", job["marker"])
-print("{}: complete, {}".format(job["checkpoint"], gib(details["bytes"])), flush=True)
+    os.makedirs(os.path.dirname(job["marker"]), exist_ok=True)
+    with open(job["marker"] + ".tmp", "w") as handle:
+        json.dump(details, handle)
+    os.replace(job["marker"] + ".tmp", job["marker"])
+    print("{}: complete, {}".format(job["checkpoint"], gib(details["bytes"])), flush=True)
+
+
+if __name__ == "__main__":
+    main()
