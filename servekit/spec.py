@@ -273,6 +273,11 @@ class OllamaSettings(Spec):
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     context_length: int = Field(0, ge=0, description="0: Ollama picks by VRAM")
     origins: list[str] = Field(default_factory=list)
+    clients: list[str] = Field(
+        default_factory=list,
+        description="addresses (IP or host name) admitted to an exposed Ollama, besides the "
+        "gateway and monitoring hosts; names are resolved when the fleet is planned",
+    )
     prune: bool = Field(False, description="delete models that are not declared")
     models_dir: str | None = None
 
