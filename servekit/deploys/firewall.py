@@ -84,15 +84,17 @@ def _where(host: Any) -> str:
     return f"{address} port {host.data.get('ssh_port') or 22}"
 
 
-def _fresh_connection(state: Any, host: Any, connector: dict[str, Any]) -> tuple[bool, str]:
+def _fresh_connection(
+    state: Any, host: Any, connector: dict[str, Any], command: str
+) -> tuple[bool, str]:
     """Open a new connection to the host with its connection settings (a new TCP connection
-    for SSH) and disarm the rollback through it. Returns (worked, why not)."""
+    for SSH) and run `command` through it. Returns (worked, why not)."""
     fresh = type(host.connector)(state, host)
     try:
         fresh.connect()
-        ok, output = fresh.run_shell_command(StringCommand(DISARM), **connector)
+        ok, output = fresh.run_shell_command(StringCommand(command), **connector)
         if not ok:
-            return False, "; ".join(line.line for line in output.combined_lines) or DISARM
+            return False, "; ".join(line.line for line in output.combined_lines) or command
         return True, ""
     except Exception as error:
         return False, f"{type(error).__name__}: {error}"
@@ -105,28 +107,39 @@ def _fresh_connection(state: Any, host: Any, connector: dict[str, Any]) -> tuple
 def _commit(state: Any, host: Any, connector: dict[str, Any]) -> bool:
     """Arm the rollback and load the rules over the deploy's connection, then confirm them over
     a fresh one; report clearly when that is impossible."""
-    promise = f"the host restores the previous firewall rules within {ROLLBACK_AFTER_S} s"
+    promise = f"the host restores the previous firewall rules within {ROLLBACK_AFTER_S} s by itself"
     try:
         loaded, _output = host.run_shell_command(
             StringCommand(LOAD), print_output=True, **connector
         )
-    except Exception as error:
-        logger.error(f"{host.print_prefix}servekit: loading the firewall rules failed: {error}")
-        loaded = False
-    confirmed, why = _fresh_connection(state, host, connector) if loaded else (False, "")
-    if confirmed:
-        return True
+        lost = ""
+    except Exception as error:  # the deploy's own connection may be what the rules cut
+        loaded, lost = False, f"{type(error).__name__}: {error}"
     if loaded:
+        confirmed, why = _fresh_connection(state, host, connector, DISARM)
+        if confirmed:
+            return True
         message = (
-            f"after loading the new firewall rules, a new SSH connection to {_where(host)} failed "
-            f"({why}); {promise} by itself. The rules may cut SSH (a port forward to a "
-            "protected port?): check /etc/servekit/firewall.nft, then run the deploy again"
+            f"after loading the new firewall rules, a new SSH connection to {_where(host)} "
+            f"failed ({why}); {promise}. The rules cut SSH (is the SSH port forwarded to a "
+            f"protected port?): check {FIREWALL_RULES}, then run the deploy again"
         )
     else:
-        message = (
-            f"the new firewall rules did not load (output above); {promise} by itself. "
-            f"Check {FIREWALL_RULES} with `nft -c -f`, then run the deploy again"
-        )
+        # Rules nft refused change nothing live; the timer still puts the previous file back.
+        reachable, why = _fresh_connection(state, host, connector, "true")
+        if reachable:
+            message = (
+                f"the new firewall rules did not load ({lost or 'output above'}); {promise}. "
+                f"Check {FIREWALL_RULES} with `nft -c -f`, then run the deploy again"
+            )
+        else:
+            message = (
+                f"the SSH connection broke while loading the new firewall rules "
+                f"({lost or 'no answer'}) and a new SSH connection to {_where(host)} "
+                f"failed ({why}); {promise}. "
+                f"The rules cut SSH (is the SSH port forwarded to a protected port?): check "
+                f"{FIREWALL_RULES}, then run the deploy again"
+            )
     logger.error(f"{host.print_prefix}servekit: {host.name}: {message}")
     return False
 
