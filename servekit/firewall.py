@@ -47,6 +47,9 @@ TABLE = "inet servekit"
 LOOPBACK = ("127.0.0.1", "::1")
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Named sets: `type ipv4_addr` / `ipv6_addr` / `inet_service`, `flags interval` for port ranges,
+# matched with `ip saddr @name` / `ip6 saddr @name` (nftables wiki, "Sets":
+# https://wiki.nftables.org/wiki-nftables/index.php/Sets; checked here with `nft -c -f`, 1.0.6).
 
 
 class FirewallError(RuntimeError):

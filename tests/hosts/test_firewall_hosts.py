@@ -14,6 +14,7 @@ Hosts: `a` (one fake A100, serves vLLM), `g` (gateway and monitoring). The tests
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -69,9 +70,14 @@ def fleet(
     yield Fleet(a, g, package_index, workdir)
 
 
-def monotonic_s(host: BenchHost, unit: str, prop: str) -> float:
-    value = host.run(f"systemctl show -P {prop} {unit}").stdout.strip()
-    return int(value) / 1e6
+def first_log_s(host: BenchHost, unit: str, text: str) -> float:
+    """When (monotonic seconds) the journal of `unit` first said `text` (units that went
+    inactive are unloaded, their timestamps with them; the journal keeps them)."""
+    lines = host.run(f"journalctl -u {unit} -o json --no-pager").stdout.splitlines()
+    for entry in map(json.loads, lines):
+        if text in str(entry.get("MESSAGE", "")):
+            return int(entry["__MONOTONIC_TIMESTAMP"]) / 1e6
+    raise AssertionError(f"{unit}: no {text!r} in its journal: {lines}")
 
 
 def test_new_rules_that_cut_ssh_are_rolled_back_by_the_host(fleet: Fleet) -> None:
@@ -90,15 +96,16 @@ def test_new_rules_that_cut_ssh_are_rolled_back_by_the_host(fleet: Fleet) -> Non
     assert "restores the previous firewall rules within 60 s" in output, run
     assert f"{a.address} port {FORWARDED_SSH}" in output, run
     assert "The rules cut SSH" in output, run
+    print(next(line for line in output.splitlines() if "restores the previous" in line))
     # port 22 is no engine port: the bench still reaches the host and watches it roll back
     deadline = time.monotonic() + 90
     while "servekit" in a.run("nft list tables").stdout:
         assert time.monotonic() < deadline, "the host did not restore its previous rules"
         time.sleep(2)
-    armed = monotonic_s(a, f"{ROLLBACK}.timer", "ActiveEnterTimestampMonotonic")
-    restored = monotonic_s(a, f"{ROLLBACK}.service", "ExecMainStartTimestampMonotonic")
+    armed = first_log_s(a, f"{ROLLBACK}.timer", "Started")
+    restored = first_log_s(a, f"{ROLLBACK}.service", "Starting")
     assert 55 <= restored - armed <= 62, (armed, restored)
-    assert a.run(f"systemctl show -P Result {ROLLBACK}.service").stdout.strip() == "success"
+    assert first_log_s(a, f"{ROLLBACK}.service", "Finished") >= restored  # it succeeded
     # the rules file went with them (there was none before), so a reboot cannot lock out either
     assert a.run("test -e /etc/servekit/firewall.nft", check=False).returncode != 0
     # and the operator gets in through the forward again (sshd's banner, from this machine)
