@@ -252,3 +252,25 @@ def test_units_no_longer_planned_are_removed() -> None:
     (removal,) = run.ran("systemctl disable --now")
     assert "vllm-old.service" in removal and "/etc/vllm/old.yaml /etc/vllm/old.env" in removal
     assert "vllm-mine" not in removal and "llama" not in removal
+
+
+def test_new_rules_that_a_fresh_connection_cannot_pass_fail_the_host_and_say_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pyinfra.api.exceptions import ConnectError
+    from vllm_fakehost import RecordingConnector
+
+    def refuse(self: RecordingConnector) -> None:
+        if self is not self.host.connector:  # the fresh connection after loading the rules
+            raise ConnectError("Could not connect (Connection refused)")
+
+    monkeypatch.setattr(RecordingConnector, "connect", refuse)
+    plans = plans_of("single_a100.py")
+    (run,) = deploy(plans, "A100-SXM4-80GB").values()
+    assert run.failed
+    assert run.ran(r"systemctl restart servekit-firewall-rollback.timer")  # armed before loading
+    assert not run.ran(r"systemctl stop servekit-firewall-rollback.timer")  # never disarmed
+    assert not run.ran(r"systemctl .*start.* vllm-")  # no engine started after that
+    (report,) = [r.message for r in caplog.records if "new SSH connection" in r.message]
+    assert "port 22 failed" in report and "Connection refused" in report
+    assert "restores the previous firewall rules within 60 s" in report
