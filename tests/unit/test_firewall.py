@@ -407,3 +407,26 @@ fleet = Fleet(
         "firewall n0: ports 8000 admit loopback, 10.9.0.99; SSH port 22 never matched"
         in result.output
     )
+
+
+def test_the_saved_table_loads_back_as_the_rollback_loads_it(tmp_path: Path) -> None:
+    """The rollback feeds `nft -f` what the deploy saved (`nft list table` after a replace
+    header): in a network namespace of its own, load rules, save them that way, change the
+    live table, load the saved file, and get the first rules back."""
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    rules = tmp_path / "rules.nft"
+    rules.write_text(render_rules(behind_gateway()["n0"]))
+    saved = tmp_path / "previous.nft"
+    script = (
+        f"{nft} -f {rules} && "
+        + save_previous()
+        .split(" && ", 1)[1]
+        .split(" && if ")[0]
+        .replace("/var/lib/servekit/firewall/previous.nft", str(saved))
+        + f" && {nft} delete table inet servekit && {nft} -f {saved}"
+        + f" && {nft} list table inet servekit"
+    )
+    done = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "elements = { 10.9.0.99 }" in done.stdout and "elements = { fd00::99 }" in done.stdout
+    assert "tcp dport @protected reject with tcp reset" in done.stdout
