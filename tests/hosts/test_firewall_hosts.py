@@ -1,6 +1,7 @@
 """The firewall on test hosts: it cannot lock the operator out, and no engine runs without it.
 
 Hosts: `a` (one fake A100, serves vLLM), `g` (gateway and monitoring). The tests run in order.
+The last test adds `o` (an exposed Ollama, reached as the sudo user) and `x` (an outsider).
 
 1. A lock-out the plan cannot see: the operator reaches `a` on port 2222, which the host forwards
    to its sshd on port 8000 (a port forward, as behind NAT). The firewall never matches the
@@ -10,6 +11,8 @@ Hosts: `a` (one fake A100, serves vLLM), `g` (gateway and monitoring). The tests
 2. Without the forward the deploy converges and the rollback is disarmed. Then the firewall fails
    to load (a broken rules file): the vLLM unit, which requires it, does not start. The next
    deploy puts the rules back and starts it.
+3. An exposed Ollama gets the same firewall: its port answers the gateway and the declared
+   client, not another host.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hostbench import BenchHost, PackageIndex
+from hostbench import BenchHost, FileServer, PackageIndex, run_pyinfra
 from hostbench.plugin import HostFactory
-from standins.build import build_vllm_wheel
+from standins.build import build_ollama_release, build_vllm_wheel
 from vllm_support import deploy, fake_gpus, http_from, put_model, secret, ssh_host, write_fleet
 
 pytestmark = pytest.mark.hosts
@@ -144,3 +147,46 @@ def test_an_engine_does_not_start_when_the_firewall_fails_to_load(fleet: Fleet) 
     assert a.run(f"systemctl is-active {ROLLBACK}.timer", check=False).stdout.strip() != "active"
     assert "servekit" in a.run("nft list tables").stdout
     assert deploy(inventory).check().changes() == {}
+
+
+OLLAMA_DEPLOY = Path(__file__).resolve().parents[2] / "deploys" / "ollama.py"
+OLLAMA_VERSION = "0.32.3"
+
+
+def test_an_exposed_ollama_answers_only_the_gateway_and_its_declared_clients(
+    fleet: Fleet,
+    test_hosts: HostFactory,
+    file_server: FileServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    out = tmp_path_factory.mktemp("ollama-releases")
+    build_ollama_release(out, OLLAMA_VERSION)
+    mirror = file_server.add_tree(out, "ollama-releases")
+    o, x = test_hosts(2, fresh=True)
+    client, gateway = fleet.a, fleet.g  # `a` is declared as a client here, `x` is not
+    inventory = fleet.workdir / "ollama" / "fleet.py"
+    keys = secret(fleet.workdir, "clients", "sk-client-1")
+    fleet_source = f"""Fleet(
+    name="exposed",
+    machines=[SshHost(name={o.name!r}, address={o.address!r}, ssh_user="debian",
+                      ssh_key={str(o.ssh_key)!r}),
+              SshHost(name={gateway.name!r}, address={gateway.address!r}, ssh_user="root",
+                      ssh_key={str(gateway.ssh_key)!r})],
+    serve=[Serve(model="llama3.2:1b", engine="ollama", hosts=[{o.name!r}])],
+    gateway=Gateway(host={gateway.name!r}, api_keys=SecretRef(file={str(keys)!r})),
+    ollama=OllamaSettings(expose=True, clients=[{client.address!r}]),
+    sources=Sources(ollama_releases={mirror!r}),
+    versions=Versions(ollama={OLLAMA_VERSION!r}),
+)"""
+    write_fleet(inventory, fleet_source)
+    run = run_pyinfra(inventory, OLLAMA_DEPLOY, timeout=900).check()
+    assert "Ollama | Load the servekit firewall" in run.changes(), run
+    url = f"http://{o.address}:11434/api/version"
+    assert http_from(gateway, url) == "200"
+    assert http_from(client, url) == "200"
+    assert http_from(x, url) == "ConnectionRefusedError"
+    assert o.run(f"curl -fsS --max-time 5 http://{o.address}:11434/api/version").returncode == 0
+    unit = o.run("systemctl cat ollama").stdout
+    assert "Requires=servekit-firewall.service" in unit
+    assert o.run(f"systemctl is-active {ROLLBACK}.timer", check=False).stdout.strip() != "active"
+    assert run_pyinfra(inventory, OLLAMA_DEPLOY, timeout=900).check().changes() == {}
