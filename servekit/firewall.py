@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING
 
 from servekit.hostplan import HostPlan
 from servekit.ollama import UNIT as OLLAMA_UNIT
+from servekit.render import FIREWALL_RULES as FIREWALL_RULES  # the paths servekit writes
+from servekit.render import FIREWALL_UNIT as FIREWALL_UNIT
+from servekit.render import NFT as NFT
 from servekit.render import (
     RAY_FIXED_PORTS,
     RAY_WORKER_PORTS,
@@ -35,14 +38,11 @@ from servekit.spec import RAY_PORT
 if TYPE_CHECKING:
     from servekit.placement import FleetPlan
 
-FIREWALL_RULES = "/etc/servekit/firewall.nft"
-FIREWALL_UNIT = "servekit-firewall"
 ROLLBACK_UNIT = "servekit-firewall-rollback"
 ROLLBACK_DIR = "/var/lib/servekit/firewall"
 PREVIOUS_TABLE = f"{ROLLBACK_DIR}/previous.nft"
 PREVIOUS_RULES = f"{ROLLBACK_DIR}/previous-firewall.nft"
 ROLLBACK_AFTER_S = 60
-NFT = "/usr/sbin/nft"
 TABLE = "inet servekit"
 LOOPBACK = ("127.0.0.1", "::1")
 

@@ -30,6 +30,9 @@ from servekit.spec import RAY_PORT
 if TYPE_CHECKING:
     from servekit.firewall import FirewallRules
 
+FIREWALL_RULES = "/etc/servekit/firewall.nft"
+FIREWALL_UNIT = "servekit-firewall"
+NFT = "/usr/sbin/nft"
 RAY_TEMP_DIR = f"{VLLM_HOME}/ray"
 RAY_FIXED_PORTS = {
     "node-manager-port": 6380,
