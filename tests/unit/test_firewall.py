@@ -22,6 +22,7 @@ from servekit.firewall import (
     PortRange,
     check_rules,
     firewall_files,
+    firewall_lines,
     firewall_rules,
     merged,
     nft_elements,
@@ -430,3 +431,19 @@ def test_the_saved_table_loads_back_as_the_rollback_loads_it(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "elements = { 10.9.0.99 }" in done.stdout and "elements = { fd00::99 }" in done.stdout
     assert "tcp dport @protected reject with tcp reset" in done.stdout
+
+
+def test_plan_lines_show_names_with_the_addresses_they_resolved_to() -> None:
+    fleet = Fleet(
+        name="fw",
+        machines=[gpu("n0", "10.9.0.10"), SshHost(name="gw", address="gw.example.com")],
+        serve=[Serve(model="llama-3.1-8b-instruct")],
+        gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENTS")),
+        engine_api_key=KEY,
+        sources=HF,
+    )
+    lines = firewall_lines(plan_fleet(fleet, resolve_name=resolver(DNS)))
+    assert lines == [
+        "firewall n0: ports 8000 admit loopback, 10.9.0.99 (gw.example.com), "
+        "fd00::99 (gw.example.com); SSH port 22 never matched"
+    ]
