@@ -17,6 +17,7 @@ from servekit.bench.cli import app as bench_app
 from servekit.catalog.hf_config import resolve_model
 from servekit.cloud.cli import cloud_app
 from servekit.errors import FleetError
+from servekit.firewall import firewall_lines
 from servekit.inventory import load_plan
 from servekit.placement import FleetPlan
 from servekit.render import UnsafeOutput, render_host, write_tree
@@ -147,6 +148,8 @@ def _print_fleet(fleet_plan: FleetPlan) -> None:
         ]
     for note in dict.fromkeys(notes):
         out.print(f"  note: {note}", highlight=False)
+    for line in firewall_lines(fleet_plan):
+        out.print(f"  {line}", highlight=False, markup=False)
     if fleet_plan.cost_usd_hour is not None:
         hourly = fleet_plan.cost_usd_hour
         out.print(f"  cloud cost: ${hourly:,.2f}/h, ${hourly * 24:,.2f}/day (on-demand list price)")

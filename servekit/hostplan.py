@@ -7,10 +7,11 @@ Every host of an inventory carries one `HostPlan`, dumped to JSON under the host
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from servekit.planner import ModelPlan
 
@@ -19,6 +20,15 @@ HOST_DATA_KEY = "servekit"
 VLLM_HOME = "/var/lib/vllm"
 VLLM_CONFIG_DIR = "/etc/vllm"
 VLLM_VENVS = "/opt/vllm/venvs"
+
+
+def ip_literal(value: str) -> str:
+    """One IPv4 or IPv6 address (no name, prefix, port or list), in its normal written form:
+    what the firewall may put in its address sets."""
+    return str(ipaddress.ip_address(value))
+
+
+IpLiteral = Annotated[str, AfterValidator(ip_literal)]
 
 
 class SecretRefLike(Protocol):
@@ -131,8 +141,15 @@ class HostPlan(Plain):
     ollama: OllamaHost | None = None
     gateway: GatewayHost | None = None
     monitoring: MonitoringHost | None = None
-    firewall_allow: list[str] = Field(
+    ssh_port: int = Field(22, ge=1, le=65535, description="the port the firewall never matches")
+    firewall_allow: list[IpLiteral] = Field(
         default_factory=list, description="addresses admitted to engine, metrics and cluster ports"
+    )
+    ollama_clients: list[IpLiteral] = Field(
+        default_factory=list, description="addresses admitted to an exposed Ollama, besides those"
+    )
+    firewall_names: dict[str, list[IpLiteral]] = Field(
+        default_factory=dict, description="host names behind those addresses, resolved at plan time"
     )
     versions: dict[str, Any]
     sources: dict[str, Any]

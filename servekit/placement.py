@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,13 @@ from servekit.spec import (
 from servekit.weights import locate
 
 Resolver = Callable[[str, Fleet], ModelInfo]
+NameResolver = Callable[[str], list[str]]
+"""A host name to its IPv4 and IPv6 addresses (raises OSError when it does not resolve)."""
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$",
+    re.IGNORECASE,
+)
+"""An RFC 1123 host name (ASCII letters, digits, hyphens; labels of at most 63 characters)."""
 LOOPBACK = "127.0.0.1"
 ANY = "0.0.0.0"
 
@@ -85,6 +94,12 @@ class FleetPlan(BaseModel):
     serves: list[ServeSummary]
     hosts: dict[str, HostPlan]
     cost_usd_hour: float | None
+
+
+def resolve_host_name(name: str) -> list[str]:
+    """Every IPv4 and IPv6 address the control machine's resolver gives for `name`."""
+    found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    return sorted({str(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in found})
 
 
 def default_resolver(model: str, fleet: Fleet) -> ModelInfo:
@@ -152,9 +167,17 @@ def _is_ip(value: str | None) -> bool:
 
 
 class _Planner:
-    def __init__(self, fleet: Fleet, addresses: dict[str, NodeAddress], resolve: Resolver) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        addresses: dict[str, NodeAddress],
+        resolve: Resolver,
+        resolve_name: NameResolver = resolve_host_name,
+    ) -> None:
         self.fleet = fleet
         self.resolve = resolve
+        self.resolve_name = resolve_name
+        self.resolved: dict[str, list[str]] = {}
         self.problems: list[Problem] = []
         self.hosts: dict[str, _Host] = {}
         self.launched_types = {
@@ -698,15 +721,68 @@ class _Planner:
         machine = self.fleet.machine_of(ref)
         return machine.node_names()[0] if isinstance(machine, AwsNodeGroup) else ref
 
-    def firewall_allow(self, host: str) -> list[str]:
-        """Who may reach this host's engine, metrics and cluster ports (besides itself)."""
-        allowed = set()
+    def address_field(self, host: str) -> str:
+        """The inventory field a host's cluster address comes from (for error messages)."""
+        machine = self.fleet.machine_of(host)
+        index = self.fleet.machines.index(machine)
+        if isinstance(machine, SshHost) and machine.cluster_address is None:
+            return f"machines[{index}].address"
+        return f"machines[{index}].cluster_address"
+
+    def ip_addresses(self, value: str, field_name: str, names: dict[str, list[str]]) -> list[str]:
+        """The IP addresses the firewall admits for `value`: an IP literal, or a host name
+        resolved now (plan time, never at boot), both families. Anything else is a problem."""
+        if _is_ip(value):
+            return [str(ipaddress.ip_address(value))]
+        if not HOST_NAME.match(value):
+            self.problems.append(
+                Problem(
+                    field_name,
+                    f"{value!r} is neither an IP address nor a host name",
+                    "give one IPv4 or IPv6 address or one host name (no port, prefix, list or "
+                    "space)",
+                )
+            )
+            return []
+        if value not in self.resolved:
+            try:
+                found = self.resolve_name(value)
+                reason = "no address"
+            except (OSError, UnicodeError) as error:
+                found, reason = [], str(error) or type(error).__name__
+            found = [a for a in found if _is_ip(a)]
+            self.resolved[value] = found
+            if not found:
+                self.problems.append(
+                    Problem(
+                        field_name,
+                        f"host name {value!r} does not resolve ({reason}); the firewall admits "
+                        "addresses, resolved when the fleet is planned",
+                        "fix the name (or its DNS record), or give its IP address",
+                    )
+                )
+        if self.resolved[value]:
+            names[value] = self.resolved[value]
+        return self.resolved[value]
+
+    def firewall(
+        self, host: str, ollama: OllamaHost | None
+    ) -> tuple[list[str], list[str], dict[str, list[str]]]:
+        """Who may reach this host's protected ports (besides itself): the gateway and
+        monitoring hosts and the other nodes of its replicas; for an exposed Ollama also the
+        declared clients. Host names resolved, with the names for `servekit plan` to show."""
+        machine = self.fleet.machine_of(host)
+        exposed = ollama is not None and not ollama.listen.startswith(f"{LOOPBACK}:")
+        if machine.os != "linux" or not (self.hosts[host].vllm or exposed):
+            return [], [], {}
+        names: dict[str, list[str]] = {}
+        refs: list[str] = []
         for ref in (
             self.gateway_host(),
             self.fleet_host(self.fleet.monitoring.host) if self.fleet.monitoring else None,
         ):
-            if ref and ref != host and self.hosts[ref].cluster_address:
-                allowed.add(str(self.hosts[ref].cluster_address))
+            if ref and ref != host:
+                refs.append(ref)
         for instance in self.hosts[host].vllm:
             if instance.nnodes > 1:
                 for other, state in self.hosts.items():
@@ -714,9 +790,19 @@ class _Planner:
                         v.serve == instance.serve and v.replica == instance.replica
                         for v in state.vllm
                     )
-                    if other != host and same_replica and state.cluster_address:
-                        allowed.add(state.cluster_address)
-        return sorted(allowed)
+                    if other != host and same_replica:
+                        refs.append(other)
+        allowed: set[str] = set()
+        for ref in dict.fromkeys(refs):
+            address = self.hosts[ref].cluster_address
+            if address:
+                allowed.update(self.ip_addresses(address, self.address_field(ref), names))
+        clients: set[str] = set()
+        if exposed:
+            for index, client in enumerate(self.fleet.ollama.clients):
+                clients.update(self.ip_addresses(client, f"ollama.clients[{index}]", names))
+        key = lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a))  # noqa: E731
+        return sorted(allowed, key=key), sorted(clients - allowed, key=key), names
 
     def cost(self, hosts: list[str]) -> float | None:
         total, any_cloud = 0.0, False
@@ -738,6 +824,7 @@ class _Planner:
         ollama = self.ollama_host(name)
         gateway = self.gateway(name)
         monitoring = self.monitoring(name)
+        firewall_allow, ollama_clients, firewall_names = self.firewall(name, ollama)
         roles = [
             role
             for role, present in (
@@ -767,7 +854,10 @@ class _Planner:
             ollama=ollama,
             gateway=gateway,
             monitoring=monitoring,
-            firewall_allow=self.firewall_allow(name),
+            ssh_port=machine.ssh_port if isinstance(machine, SshHost) else 22,
+            firewall_allow=firewall_allow,
+            ollama_clients=ollama_clients,
+            firewall_names=firewall_names,
             versions=fleet.versions.model_dump(mode="json"),
             sources=fleet.sources.model_dump(mode="json"),
             gpu_setup=fleet.gpu_setup.model_dump(mode="json"),
@@ -778,9 +868,13 @@ def plan_fleet(
     fleet: Fleet,
     addresses: dict[str, NodeAddress] | None = None,
     resolve: Resolver = default_resolver,
+    resolve_name: NameResolver = resolve_host_name,
 ) -> FleetPlan:
-    """Plan every served model and every host of the fleet; FleetError lists all problems."""
-    state = _Planner(fleet, addresses or {}, resolve)
+    """Plan every served model and every host of the fleet; FleetError lists all problems.
+
+    `resolve_name` turns the host names the firewalls admit into addresses (default: the control
+    machine's resolver)."""
+    state = _Planner(fleet, addresses or {}, resolve, resolve_name)
     for index, serve in enumerate(fleet.serve):
         if serve.engine == "vllm":
             state.plan_vllm(index, serve)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
@@ -33,6 +34,9 @@ from servekit.hostplan import (
 from servekit.spec import RAY_FIXED_PORTS as RAY_FIXED_PORTS
 from servekit.spec import RAY_PORT
 from servekit.spec import RAY_WORKER_PORTS as RAY_WORKER_PORTS
+
+if TYPE_CHECKING:
+    from servekit.firewall import FirewallRules
 
 FIREWALL_RULES = "/etc/servekit/firewall.nft"
 FIREWALL_UNIT = "servekit-firewall"
@@ -212,6 +216,12 @@ def vllm_files(
     ]
 
 
+def _ollama_firewalled(plan: HostPlan) -> bool:
+    from servekit.firewall import ollama_port
+
+    return ollama_port(plan) is not None
+
+
 def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
     """Ollama's service files: on Linux our unit and its settings drop-in, on macOS the
     LaunchAgent plist (with `~` resolved to the user's home from the facts)."""
@@ -249,6 +259,7 @@ def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
         writable=[ollama.systemd_quote(path) for path in writable],
         # Models kept under a home directory need it visible (and writable) to the service.
         protect_home="no" if any(f"{p}/".startswith(homes) for p in writable) else "yes",
+        firewall=_ollama_firewalled(plan),
     )
     dropin = render_template(
         "ollama-settings.conf.j2",
@@ -344,74 +355,26 @@ def render_host(
             files += vllm_files(plan, instance, secret, facts)
         if uses_ray(instance):
             files += ray_files(plan, instance, facts)
-    if plan.vllm:
+    from servekit.firewall import needs_firewall
+
+    if needs_firewall(plan):
         files += firewall_files(plan)
     files += ollama_files(plan, facts)
     return files
 
 
-@dataclass(frozen=True)
-class FirewallRules:
-    """Ports this host protects, and the addresses (besides loopback) admitted to them."""
-
-    engine_ports: list[int]
-    cluster_ports: list[str]
-    open_ports: list[int]
-    admitted: list[str]
-
-    @property
-    def protected(self) -> list[str]:
-        return [str(p) for p in self.engine_ports] + self.cluster_ports
-
-
 def firewall_rules(plan: HostPlan) -> FirewallRules:
-    """What `servekit-firewall` enforces for the host's vLLM processes.
+    """What `servekit-firewall` enforces on the host (see `servekit.firewall`)."""
+    from servekit import firewall
 
-    An engine bound to all interfaces has no gateway in front: its clients come from anywhere
-    and its API key guards `/v1`, so its port stays open (and `/metrics`, `/health` with it: put
-    a gateway in front to close them). Otherwise the engine port (API, `/metrics`, `/health`)
-    admits only the gateway and monitoring hosts. Cluster ports (vLLM's master port, Ray's
-    ports) admit only the other nodes of the replica.
-    """
-    engine: set[int] = set()
-    opened: set[int] = set()
-    cluster: set[str] = set()
-    for instance in plan.vllm:
-        if instance.role == "server":
-            (opened if instance.bind_address == "0.0.0.0" else engine).add(instance.port)
-        if instance.nnodes > 1:
-            if uses_ray(instance):
-                cluster |= {str(RAY_PORT), *(str(p) for p in RAY_FIXED_PORTS.values())}
-                cluster.add(f"{RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}")
-            elif instance.master_port:
-                cluster.add(str(instance.master_port))
-    admitted = [a for a in plan.firewall_allow if not a.startswith("<")]
-    return FirewallRules(
-        engine_ports=sorted(engine),
-        cluster_ports=sorted(cluster, key=lambda p: int(p.split("-")[0])),
-        open_ports=sorted(opened),
-        admitted=admitted,
-    )
+    return firewall.firewall_rules(plan)
 
 
 def firewall_files(plan: HostPlan) -> list[RenderedFile]:
-    """The nftables rules file and the unit that loads it at boot."""
-    rules = firewall_rules(plan)
-    text = render_template(
-        "firewall.nft.j2",
-        host=plan.name,
-        fleet=plan.fleet,
-        engine_ports=rules.engine_ports,
-        cluster_ports=rules.cluster_ports,
-        open_ports=rules.open_ports,
-        admitted=rules.admitted,
-        protected=rules.protected,
-    )
-    unit = render_template("servekit-firewall.service.j2", rules_file=FIREWALL_RULES, nft=NFT)
-    return [
-        RenderedFile(FIREWALL_RULES, text, "0644"),
-        RenderedFile(f"/etc/systemd/system/{FIREWALL_UNIT}.service", unit, "0644"),
-    ]
+    """The firewall's files (see `servekit.firewall`)."""
+    from servekit import firewall
+
+    return firewall.firewall_files(plan)
 
 
 class UnsafeOutput(ValueError):

@@ -447,6 +447,11 @@ class OllamaSettings(Spec):
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
     context_length: int = Field(0, ge=0, description="0: Ollama picks by VRAM")
     origins: list[Origin] = Field(default_factory=list)
+    clients: list[Address] = Field(
+        default_factory=list,
+        description="addresses (IP or host name) admitted to an exposed Ollama, besides the "
+        "gateway and monitoring hosts; names are resolved when the fleet is planned",
+    )
     prune: bool = Field(False, description="delete models that are not declared")
     models_dir: HostDir | None = None
 

@@ -43,9 +43,11 @@ from servekit.credentials import MAC_NETRC, NETRC_FILE
 from servekit.deploys import launchd, ollama_models, ollama_ops
 from servekit.deploys.common import each, problem
 from servekit.deploys.credentials import mirror_login_files
+from servekit.deploys.firewall import firewall_ops
 from servekit.errors import FleetError, Problem
 from servekit.facts.macos import Homebrew, LaunchAgent, OllamaApp
 from servekit.facts.ollama import DirectoryPath
+from servekit.firewall import needs_firewall
 from servekit.hostplan import HOST_DATA_KEY, HostPlan, OllamaHost
 from servekit.inventory import load_plan
 from servekit.ollama import PathEntry
@@ -290,6 +292,9 @@ def _linux(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> N
         machine=host.get_fact(Arch),
         netrc=NETRC_FILE if logins else None,
     )
+    if needs_firewall(plan):
+        # Exposed beyond loopback: its firewall loads (commit confirmed) before it can start.
+        firewall_ops(plan, _sudo=sudo)
     unit_file, dropin_file = ollama_files(plan, HostFacts())
     unit = put(unit_file, "Install ollama.service", sudo)
     dropin = put(dropin_file, "Write the Ollama settings drop-in", sudo)

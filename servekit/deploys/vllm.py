@@ -60,6 +60,7 @@ from servekit.deploys.hoststate import (
 )
 from servekit.deploys.rollout import Process, Status, current
 from servekit.facts.nvidia import NvidiaGpus
+from servekit.firewall import FIREWALL_RULES, FIREWALL_UNIT
 from servekit.hostplan import (
     VLLM_CONFIG_DIR,
     VLLM_HOME,
@@ -69,8 +70,6 @@ from servekit.hostplan import (
     VllmInstance,
 )
 from servekit.render import (
-    FIREWALL_RULES,
-    FIREWALL_UNIT,
     HostFacts,
     RenderedFile,
     render_host,

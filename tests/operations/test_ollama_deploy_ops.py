@@ -582,3 +582,49 @@ def test_a_release_mirror_url_with_a_login_is_refused_without_echoing_it() -> No
     assert run.failed and list(run.steps) == ["Ollama release mirror"]
     message = run.steps["Ollama release mirror"].message()
     assert "mirror_credentials" in message and PASSWORD not in message
+
+
+def test_an_exposed_ollama_gets_its_firewall_before_its_unit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyinfra.connectors.fake import FakeConnector
+
+    from servekit.spec import Gateway, SecretRef
+
+    confirmed: list[str] = []
+    original = FakeConnector.run_shell_command
+
+    def record(self: FakeConnector, command: Any, *args: Any, **kwargs: Any) -> Any:
+        if self is not self.host.connector:  # a connection of its own, not the deploy's
+            confirmed.append(str(command.get_raw_value()))
+        return original(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(FakeConnector, "run_shell_command", record)
+
+    fleet = Fleet(
+        name="team",
+        machines=[
+            SshHost(name="box", address="10.0.0.5", ssh_user="ubuntu", gpu=Gpu(model="L4")),
+            SshHost(name="gw", address="10.0.0.2"),
+        ],
+        serve=[Serve(model="llama3.1:8b", engine="ollama", hosts=["box"])],
+        gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENTS")),
+        ollama=OllamaSettings(expose=True, clients=["192.168.7.7"]),
+        versions=Versions(ollama=VERSION),
+    )
+    data = plan_fleet(fleet).hosts["box"].to_host_data()
+    responses = linux()
+    responses["report the state servekit"] = json.dumps({"packages": {"nftables": True}})
+    run = run_deploy(data, responses, sudo=False)  # the plan says sudo (a non-root user)
+    assert not run.failed, run
+    names = list(run.steps)
+    load = names.index("Load the servekit firewall")
+    assert load < names.index("Install ollama.service")
+    assert run.step("Load the servekit firewall").sudo
+    commands = " ".join(run.executed)
+    assert "nft list table inet servekit" in commands  # the previous table saved first
+    assert "systemctl restart servekit-firewall-rollback.timer" in commands  # armed
+    # confirmed (the rollback disarmed) over a fresh connection, not the deploy's own
+    assert confirmed == ["systemctl stop servekit-firewall-rollback.timer"]
+    unit = run.uploads["/etc/systemd/system/ollama.service"]
+    assert "Requires=servekit-firewall.service" in unit

@@ -111,8 +111,10 @@ def test_prod_two_replicas_behind_the_gateway() -> None:
     assert head0["host"] == "127.0.0.1"  # the gateway runs on a100-0 itself
     assert head1["host"] == "10.0.1.11"  # the cluster address the gateway reaches
     rules = runs["a100-1"].written()["/etc/servekit/firewall.nft"]
-    assert "ip saddr { 10.0.1.10 } tcp dport { 8000 } accept" in rules
-    assert "tcp dport { 8000 } reject with tcp reset" in rules
+    assert "type ipv4_addr\n\t\telements = { 10.0.1.10 }" in rules  # the admitted4 set
+    assert "flags interval\n\t\telements = { 8000 }" in rules  # the protected ports
+    assert "ip saddr @admitted4 tcp dport @protected accept" in rules
+    assert "tcp dport @protected reject with tcp reset" in rules
 
 
 def test_prod_one_replica_across_two_nodes_tp8_pp2() -> None:
@@ -134,7 +136,7 @@ def test_prod_one_replica_across_two_nodes_tp8_pp2() -> None:
     assert "Environment=NCCL_SOCKET_IFNAME=ens32" in unit
     assert "Environment=GLOO_SOCKET_IFNAME=ens32" in unit
     assert "Environment=VLLM_HOST_IP=10.0.1.11" in unit
-    assert "tcp dport { 29501 }" in worker["/etc/servekit/firewall.nft"]
+    assert "flags interval\n\t\telements = { 29501 }" in worker["/etc/servekit/firewall.nft"]
 
 
 def converged(plan: HostPlan) -> dict[str, Any]:
@@ -268,3 +270,25 @@ def test_a_mirror_login_reaches_uv_and_pip_through_netrc_only(tmp_path: Path) ->
     for command in installs:
         assert "NETRC=/etc/servekit/netrc " in command
     assert not any("s3cr3t" in command for command in run.commands)
+
+
+def test_new_rules_that_a_fresh_connection_cannot_pass_fail_the_host_and_say_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pyinfra.api.exceptions import ConnectError
+    from vllm_fakehost import RecordingConnector
+
+    def refuse(self: RecordingConnector) -> None:
+        if self is not self.host.connector:  # the fresh connection after loading the rules
+            raise ConnectError("Could not connect (Connection refused)")
+
+    monkeypatch.setattr(RecordingConnector, "connect", refuse)
+    plans = plans_of("single_a100.py")
+    (run,) = deploy(plans, "A100-SXM4-80GB").values()
+    assert run.failed
+    assert run.ran(r"systemctl restart servekit-firewall-rollback.timer")  # armed before loading
+    assert not run.ran(r"systemctl stop servekit-firewall-rollback.timer")  # never disarmed
+    assert not run.ran(r"systemctl .*start.* vllm-")  # no engine started after that
+    (report,) = [r.message for r in caplog.records if "new SSH connection" in r.message]
+    assert "port 22 failed" in report and "Connection refused" in report
+    assert "restores the previous firewall rules within 60 s" in report

@@ -30,6 +30,14 @@ from servekit.spec import (
 from servekit.weights import locate
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def nft_set(text: str, name: str) -> list[str]:
+    """The elements of the named set in an nftables file (empty when it has none)."""
+    body = text.split(f"set {name} {{", 1)[1].split("}", 1)[0]
+    if "elements = {" not in body:
+        return []
+    return [e.strip() for e in body.split("elements = {", 1)[1].split(",")]
 KEY = SecretRef(env="ENGINE_KEY")
 HF = Sources(weights=HuggingFace(token=SecretRef(env="HF")))
 
@@ -97,8 +105,11 @@ def test_firewall_behind_a_gateway_admits_gateway_and_monitoring_only() -> None:
     assert rules.engine_ports == [8000] and rules.open_ports == []
     assert rules.admitted == ["10.9.0.99"] and rules.cluster_ports == []
     text = next(f.content for f in render_host(hosts["n0"]) if f.path.endswith(".nft"))
-    assert "ip saddr { 10.9.0.99 } tcp dport { 8000 } accept" in text
-    assert "tcp dport { 8000 } reject with tcp reset" in text
+    # typed sets (one per family), the rules refer to them by name
+    assert nft_set(text, "admitted4") == ["10.9.0.99"] and nft_set(text, "admitted6") == []
+    assert nft_set(text, "protected") == ["8000"]
+    assert "ip saddr @admitted4 tcp dport @protected accept" in text
+    assert "tcp dport @protected reject with tcp reset" in text
     assert "flush ruleset" not in text  # only servekit's own table is replaced
     assert render_host(hosts["gw"]) == []  # no vLLM there, no firewall of ours
 
@@ -193,6 +204,8 @@ def test_servekit_render_shows_what_the_deploy_writes(tmp_path: Path) -> None:
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert [w for w in written if "nvidia" not in w and "nouveau" not in w] == [
         "hgx1/etc/servekit/firewall.nft",
+        "hgx1/etc/systemd/system/servekit-firewall-rollback.service",
+        "hgx1/etc/systemd/system/servekit-firewall-rollback.timer",
         "hgx1/etc/systemd/system/servekit-firewall.service",
         "hgx1/etc/systemd/system/vllm-llama-3-1-70b-instruct.service",
         "hgx1/etc/vllm/llama-3-1-70b-instruct.env",
