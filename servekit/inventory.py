@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from servekit.cloud.state import node_addresses
+from servekit.cloud.state import known_hosts_file, node_addresses
 from servekit.cloud.state import state_dir as state_dir  # its home moved to servekit.cloud
 from servekit.errors import FleetError, Problem
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
@@ -57,6 +57,9 @@ def _connection_data(fleet: Fleet, plan: HostPlan) -> tuple[str, dict[str, Any]]
     elif isinstance(machine, AwsNodeGroup):
         data["ssh_user"] = machine.ssh_user
         data["ssh_key"] = str(machine.ssh_key.expanduser())
+        # Only the host keys `servekit cloud apply` pinned from the console (cloud/state.py).
+        data["ssh_known_hosts_file"] = str(known_hosts_file(fleet.name))
+        data["ssh_strict_host_key_checking"] = "yes"
     if plan.address:
         data["ssh_hostname"] = plan.address
     return plan.name, data

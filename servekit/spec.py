@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -34,6 +35,7 @@ from pydantic import (
 )
 
 from servekit import catalog
+from servekit.cloud.regions import region_problem, zone_problem
 from servekit.errors import FleetError, Problem, from_validation_error, invalid
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
@@ -147,6 +149,26 @@ class LocalHost(Spec):
     gpu: Gpu | None = None
 
 
+def _network(value: Any) -> Any:
+    """One clear refusal for a bad network, instead of one per IP version."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as error:
+        raise invalid(
+            f"{value!r} is not an IPv4 or IPv6 network ({error})",
+            "give a network address with its prefix, e.g. '203.0.113.0/24' or '2001:db8::/48'",
+        ) from None
+
+
+SshNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+
+# Networks shorter than these (IPv4 /0-/7, IPv6 /0-/15) admit a large share of the internet:
+# `ssh_cidrs` accepts them only with `ssh_from_anywhere=True`.
+WIDEST_SSH_PREFIX = {4: 8, 6: 16}
+
+
 class AwsNodeGroup(Spec):
     """`count` identical AWS instances, created by `servekit cloud apply` and named NAME-0.."""
 
@@ -154,20 +176,53 @@ class AwsNodeGroup(Spec):
     name: Name
     instance_type: str
     count: int = Field(1, ge=1, le=64)
-    region: str = Field(min_length=1)
+    region: str = Field(min_length=1, description="an EC2 region, e.g. us-east-1")
     availability_zones: list[str] = Field(
-        default_factory=list, description="in order of preference"
+        default_factory=list, description="zone names or IDs of the region, in order of preference"
     )
     spot: bool = False
     fallback_instance_types: list[str] = Field(default_factory=list)
     os: Literal["linux"] = "linux"
     ssh_user: str = "ubuntu"
     ssh_key: Path = Field(description="private key; its .pub is installed on the instances")
-    ssh_cidrs: list[ipaddress.IPv4Network] = Field(min_length=1, description="who may SSH in")
+    ssh_cidrs: list[SshNetwork] = Field(
+        min_length=1, description="who may SSH in (IPv4 or IPv6 networks)"
+    )
+    ssh_from_anywhere: bool = Field(
+        False, description="allow ssh_cidrs that admit the whole internet (0.0.0.0/0, ::/0)"
+    )
     root_volume_gib: int | None = Field(None, ge=30, le=16384)
     capacity_reservation_id: str | None = None
     capacity_block: bool = False
     subnet_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        problem = region_problem(region)
+        if problem is not None:
+            raise invalid(*problem)
+        return region
+
+    @model_validator(mode="after")
+    def _zones_of_the_region(self) -> AwsNodeGroup:
+        for zone in self.availability_zones:
+            problem = zone_problem(self.region, zone)
+            if problem is not None:
+                raise invalid(f"availability_zones: {problem[0]}", problem[1])
+        return self
+
+    @model_validator(mode="after")
+    def _ssh_not_from_everywhere(self) -> AwsNodeGroup:
+        wide = [str(n) for n in self.ssh_cidrs if n.prefixlen < WIDEST_SSH_PREFIX[n.version]]
+        if wide and not self.ssh_from_anywhere:
+            raise invalid(
+                f"ssh_cidrs: {', '.join(wide)} lets (a large part of) the whole internet try to "
+                "log in to these machines",
+                "give the networks you connect from (e.g. your office's /24), or set "
+                "ssh_from_anywhere=True to accept it knowingly",
+            )
+        return self
 
     @model_validator(mode="after")
     def _known_types(self) -> AwsNodeGroup:
