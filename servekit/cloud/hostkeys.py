@@ -52,21 +52,48 @@ def console_host_keys(console: str) -> list[str] | None:
     )
     keys: list[str] = []
     for key_type, blob in _KEY.findall(block):
-        if _blob_type(blob) == key_type and f"{key_type} {blob}" not in keys:
+        if _valid(key_type, blob) and f"{key_type} {blob}" not in keys:
             keys.append(f"{key_type} {blob}")
     return sorted(keys, key=lambda k: KEY_TYPES.index(k.split()[0]))
 
 
-def _blob_type(blob: str) -> str | None:
-    """The key type an OpenSSH public key blob names first (a uint32 length, then the name)."""
+def _valid(key_type: str, blob: str) -> bool:
+    """A whole public key of the type the line says; a line cut short by a wrap is not.
+
+    An OpenSSH public key blob is a run of length-prefixed strings (RFC 4253 §6.6: the type
+    name, then the key's parts; RFC 8709 §4: an ed25519 key is 32 bytes), which a whole blob
+    fills exactly; paramiko must then load it.
+    """
+    import paramiko  # imported here: the state module (and so inventories) import this one
+
+    fields = _wire_strings(blob)
+    if not fields or fields[0] != key_type.encode():
+        return False
+    if key_type == "ssh-ed25519" and (len(fields) != 2 or len(fields[1]) != 32):
+        return False
+    try:
+        paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
+    except Exception:  # paramiko raises several kinds for a malformed key
+        return False
+    return True
+
+
+def _wire_strings(blob: str) -> list[bytes] | None:
+    """The blob's length-prefixed strings, or None unless they fill it exactly."""
     try:
         raw = base64.b64decode(blob, validate=True)
     except (binascii.Error, ValueError):
         return None
-    if len(raw) < 4:
-        return None
-    size = int.from_bytes(raw[:4], "big")
-    return raw[4 : 4 + size].decode("ascii", "replace") if 4 + size <= len(raw) else None
+    fields, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            return None
+        size = int.from_bytes(raw[at : at + 4], "big")
+        if at + 4 + size > len(raw):
+            return None
+        fields.append(raw[at + 4 : at + 4 + size])
+        at += 4 + size
+    return fields
 
 
 def known_hosts_lines(hosts: Iterable[tuple[str, int, Sequence[str]]]) -> list[str]:

@@ -233,6 +233,14 @@ def pinned_known_hosts(state: State) -> list[str]:
     return known_hosts_lines(hosts)
 
 
+def pinned_nodes(fleet: str) -> set[str]:
+    """Nodes whose host keys `cloud apply` pinned (not those applied with --no-wait-ssh)."""
+    state = StateStore(fleet).load()
+    if state is None:
+        return set()
+    return {r.name for r in state.of_type("aws_instance") if r.attributes.get("host_keys")}
+
+
 def known_hosts_file(fleet: str) -> Path:
     """The fleet's known_hosts file (absolute: pyinfra may run from another directory)."""
     return StateStore(fleet).known_hosts_path.absolute()
