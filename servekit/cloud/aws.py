@@ -520,11 +520,18 @@ class AwsProvider:
     def console_output(self, instance: str) -> str:
         """The instance's latest serial console output (decoded by botocore), "" if none yet.
 
-        `Latest=True` reads the live console rather than the snapshot taken at boot; it needs
-        the Nitro hypervisor, which every GPU type in servekit's catalog has (EC2 API reference,
-        GetConsoleOutput: docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetConsoleOutput.html).
+        `Latest=True` reads the live console rather than the output buffered after the last
+        state transition; it is "supported on instance types that use the Nitro hypervisor" (EC2
+        API reference, GetConsoleOutput:
+        docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetConsoleOutput.html). Where AWS
+        refuses it, the buffered output is read instead.
         """
-        reply = self.ec2.get_console_output(InstanceId=instance, Latest=True)
+        try:
+            reply = self.ec2.get_console_output(InstanceId=instance, Latest=True)
+        except ClientError as error:
+            if error_code(error) in ("InvalidInstanceID.NotFound", "UnauthorizedOperation"):
+                raise
+            reply = self.ec2.get_console_output(InstanceId=instance)
         return reply.get("Output") or ""
 
     def start_instances(self, ids: list[str]) -> None:

@@ -7,9 +7,9 @@ AWS node group, so loading an inventory without one stays fast.
 
 Zones are given by name (`us-east-1a`, Local Zones `us-east-1-bos-1a`) or by zone ID
 (`use1-az4`, resolved against the account at plan time). A zone name is the region's name
-followed by a letter, or by `-` for Local and Wavelength Zones (AWS's naming, EC2 user guide
-"Regions and Zones":
-docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-regions-availability-zones.html).
+followed by a letter, or by `-` for Local and Wavelength Zones: Local Zone `us-east-1-bos-1a`
+has the ID `use1-bos1-az1` (docs.aws.amazon.com/local-zones/latest/ug/available-local-zones.html);
+Wavelength zone groups look like `us-east-1-wl1-bos-wlz-1` (EC2 API, AvailabilityZone.GroupName).
 """
 
 from __future__ import annotations

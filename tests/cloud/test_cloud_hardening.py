@@ -16,9 +16,11 @@ from typing import Any
 import moto_extras
 import paramiko
 import pytest
+from cloud_faults import Faults, error_for
 from moto_cloud import PYINFRA, ROOT, Cloud
 from paramiko_sshd import SshServer
 
+from servekit.cloud import aws
 from servekit.cloud import cli as cloud_cli
 from servekit.cloud.apply import Timeouts
 from servekit.cloud.hostkeys import BEGIN, END, console_host_keys
@@ -76,7 +78,9 @@ def test_zones_that_are_not_the_regions_are_refused(zone: str) -> None:
     assert "availability_zones" in refusal(availability_zones=[zone])
 
 
-@pytest.mark.parametrize("zone", ["us-east-1a", "us-east-1f", "use1-az4", "us-east-1-bos-1a"])
+@pytest.mark.parametrize(
+    "zone", ["us-east-1a", "us-east-1f", "use1-az4", "us-east-1-bos-1a", "use1-bos1-az1"]
+)
 def test_zone_names_and_ids_of_the_region_are_accepted(zone: str) -> None:
     assert group(availability_zones=[zone]).availability_zones == [zone]
 
@@ -280,3 +284,22 @@ def test_ipv6_ssh_networks_reach_the_security_groups_ipv6_ranges(
     assert sg["attributes"]["ssh_cidrs"] == ["2001:db8::/48", "203.0.113.0/24"]
     again = cloud.invoke("cloud", "plan", str(inventory))
     assert again.exit_code == 0 and "No changes" in again.output, again.output
+
+
+def test_where_the_live_console_is_refused_the_buffered_one_is_read(
+    cloud: Cloud, sshd: SshServer, seen: list[SshTarget], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Latest` is for Nitro instances only: another instance still gets its keys pinned."""
+    faults = Faults()
+    faults.rules.append(
+        error_for("GetConsoleOutput", "UnsupportedOperation", lambda p: p.get("Latest") == "true")
+    )
+    monkeypatch.setattr(aws, "new_session", faults.session)
+    moto_extras.CONSOLE["keys"] = [server_key(sshd)]
+    done = cloud.invoke("cloud", "apply", PROD, "--yes", "--ssh-timeout", "30")
+    assert done.exit_code == 0, done.output
+    asked = [p.get("Latest") for action, p in faults.sent if action == "GetConsoleOutput"]
+    assert asked == ["true", None, "true", None]
+    assert all(
+        r["attributes"]["host_keys"] == [server_key(sshd)] for r in instances(cloud).values()
+    )
