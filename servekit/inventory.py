@@ -80,9 +80,8 @@ def pyinfra_groups(fleet: Fleet) -> Groups:
     unpinned = [n for n in addresses if n not in pinned and n in plan.hosts]
     if unpinned and not _quiet_pending_cloud:
         print(
-            f"servekit: fleet {fleet.name!r}: {', '.join(sorted(unpinned))} were applied with "
-            "--no-wait-ssh: their SSH host keys are not pinned, so pyinfra accepts the first key "
-            "it sees",
+            f"servekit: fleet {fleet.name!r}: {', '.join(sorted(unpinned))} have no pinned SSH "
+            "host keys (applied with --no-wait-ssh), so pyinfra accepts the first key it sees",
             file=sys.stderr,
         )
     groups: dict[str, list[HostEntry]] = {role: [] for role in Groups._fields}

@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -185,11 +186,12 @@ class AwsNodeGroup(Spec):
     os: Literal["linux"] = "linux"
     ssh_user: str = "ubuntu"
     ssh_key: Path = Field(description="private key; its .pub is installed on the instances")
-    ssh_cidrs: list[SshNetwork] = Field(
-        min_length=1, description="who may SSH in (IPv4 or IPv6 networks)"
-    )
+    # ssh_from_anywhere comes first: the ssh_cidrs check reads it (pydantic validates in order).
     ssh_from_anywhere: bool = Field(
         False, description="allow ssh_cidrs that admit the whole internet (0.0.0.0/0, ::/0)"
+    )
+    ssh_cidrs: list[SshNetwork] = Field(
+        min_length=1, description="who may SSH in (IPv4 or IPv6 networks)"
     )
     root_volume_gib: int | None = Field(None, ge=30, le=16384)
     capacity_reservation_id: str | None = None
@@ -204,25 +206,32 @@ class AwsNodeGroup(Spec):
             raise invalid(*problem)
         return region
 
-    @model_validator(mode="after")
-    def _zones_of_the_region(self) -> AwsNodeGroup:
-        for zone in self.availability_zones:
-            problem = zone_problem(self.region, zone)
+    @field_validator("availability_zones")
+    @classmethod
+    def _zones_of_the_region(cls, zones: list[str], info: ValidationInfo) -> list[str]:
+        region = info.data.get("region")
+        if not isinstance(region, str):
+            return zones  # the region itself was refused: one problem, not one per zone
+        for zone in zones:
+            problem = zone_problem(region, zone)
             if problem is not None:
-                raise invalid(f"availability_zones: {problem[0]}", problem[1])
-        return self
+                raise invalid(*problem)
+        return zones
 
-    @model_validator(mode="after")
-    def _ssh_not_from_everywhere(self) -> AwsNodeGroup:
-        wide = [str(n) for n in self.ssh_cidrs if n.prefixlen < WIDEST_SSH_PREFIX[n.version]]
-        if wide and not self.ssh_from_anywhere:
+    @field_validator("ssh_cidrs")
+    @classmethod
+    def _ssh_not_from_everywhere(
+        cls, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network], info: ValidationInfo
+    ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        wide = [str(n) for n in networks if n.prefixlen < WIDEST_SSH_PREFIX[n.version]]
+        if wide and not info.data.get("ssh_from_anywhere"):
             raise invalid(
-                f"ssh_cidrs: {', '.join(wide)} lets (a large part of) the whole internet try to "
-                "log in to these machines",
+                f"{', '.join(wide)} lets (a large part of) the whole internet try to log in to "
+                "these machines",
                 "give the networks you connect from (e.g. your office's /24), or set "
                 "ssh_from_anywhere=True to accept it knowingly",
             )
-        return self
+        return networks
 
     @model_validator(mode="after")
     def _known_types(self) -> AwsNodeGroup:

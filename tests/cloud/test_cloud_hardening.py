@@ -68,14 +68,19 @@ def test_regions_botocore_knows_are_accepted(region: str) -> None:
 
 def test_a_zone_of_another_region_is_refused() -> None:
     message = refusal(availability_zones=["us-east-1a", "eu-west-1a"])
-    assert "AwsNodeGroup" in message and "availability_zones" in message
+    assert "AwsNodeGroup.availability_zones:" in message
     assert "'eu-west-1a' is in eu-west-1, not in the group's region us-east-1" in message
     assert "us-east-1a" in message  # the fix names a zone of the region
 
 
 @pytest.mark.parametrize("zone", ["us-east-2a", "us-east-1", "useast1a", "us-east-1a; rm"])
 def test_zones_that_are_not_the_regions_are_refused(zone: str) -> None:
-    assert "availability_zones" in refusal(availability_zones=[zone])
+    assert "AwsNodeGroup.availability_zones:" in refusal(availability_zones=[zone])
+
+
+def test_a_bad_region_is_one_problem_not_also_every_zone() -> None:
+    message = refusal(region="mars-1", availability_zones=["mars-1a"])
+    assert "(1 problem)" in message and "AwsNodeGroup.region" in message
 
 
 @pytest.mark.parametrize(
@@ -88,7 +93,8 @@ def test_zone_names_and_ids_of_the_region_are_accepted(zone: str) -> None:
 @pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "0.0.0.0/1", "128.0.0.0/2", "2000::/3"])
 def test_ssh_from_the_whole_internet_needs_the_named_field(cidr: str) -> None:
     message = refusal(ssh_cidrs=["203.0.113.0/24", cidr])
-    assert "ssh_cidrs" in message and cidr in message and "ssh_from_anywhere=True" in message
+    assert "AwsNodeGroup.ssh_cidrs:" in message and cidr in message
+    assert "ssh_from_anywhere=True" in message
     assert str(group(ssh_cidrs=[cidr], ssh_from_anywhere=True).ssh_cidrs[0]) == cidr
 
 
