@@ -309,3 +309,50 @@ def test_where_the_live_console_is_refused_the_buffered_one_is_read(
     assert all(
         r["attributes"]["host_keys"] == [server_key(sshd)] for r in instances(cloud).values()
     )
+
+
+@pytest.mark.parametrize("genuine", [True, False])
+def test_pyinfras_ssh_client_enforces_the_known_hosts_file_servekit_writes(
+    tmp_path: Path, genuine: bool
+) -> None:
+    """The file format and the two host-data names the inventory sets, as pyinfra 3.10 reads
+    them (pyinfra/connectors/ssh.py: `ssh_known_hosts_file`, `ssh_strict_host_key_checking`
+    passed to sshuserclient's SSHClient.connect)."""
+    from moto_cloud import write_ssh_key
+    from pyinfra.connectors.sshuserclient.client import SSHClient
+
+    from servekit.cloud.hostkeys import known_hosts_lines, write_known_hosts
+
+    for name in ("client", "host", "other"):
+        write_ssh_key(tmp_path / name)
+    server = SshServer(tmp_path / "host", "ubuntu", (tmp_path / "client.pub").read_text())
+    try:
+        pinned = paramiko.Ed25519Key(filename=str(tmp_path / ("host" if genuine else "other")))
+        known = tmp_path / "prod.known_hosts"
+        lines = known_hosts_lines(
+            [("127.0.0.1", server.port, [f"ssh-ed25519 {pinned.get_base64()}"])]
+        )
+        write_known_hosts(known, lines)
+        client = SSHClient()
+        connect = functools.partial(
+            client.connect,
+            "127.0.0.1",
+            port=server.port,
+            username="ubuntu",
+            key_filename=str(tmp_path / "client"),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+            _pyinfra_ssh_known_hosts_file=str(known),
+            _pyinfra_ssh_strict_host_key_checking="yes",
+        )
+        if genuine:
+            connect()
+            client.close()
+            assert server.logins == 1
+        else:
+            with pytest.raises(paramiko.BadHostKeyException):
+                connect()
+            assert server.logins == 0
+    finally:
+        server.close()
