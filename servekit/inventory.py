@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from servekit.cloud.state import node_addresses
+from servekit.cloud.state import known_hosts_file, node_addresses, pinned_nodes
 from servekit.cloud.state import state_dir as state_dir  # its home moved to servekit.cloud
 from servekit.errors import FleetError, Problem
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
@@ -50,7 +50,7 @@ def cloud_addresses(fleet: Fleet) -> dict[str, NodeAddress]:
     return node_addresses(fleet.name)
 
 
-def _connection_data(fleet: Fleet, plan: HostPlan) -> tuple[str, dict[str, Any]]:
+def _connection_data(fleet: Fleet, plan: HostPlan, pinned: set[str]) -> tuple[str, dict[str, Any]]:
     machine = fleet.machine_of(plan.name)
     if isinstance(machine, LocalHost):
         return "@local", {"_sudo": plan.sudo}
@@ -64,6 +64,9 @@ def _connection_data(fleet: Fleet, plan: HostPlan) -> tuple[str, dict[str, Any]]
     elif isinstance(machine, AwsNodeGroup):
         data["ssh_user"] = machine.ssh_user
         data["ssh_key"] = str(machine.ssh_key.expanduser())
+        if plan.name in pinned:  # only the keys `cloud apply` read from the console (state.py)
+            data["ssh_known_hosts_file"] = str(known_hosts_file(fleet.name))
+            data["ssh_strict_host_key_checking"] = "yes"
     if plan.address:
         data["ssh_hostname"] = plan.address
     return plan.name, data
@@ -89,9 +92,17 @@ def pyinfra_groups(fleet: Fleet) -> Groups:
             "`servekit cloud apply` on this inventory first (pyinfra cannot reach them before)",
             file=sys.stderr,
         )
+    pinned = pinned_nodes(fleet.name)
+    unpinned = [n for n in addresses if n not in pinned and n in plan.hosts]
+    if unpinned and not _quiet_pending_cloud:
+        print(
+            f"servekit: fleet {fleet.name!r}: {', '.join(sorted(unpinned))} have no pinned SSH "
+            "host keys (applied with --no-wait-ssh), so pyinfra accepts the first key it sees",
+            file=sys.stderr,
+        )
     groups: dict[str, list[HostEntry]] = {role: [] for role in Groups._fields}
     for host in plan.hosts.values():
-        name, data = _connection_data(fleet, host)
+        name, data = _connection_data(fleet, host, pinned)
         data[HOST_DATA_KEY] = host.to_host_data()
         for role in host.roles:
             groups[role].append((name, data))

@@ -29,6 +29,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -39,6 +40,7 @@ from pydantic import (
 )
 
 from servekit import catalog
+from servekit.cloud.regions import region_problem, zone_problem
 from servekit.errors import FleetError, Problem, from_validation_error, invalid, user_site
 from servekit.fields import (
     Address,
@@ -321,6 +323,26 @@ class LocalHost(Spec):
     gpu: Gpu | None = None
 
 
+def _network(value: Any) -> Any:
+    """One clear refusal for a bad network, instead of one per IP version."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as error:
+        raise invalid(
+            f"{value!r} is not an IPv4 or IPv6 network ({error})",
+            "give a network address with its prefix, e.g. '203.0.113.0/24' or '2001:db8::/48'",
+        ) from None
+
+
+SshNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+
+# Networks shorter than these (IPv4 /0-/7, IPv6 /0-/15) admit a large share of the internet:
+# `ssh_cidrs` accepts them only with `ssh_from_anywhere=True`.
+WIDEST_SSH_PREFIX = {4: 8, 6: 16}
+
+
 class AwsNodeGroup(Spec):
     """`count` identical AWS instances, created by `servekit cloud apply` and named NAME-0.."""
 
@@ -328,20 +350,61 @@ class AwsNodeGroup(Spec):
     name: Name
     instance_type: str
     count: int = Field(1, ge=1, le=64)
-    region: str = Field(min_length=1)
+    region: str = Field(min_length=1, description="an EC2 region, e.g. us-east-1")
     availability_zones: list[str] = Field(
-        default_factory=list, description="in order of preference"
+        default_factory=list, description="zone names or IDs of the region, in order of preference"
     )
     spot: bool = False
     fallback_instance_types: list[str] = Field(default_factory=list)
     os: Literal["linux"] = "linux"
     ssh_user: UserName = "ubuntu"
     ssh_key: Path = Field(description="private key; its .pub is installed on the instances")
-    ssh_cidrs: list[ipaddress.IPv4Network] = Field(min_length=1, description="who may SSH in")
+    # ssh_from_anywhere comes first: the ssh_cidrs check reads it (pydantic validates in order).
+    ssh_from_anywhere: bool = Field(
+        False, description="allow ssh_cidrs that admit the whole internet (0.0.0.0/0, ::/0)"
+    )
+    ssh_cidrs: list[SshNetwork] = Field(
+        min_length=1, description="who may SSH in (IPv4 or IPv6 networks)"
+    )
     root_volume_gib: int | None = Field(None, ge=30, le=16384)
     capacity_reservation_id: str | None = None
     capacity_block: bool = False
     subnet_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        problem = region_problem(region)
+        if problem is not None:
+            raise invalid(*problem)
+        return region
+
+    @field_validator("availability_zones")
+    @classmethod
+    def _zones_of_the_region(cls, zones: list[str], info: ValidationInfo) -> list[str]:
+        region = info.data.get("region")
+        if not isinstance(region, str):
+            return zones  # the region itself was refused: one problem, not one per zone
+        for zone in zones:
+            problem = zone_problem(region, zone)
+            if problem is not None:
+                raise invalid(*problem)
+        return zones
+
+    @field_validator("ssh_cidrs")
+    @classmethod
+    def _ssh_not_from_everywhere(
+        cls, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network], info: ValidationInfo
+    ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        wide = [str(n) for n in networks if n.prefixlen < WIDEST_SSH_PREFIX[n.version]]
+        if wide and not info.data.get("ssh_from_anywhere"):
+            raise invalid(
+                f"{', '.join(wide)} lets (a large part of) the whole internet try to log in to "
+                "these machines",
+                "give the networks you connect from (e.g. your office's /24), or set "
+                "ssh_from_anywhere=True to accept it knowingly",
+            )
+        return networks
 
     @model_validator(mode="after")
     def _known_types(self) -> AwsNodeGroup:

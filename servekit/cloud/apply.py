@@ -36,9 +36,10 @@ from servekit.cloud.errors import (
     error_message,
     quota_message,
 )
+from servekit.cloud.hostkeys import console_host_keys
 from servekit.cloud.launch import client_token, run_request
 from servekit.cloud.plan import SYMBOLS, Candidate, Change, GroupLaunch, Plan
-from servekit.cloud.ssh import SshTarget
+from servekit.cloud.ssh import SshNotReady, SshTarget
 from servekit.cloud.state import Resource, ResourceType, StateWriter
 
 ProviderFor = Callable[[str], AwsProvider]
@@ -411,23 +412,54 @@ class Applier:
         return self.writer.update(instance, public_ip=record.attributes["public_ip"])
 
     def wait_for_ssh(self, launch: GroupLaunch, record: Resource) -> None:
+        """Pin the host keys from the console, then log in accepting only those (hostkeys.py)."""
         if self.ready is None:
             self.writer.update(record, ssh_ready=None)
             return
         host = record.attributes.get("public_ip") or record.attributes.get("private_ip")
         if not host:
             raise CloudError(f"{record.name} ({record.id}) has no address to reach over SSH")
-        target = SshTarget(
-            node=record.name, host=str(host), user=launch.ssh_user, key=Path(launch.ssh_key)
-        )
-        self.say(f"aws_instance.{record.name}", f"waiting for SSH at {target.host}")
+        started = time.monotonic()
+        address = f"aws_instance.{record.name}"
+        self.say(address, "waiting for its SSH host keys in the console output")
         try:
-            self.ready(target, self.timeouts.ssh_s)
+            keys = self.console_host_keys(launch.region, record)
+            record = self.writer.update(record, host_keys=keys)
+            self.say(address, f"host keys pinned: {', '.join(k.split()[0] for k in keys)}")
+            target = SshTarget(
+                node=record.name,
+                host=str(host),
+                user=launch.ssh_user,
+                key=Path(launch.ssh_key),
+                host_keys=tuple(keys),
+            )
+            self.say(address, f"waiting for SSH at {target.host}")
+            left = max(1.0, self.timeouts.ssh_s - (time.monotonic() - started))
+            self.ready(target, left)
         except CloudError:
             self.writer.update(record, ssh_ready=False)
             raise
         self.writer.update(record, ssh_ready=True)
-        self.say(f"aws_instance.{record.name}", "SSH login works")
+        self.say(address, "SSH login works")
+
+    def console_host_keys(self, region: str, record: Resource) -> list[str]:
+        """The host keys cloud-init printed to the instance's console, waited for (bounded)."""
+        provider = self.provider_for(region)
+        deadline = time.monotonic() + self.timeouts.ssh_s
+        while True:
+            keys = console_host_keys(provider.console_output(record.id))
+            if keys:
+                return keys
+            if time.monotonic() + self.timeouts.poll_s > deadline:
+                found = "an empty key block" if keys == [] else "no key block"
+                raise SshNotReady(
+                    f"{record.name} ({record.id}): its console output shows {found} within "
+                    f"{self.timeouts.ssh_s:.0f} s, so its SSH host key cannot be verified; "
+                    "servekit does not trust an unverified key. The AMI must run cloud-init with "
+                    "ssh.emit_keys_to_console (the default); check `aws ec2 get-console-output "
+                    f"--latest --instance-id {record.id}`, then `servekit cloud apply` again"
+                )
+            time.sleep(self.timeouts.poll_s)
 
     # Destroying -------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         InstanceTypeDef,
         IpPermissionTypeDef,
         IpRangeTypeDef,
+        Ipv6RangeTypeDef,
         RunInstancesRequestTypeDef,
         TagSpecificationTypeDef,
     )
@@ -350,12 +351,13 @@ class AwsProvider:
         found = []
         for page in pages:
             for group in page["SecurityGroups"]:
-                ssh = [
-                    r["CidrIp"]
+                rules = [
+                    p
                     for p in group.get("IpPermissions", [])
                     if p.get("IpProtocol") == "tcp" and p.get("FromPort") == 22
-                    for r in p.get("IpRanges", [])
                 ]
+                ssh = [r["CidrIp"] for p in rules for r in p.get("IpRanges", [])]
+                ssh += [r["CidrIpv6"] for p in rules for r in p.get("Ipv6Ranges", [])]
                 found.append(
                     Found(
                         type="aws_security_group",
@@ -459,10 +461,22 @@ class AwsProvider:
 
     def set_ssh_cidrs(self, group: str, add: list[str], remove: list[str]) -> None:
         def ssh(cidrs: list[str]) -> list[IpPermissionTypeDef]:
+            """IPv4 networks go in IpRanges, IPv6 ones in Ipv6Ranges (EC2's IpPermission)."""
             ranges: list[IpRangeTypeDef] = [
-                {"CidrIp": c, "Description": "servekit ssh"} for c in cidrs
+                {"CidrIp": c, "Description": "servekit ssh"} for c in cidrs if ":" not in c
             ]
-            return [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": ranges}]
+            ranges6: list[Ipv6RangeTypeDef] = [
+                {"CidrIpv6": c, "Description": "servekit ssh"} for c in cidrs if ":" in c
+            ]
+            return [
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 22,
+                    "ToPort": 22,
+                    "IpRanges": ranges,
+                    "Ipv6Ranges": ranges6,
+                }
+            ]
 
         if add:
             self.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=ssh(add))
@@ -502,6 +516,23 @@ class AwsProvider:
         """One `RunInstances` call on the no-retry client; the launch loop handles errors."""
         (instance,) = self.launch_ec2.run_instances(**request)["Instances"]
         return self._instance(instance)
+
+    def console_output(self, instance: str) -> str:
+        """The instance's latest serial console output (decoded by botocore), "" if none yet.
+
+        `Latest=True` reads the live console rather than the output buffered after the last
+        state transition; it is "supported on instance types that use the Nitro hypervisor" (EC2
+        API reference, GetConsoleOutput:
+        docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetConsoleOutput.html). Where AWS
+        refuses it, the buffered output is read instead.
+        """
+        try:
+            reply = self.ec2.get_console_output(InstanceId=instance, Latest=True)
+        except ClientError as error:
+            if error_code(error) in ("InvalidInstanceID.NotFound", "UnauthorizedOperation"):
+                raise
+            reply = self.ec2.get_console_output(InstanceId=instance)
+        return reply.get("Output") or ""
 
     def start_instances(self, ids: list[str]) -> None:
         self.ec2.start_instances(InstanceIds=ids)

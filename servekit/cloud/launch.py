@@ -10,7 +10,12 @@
   `describe_instance_types` (p4d/p4de: 4), card 0 at device index 0 and the others at device
   index 1, all of type `efa` (supported on every EFA type; cloud.md §2-3). Several interfaces
   forbid `AssociatePublicIpAddress`, so such nodes get an Elastic IP after launch instead.
-- **Root volume**: gp3 at its baseline (3000 IOPS, 125 MiB/s), deleted with the instance.
+- **Root volume**: gp3 at its baseline (3000 IOPS, 125 MiB/s), deleted with the instance, and
+  always encrypted: `Encrypted=True` changes the encryption state of the volume restored from
+  the AMI's (public, unencrypted) snapshot, with the account's default EBS key; it can never
+  remove encryption (EC2 API reference, EbsBlockDevice.Encrypted:
+  docs.aws.amazon.com/AWSEC2/latest/APIReference/API_EbsBlockDevice.html; OpenShift's installer
+  boots public AMIs this way, github.com/openshift/installer/pull/3293).
 - **Market**: on-demand; one-time spot that terminates on interruption; or a capacity
   reservation / Capacity Block (`MarketType=capacity-block`), as SkyPilot and dstack do.
 """
@@ -94,6 +99,7 @@ def run_request(
                     "Iops": 3000,
                     "Throughput": 125,
                     "DeleteOnTermination": True,
+                    "Encrypted": True,
                 },
             }
         ],

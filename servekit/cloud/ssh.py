@@ -3,12 +3,17 @@
 A `running` instance is not yet usable: sshd may not listen, or may answer "System is booting
 up" and refuse logins. SkyPilot therefore waits for the banner (a raw socket read that starts
 with `SSH-`) and then for a real `ssh ... uptime` (shared/reference/cloud.md §1); this does the
-same with paramiko, bounded in time. The host key is accepted in memory only and never written
-to known_hosts: pyinfra does its own host key checking later.
+same with paramiko, bounded in time.
+
+The server must present one of the host keys pinned from the instance's console output
+(servekit/cloud/hostkeys.py), never "the first key it sees": a different key is a
+`HostKeyMismatch` at once (someone may be in the middle), not a retry.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import socket
 import time
 from dataclasses import dataclass
@@ -23,6 +28,10 @@ class SshNotReady(CloudError):
     pass
 
 
+class HostKeyMismatch(CloudError):
+    """The machine at the address presented a host key the instance's console does not list."""
+
+
 @dataclass(frozen=True)
 class SshTarget:
     node: str
@@ -30,6 +39,22 @@ class SshTarget:
     user: str
     key: Path
     port: int = 22
+    host_keys: tuple[str, ...] = ()  # `TYPE BASE64` lines pinned from the console output
+
+
+def _pin(client: paramiko.SSHClient, target: SshTarget) -> None:
+    """Trust exactly the target's pinned keys, under the name paramiko looks up for the port."""
+    if not target.host_keys:
+        raise HostKeyMismatch(
+            f"{target.node}: no pinned host key for {target.host}; servekit does not trust the "
+            "first key a server presents"
+        )
+    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    for line in target.host_keys:
+        key_type, blob = line.split()[:2]
+        key = paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
+        client.get_host_keys().add(name, key_type, key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
 
 def read_banner(host: str, port: int, timeout_s: float) -> str:
@@ -51,8 +76,8 @@ def read_banner(host: str, port: int, timeout_s: float) -> str:
 def run_command(target: SshTarget, command: str, timeout_s: float) -> str:
     """Log in with the target's key and run `command`; its output, or an error if it fails."""
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     try:
+        _pin(client, target)
         client.connect(
             target.host,
             port=target.port,
@@ -91,6 +116,14 @@ def wait_until_ready(
         try:
             read_banner(target.host, target.port, attempt)
             return run_command(target, command, attempt)
+        except paramiko.BadHostKeyException as error:
+            raise HostKeyMismatch(
+                f"{target.node} ({target.host}:{target.port}) presented the host key "
+                f"{_describe(error.key)}, but its console output lists "
+                f"{', '.join(_describe_line(k) for k in target.host_keys)}: possible "
+                "man-in-the-middle (or another machine at this address); servekit did not log "
+                "in. Check the instance, then `servekit cloud apply` again"
+            ) from None
         except (OSError, paramiko.SSHException, EOFError) as error:
             last_error = f"{type(error).__name__}: {error}"
         if time.monotonic() + poll_s > deadline:
@@ -99,3 +132,13 @@ def wait_until_ready(
                 f"within {timeout_s:.0f} s; last error: {last_error}"
             )
         time.sleep(poll_s)
+
+
+def _describe(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def _describe_line(line: str) -> str:
+    key_type, blob = line.split()[:2]
+    digest = base64.b64encode(hashlib.sha256(base64.b64decode(blob)).digest()).decode()
+    return f"{key_type} SHA256:{digest.rstrip('=')}"

@@ -14,6 +14,11 @@ ClientToken, so a relaunch after a destroy is a new request while a retry after 
 The file holds ids and addresses only, never credentials or keys; it is still written 0600,
 atomically, after every resource change, so a crash loses nothing that was created.
 
+Next to it, `cloud/<fleet>.known_hosts` (0600) holds the SSH host keys pinned from each
+instance's console output (attribute `host_keys`, see servekit/cloud/hostkeys.py) under its public
+and private address; it is rewritten from the state on every save, so it never lists a machine
+the state has forgotten. The inventory points pyinfra at it with strict host key checking.
+
 The lock is `cloud/<fleet>.lock`: `fcntl.flock` held by the running apply/destroy, plus JSON
 saying who holds it (ID, Operation, Who, Version, Created, Path, PID). A lock left behind by a
 process that died stays until `servekit cloud force-unlock INVENTORY ID`, as in Terraform: the
@@ -41,6 +46,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from servekit import __version__
+from servekit.cloud.hostkeys import known_hosts_lines, write_known_hosts
 from servekit.placement import NodeAddress
 
 FORMAT_VERSION = 1
@@ -106,6 +112,7 @@ class StateStore:
         self.directory = directory or state_dir()
         self.path = self.directory / f"{fleet}.json"
         self.lock_path = self.directory / f"{fleet}.lock"
+        self.known_hosts_path = self.directory / f"{fleet}.known_hosts"
 
     def load(self) -> State | None:
         if not self.path.is_file():
@@ -154,6 +161,7 @@ class StateStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
+        write_known_hosts(self.known_hosts_path, pinned_known_hosts(saved))
         return saved
 
     @contextlib.contextmanager
@@ -212,6 +220,30 @@ def node_addresses(fleet: str) -> dict[str, NodeAddress]:
         )
         for r in state.of_type("aws_instance")
     }
+
+
+def pinned_known_hosts(state: State) -> list[str]:
+    """known_hosts lines for every instance whose host keys were pinned, at each address."""
+    hosts = []
+    for record in state.of_type("aws_instance"):
+        keys = record.attributes.get("host_keys") or []
+        addresses = (record.attributes.get("public_ip"), record.attributes.get("private_ip"))
+        for address in dict.fromkeys(a for a in addresses if a):
+            hosts.append((str(address), 22, [str(k) for k in keys]))
+    return known_hosts_lines(hosts)
+
+
+def pinned_nodes(fleet: str) -> set[str]:
+    """Nodes whose host keys `cloud apply` pinned (not those applied with --no-wait-ssh)."""
+    state = StateStore(fleet).load()
+    if state is None:
+        return set()
+    return {r.name for r in state.of_type("aws_instance") if r.attributes.get("host_keys")}
+
+
+def known_hosts_file(fleet: str) -> Path:
+    """The fleet's known_hosts file (absolute: pyinfra may run from another directory)."""
+    return StateStore(fleet).known_hosts_path.absolute()
 
 
 # Lock ---------------------------------------------------------------------------------------

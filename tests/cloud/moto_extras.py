@@ -9,6 +9,11 @@ behaviour allows. servekit's own code never knows: it sends real requests over H
 - `DescribeCapacityReservations`: absent in moto. Here: reservations a test declares.
 - `RunInstances` with a `ClientToken`: moto stores the token but launches again on every call.
   Here: the same token returns the reservation it first made, as AWS does.
+- `GetConsoleOutput`: moto returns one fixed kernel log. Here: that log, then the SSH host key
+  block cloud-init's `write-ssh-key-fingerprints` prints (github.com/canonical/cloud-init,
+  tools/write-ssh-key-fingerprints), with syslog prefixes on the fingerprint lines. Each instance
+  gets its own ed25519 key, unless a test sets `CONSOLE["keys"]` (e.g. the test sshd's key);
+  `CONSOLE["silent_calls"]` answers that many calls without the block (a machine still booting).
 - The Deep Learning Base OSS Nvidia Driver AMI and its public SSM parameter: moto ships
   neither. Here: an image owned by Amazon's DLAMI account and the parameter pointing at it.
 """
@@ -20,13 +25,18 @@ import itertools
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult, EmptyResult
+from moto.core.utils import utcnow
 from moto.ec2 import ec2_backends
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.amis import Ami
 from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.responses import EC2Response
+from moto.ec2.responses.general import SAMPLE_CONSOLE_OUTPUT
+from moto.ec2.utils import Base64EncodedString
 from moto.ssm import ssm_backends
 from moto.ssm.models import Parameter
 
@@ -35,12 +45,61 @@ from servekit.cloud.aws import DLAMI_OWNER, DLAMI_PARAMETER
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20251107"
 PLACEMENT_GROUPS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
 CAPACITY_RESERVATIONS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+CONSOLE: dict[str, Any] = {"keys": None, "silent_calls": 0, "calls": 0}
+INSTANCE_KEYS: dict[str, list[str]] = {}
 _ids = itertools.count(1)
 
 
 def reset() -> None:
     PLACEMENT_GROUPS.clear()
     CAPACITY_RESERVATIONS.clear()
+    CONSOLE.update(keys=None, silent_calls=0, calls=0)
+    INSTANCE_KEYS.clear()
+
+
+def new_host_key() -> str:
+    """A fresh ed25519 public key as `ssh-ed25519 BASE64`."""
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    line = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line.decode()
+
+
+def console_text(keys: list[str], host: str = "ip-10-0-0-5") -> str:
+    """A console as cloud-init leaves it: fingerprints via syslog, then the key block."""
+    stamp = "<14>Dec  6 02:00:00 ec2: "
+    fingerprints = [f"{stamp}256 SHA256:x root@{host} (ED25519)" for _ in keys]
+    return "\r\n".join(
+        [
+            SAMPLE_CONSOLE_OUTPUT.rstrip("\n"),
+            f"{stamp}#############################################################",
+            f"{stamp}-----BEGIN SSH HOST KEY FINGERPRINTS-----",
+            *fingerprints,
+            f"{stamp}-----END SSH HOST KEY FINGERPRINTS-----",
+            f"{stamp}#############################################################",
+            "-----BEGIN SSH HOST KEY KEYS-----",
+            *[f"{key} root@{host}" for key in keys],
+            "-----END SSH HOST KEY KEYS-----",
+            f"Ubuntu 22.04.5 LTS {host} ttyS0",
+            "",
+        ]
+    )
+
+
+def get_console_output(self: EC2Response) -> ActionResult:
+    instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+    CONSOLE["calls"] += 1
+    if CONSOLE["calls"] <= CONSOLE["silent_calls"]:
+        text = SAMPLE_CONSOLE_OUTPUT
+    else:
+        keys = CONSOLE["keys"] or INSTANCE_KEYS.setdefault(instance.id, [new_host_key()])
+        text = console_text(list(keys))
+    return ActionResult(
+        {
+            "InstanceId": instance.id,
+            "Timestamp": utcnow(),
+            "Output": Base64EncodedString.from_raw_string(text),
+        }
+    )
 
 
 def _tags(response: EC2Response) -> list[dict[str, str]]:
@@ -192,3 +251,4 @@ def install() -> None:
     EC2Response.delete_placement_group = delete_placement_group  # type: ignore[attr-defined]
     EC2Response.describe_capacity_reservations = describe_capacity_reservations  # type: ignore[attr-defined]
     InstanceBackend.run_instances = run_instances_idempotent  # type: ignore[method-assign]
+    EC2Response.get_console_output = get_console_output  # type: ignore[method-assign]

@@ -95,6 +95,7 @@ def test_the_request_tags_at_creation_and_sizes_a_gp3_root() -> None:
     (root,) = request["BlockDeviceMappings"]
     assert root["DeviceName"] == "/dev/sda1"
     assert root["Ebs"]["VolumeType"] == "gp3" and root["Ebs"]["VolumeSize"] == 243
+    assert root["Ebs"]["Encrypted"] is True  # issue 11: never an unencrypted root volume
     kinds = {spec["ResourceType"] for spec in request["TagSpecifications"]}
     assert kinds == {"instance", "volume", "network-interface"}
     assert all(

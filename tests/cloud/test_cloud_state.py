@@ -48,7 +48,24 @@ def test_every_write_raises_the_serial_and_keeps_the_lineage(tmp_path: Path) -> 
     assert [r.name for r in loaded.resources] == ["a100-0", "a100-1"]
     assert loaded.generations == {"a100-1": 1}
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["prod.json"]  # no temporary files left
+    # no temporary files left; the known_hosts file is derived from the state on every save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prod.json", "prod.known_hosts"]
+
+
+def test_known_hosts_lists_exactly_the_pinned_keys_of_recorded_instances(tmp_path: Path) -> None:
+    store = StateStore("prod", tmp_path)
+    writer = StateWriter(store, store.load_or_create())
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJFzgips94nJNoR4QumiyqlJoSlZ48P+NVrd7zgD5k4T"
+    pinned = writer.record(instance("a100-0", "54.0.0.1", "10.0.0.1"))
+    writer.update(pinned, host_keys=[key])
+    writer.record(instance("a100-1", "54.0.0.2", "10.0.0.2"))  # not pinned (--no-wait-ssh)
+    assert store.known_hosts_path.read_text().splitlines() == [
+        f"54.0.0.1 {key}",
+        f"10.0.0.1 {key}",
+    ]
+    assert stat.S_IMODE(store.known_hosts_path.stat().st_mode) == 0o600
+    writer.forget("aws_instance", "a100-0")  # destroyed: no longer trusted
+    assert store.known_hosts_path.read_text() == ""
     text = store.path.read_text()
     assert "secret" not in text.lower() and "PRIVATE KEY" not in text
 

@@ -63,7 +63,7 @@ def test_plan_apply_status_pyinfra_destroy(cloud: Cloud, tmp_path: Path) -> None
     (volume,) = ec2.describe_volumes(
         Filters=[{"Name": "attachment.instance-id", "Values": [described["InstanceId"]]}]
     )["Volumes"]
-    assert (volume["Size"], volume["VolumeType"]) == (183, "gp3")
+    assert (volume["Size"], volume["VolumeType"], volume["Encrypted"]) == (183, "gp3", True)
     group_id = resources(cloud, "aws_security_group")["a100"]["id"]
     (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
     ssh = [p for p in group["IpPermissions"] if p.get("FromPort") == 22]
@@ -99,6 +99,8 @@ def test_plan_apply_status_pyinfra_destroy(cloud: Cloud, tmp_path: Path) -> None
         assert hosts[node]["ssh_hostname"] == addresses[node]["attributes"]["public_ip"]
         assert hosts[node]["servekit"]["cluster_address"] == instance["attributes"]["private_ip"]
         assert hosts[node]["ssh_user"] == "ubuntu"
+        assert "ssh_strict_host_key_checking" not in hosts[node]  # --no-wait-ssh pinned nothing
+    assert "a100-0, a100-1 have no pinned SSH host keys" in inventory.stderr
 
     destroyed = cloud.run("cloud", "destroy", PROD, "--yes")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
