@@ -45,7 +45,7 @@ def group(**changes: Any) -> AwsNodeGroup:
 
 def refusal(**changes: Any) -> str:
     with pytest.raises(FleetError) as refused:
-        group(**changes)
+        group(**changes).check()  # built on its own, an invalid group raises when used
     assert "Traceback" not in str(refused.value)
     return str(refused.value)
 
