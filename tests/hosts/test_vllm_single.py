@@ -132,6 +132,21 @@ def test_first_converge_serves_every_replica(single: Single) -> None:
     assert '"cuda": "13.0"' in marker and '"driver": "580.95.05"' in marker
 
 
+def test_units_are_hardened_on_the_host(single: Single) -> None:
+    """The host's own systemd scores each unit the deploy wrote, as loaded: <= 2.5."""
+    host = single.host
+    for unit in (*CHAT, SMALL, "servekit-firewall"):
+        out = host.run(f"systemd-analyze security {unit}.service").stdout
+        score = out.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0]
+        assert float(score) <= 2.5, (unit, out[-2000:])
+        assert host.run(f"systemctl show -p DevicePolicy {unit}.service").stdout.strip() == (
+            "DevicePolicy=closed"
+        )
+    # nft ran in its sandbox (CAP_NET_ADMIN over netlink only) and loaded the rules.
+    assert unit_show(host, "servekit-firewall", "ActiveState") == "active"
+    assert "table inet servekit" in host.run("nft list tables").stdout
+
+
 def test_second_run_changes_nothing(single: Single) -> None:
     run = single.deploy(single.fleet()).check()
     assert run.changes() == {}, run
