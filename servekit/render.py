@@ -113,7 +113,9 @@ def render_template(name: str, **values: object) -> str:
 def engine_sandbox(facts: HostFacts) -> systemd.Sandbox:
     """The sandbox of vLLM and Ray processes (and of the GPU check that proves it): vLLM's home
     writable, the GPU devices this host's driver registers."""
-    return systemd.engine_sandbox([VLLM_HOME], facts.gpu_device_groups())
+    return systemd.engine_sandbox(
+        [VLLM_HOME], facts.gpu_device_groups(), systemd.devices_note(facts.char_devices)
+    )
 
 
 def vllm_instance_name(instance: VllmInstance) -> str:
@@ -281,6 +283,7 @@ def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
             facts.gpu_device_groups(),
             # Models kept under a home directory need it visible (and writable) to the service.
             protect_home="no" if any(f"{p}/".startswith(homes) for p in writable) else "yes",
+            note=systemd.devices_note(facts.char_devices),
         ),
     )
     dropin = render_template(

@@ -191,13 +191,6 @@ COMMON: tuple[Setting, ...] = (
 )
 
 
-# vLLM and Ray: CUDA and PyTorch (and Triton's JIT) map memory writable and executable, so no
-# MemoryDenyWriteExecute. ProcSubset stays `all`: the driver's user-space library reads
-# /proc/driver/nvidia/ (params, and capabilities/ for MIG: nv.c nv_caps_root_init() creates
-# "driver/nvidia" entries with os_nv_cap_init), which ProcSubset=pid hides. AF_NETLINK: glibc's
-# getifaddrs() (NCCL's and Gloo's interface discovery, Ray's psutil.net_if_addrs) asks the kernel
-# over a NETLINK_ROUTE socket. No PrivateUsers: the GPUs' device nodes and pinned memory
-# (LimitMEMLOCK) must be the host's, not a user namespace's. Devices are added per host.
 def _with(base: tuple[Setting, ...], *changes: Setting) -> tuple[Setting, ...]:
     """`base` with the keys of `changes` replaced (in the place of their first occurrence; all
     occurrences of a repeated key go) and new keys appended."""
@@ -213,6 +206,15 @@ def _with(base: tuple[Setting, ...], *changes: Setting) -> tuple[Setting, ...]:
     return tuple(out) if placed else (*out, *changes)
 
 
+# vLLM and Ray: CUDA and PyTorch (and Triton's JIT) map memory writable and executable, so no
+# MemoryDenyWriteExecute. ProcSubset stays `all`: the driver publishes /proc/driver/nvidia/
+# (params, gpus/, and capabilities/ for MIG: open-gpu-kernel-modules kernel-open/nvidia/
+# nv-procfs.c nv_procfs_init(), nv.c nv_caps_root_init()), which ProcSubset=pid hides.
+# AF_NETLINK: glibc's getifaddrs() (NCCL's and Gloo's interface discovery, Ray's psutil
+# net_if_addrs) opens socket(PF_NETLINK, SOCK_RAW, NETLINK_ROUTE) (glibc
+# sysdeps/unix/sysv/linux/ifaddrs.c __netlink_open). No PrivateUsers: the GPUs' device nodes
+# and pinned memory (LimitMEMLOCK) stay the host's, not a user namespace's; no PrivateDevices
+# (it would hide /dev/nvidia*): DevicePolicy=closed with DeviceAllow= per host instead.
 ENGINE: tuple[Setting, ...] = (
     *COMMON,
     ("ProcSubset", "all"),
@@ -257,6 +259,7 @@ class Sandbox:
     writable: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()  # DeviceAllow= values
     protect_home: str = "yes"
+    note: str = ""  # a comment for the unit file (where the devices come from)
 
     def settings(self) -> list[Setting]:
         base = {"engine": ENGINE, "ollama": OLLAMA, "firewall": FIREWALL}[self.kind]
@@ -278,17 +281,32 @@ class Sandbox:
         return args
 
 
-def engine_sandbox(writable: Iterable[str], device_groups_: Iterable[str]) -> Sandbox:
+DEFAULT_DEVICES_NOTE = (
+    "No host read: DeviceAllow= lists the GPU groups of every NVIDIA driver branch (535: "
+    "nvidia-frontend; 545 on: nvidia, nvidiactl); a deploy allows what /proc/devices lists."
+)
+
+
+def devices_note(char_devices: Iterable[str] | None) -> str:
+    return DEFAULT_DEVICES_NOTE if char_devices is None else ""
+
+
+def engine_sandbox(
+    writable: Iterable[str], device_groups_: Iterable[str], note: str = ""
+) -> Sandbox:
     """vLLM's and Ray's sandbox: the engine settings, its home writable, the GPU devices."""
-    return Sandbox("engine", tuple(writable), tuple(device_allow(device_groups_)))
+    return Sandbox("engine", tuple(writable), tuple(device_allow(device_groups_)), note=note)
 
 
 def ollama_sandbox(
-    writable: Iterable[str], device_groups_: Iterable[str], protect_home: str = "yes"
+    writable: Iterable[str],
+    device_groups_: Iterable[str],
+    protect_home: str = "yes",
+    note: str = "",
 ) -> Sandbox:
     """Ollama's sandbox: NVIDIA's devices like the engines, and AMD/Vulkan/WSL GPUs."""
     devices = (*device_allow(device_groups_), *OLLAMA_OTHER_DEVICES)
-    return Sandbox("ollama", tuple(writable), devices, protect_home)
+    return Sandbox("ollama", tuple(writable), devices, protect_home, note)
 
 
 def firewall_sandbox() -> Sandbox:

@@ -64,7 +64,8 @@ def vllm_unit_hardening(char_devices: tuple[str, ...]) -> set[str]:
         if f.path.startswith("/etc/systemd/system/vllm-")
     ]
     service = unit.content.split("[Service]")[1].split("[Install]")[0]
-    return {line for line in service.split("# Hardening")[1].splitlines()[1:] if line}
+    block = service.split("# Hardening")[1].splitlines()[1:]
+    return {line for line in block if line and not line.startswith("#")}
 
 
 @pytest.mark.parametrize(

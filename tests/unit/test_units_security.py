@@ -132,7 +132,8 @@ def test_units_verify_clean(key: str, tmp_path: Path) -> None:
 def test_one_hardening_block_from_the_shared_definition(key: str) -> None:
     content = UNITS[key].content
     assert content.count("# Hardening (") == 1
-    block = content.split("# Hardening (")[1].split("\n", 1)[1].split("\n\n")[0].splitlines()
+    after = content.split("# Hardening (")[1].split("\n", 1)[1].split("\n\n")[0]
+    block = [line for line in after.splitlines() if not line.startswith("#")]
     kind = re.match(r"([a-z]+)\)", content.split("# Hardening (")[1])
     assert kind is not None
     base = {"engine": systemd.ENGINE, "ollama": systemd.OLLAMA, "firewall": systemd.FIREWALL}
@@ -147,6 +148,13 @@ def test_one_hardening_block_from_the_shared_definition(key: str) -> None:
     for setting in ("NoNewPrivileges", "DevicePolicy", "SystemCallFilter", "UMask"):
         outside = content.replace("\n".join(block), "")
         assert f"\n{setting}=" not in outside, setting
+
+
+def test_render_without_a_host_says_where_the_devices_come_from() -> None:
+    shown = [u.content for k, u in UNITS.items() if k.startswith(("vllm:any", "ollama:any"))]
+    assert shown and all("# No host read: DeviceAllow= lists the GPU groups" in c for c in shown)
+    read = [u.content for k, u in UNITS.items() if k.startswith("vllm:535")]
+    assert read and not any("No host read" in c for c in read)
 
 
 def test_engines_never_deny_write_execute_and_keep_proc_driver_nvidia() -> None:
