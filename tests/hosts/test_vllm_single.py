@@ -30,7 +30,11 @@ from vllm_support import (
     write_fleet,
 )
 
+from servekit import systemd
+from servekit.facts.nvidia import CudaCheck, cuda_check_command
+
 pytestmark = pytest.mark.hosts
+SERVEKIT = Path(systemd.__file__).resolve().parent
 
 ENGINE_KEY = "sk-engine-9f8e7d6c5b4a39281706"
 CHAT = ["vllm-chat-0", "vllm-chat-1"]
@@ -145,6 +149,28 @@ def test_units_are_hardened_on_the_host(single: Single) -> None:
     # nft ran in its sandbox (CAP_NET_ADMIN over netlink only) and loaded the rules.
     assert unit_show(host, "servekit-firewall", "ActiveState") == "active"
     assert "table inet servekit" in host.run("nft list tables").stdout
+
+
+def test_the_gpu_check_runs_in_the_engine_sandbox_on_real_systemd(single: Single) -> None:
+    """The GPU deploy's check command on a real systemd: every hardening property is accepted
+    by `systemd-run`, the check runs there as an unprivileged user, and (no libcuda on a test
+    host) it then runs plainly too, as it does when the sandbox may be the cause."""
+    host = single.host
+    script = "/tmp/servekit-cuda-check.py"
+    host.run(f"cat > {script}", stdin=(SERVEKIT / "cuda_check.py").read_text())
+    sandbox = systemd.gpu_check_sandbox(None)
+    whoami = [
+        *systemd.systemd_run(sandbox),
+        "/usr/bin/python3",
+        "-c",
+        "import os; print(os.getuid())",
+    ]
+    assert host.run(shlex.join(whoami)).stdout.strip() not in ("", "0")
+    output = host.run(cuda_check_command(script, systemd.systemd_run(sandbox))).stdout
+    result = CudaCheck().process(output.splitlines())
+    assert result["sandbox"] == "systemd", output
+    assert not result["ok"] and result.get("unsandboxed_ok") is False, output
+    assert str(result["error"]).startswith("libcuda.so.1:"), output  # the check ran inside
 
 
 def test_second_run_changes_nothing(single: Single) -> None:
