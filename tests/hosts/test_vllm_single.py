@@ -156,8 +156,10 @@ def test_the_gpu_check_runs_in_the_engine_sandbox_on_real_systemd(single: Single
     by `systemd-run`, the check runs there as an unprivileged user, and (no libcuda on a test
     host) it then runs plainly too, as it does when the sandbox may be the cause."""
     host = single.host
-    script = "/tmp/servekit-cuda-check.py"
-    host.run(f"cat > {script}", stdin=(SERVEKIT / "cuda_check.py").read_text())
+    script = "/usr/local/lib/servekit/cuda_check.py"  # where the GPU deploy puts it (not /tmp:
+    # the sandbox has its own)
+    host.run(f"mkdir -p /usr/local/lib/servekit && cat > {script} && chmod 755 {script}",
+             stdin=(SERVEKIT / "cuda_check.py").read_text())  # fmt: skip
     sandbox = systemd.gpu_check_sandbox(None)
     whoami = [
         *systemd.systemd_run(sandbox),
