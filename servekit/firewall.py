@@ -18,8 +18,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from servekit import systemd
 from servekit.hostplan import HostPlan
 from servekit.ollama import UNIT as OLLAMA_UNIT
 from servekit.render import FIREWALL_RULES as FIREWALL_RULES  # the paths servekit writes
@@ -250,6 +252,7 @@ def firewall_files(plan: HostPlan) -> list[RenderedFile]:
         rules_file=FIREWALL_RULES,
         nft=NFT,
         before=engine_units(plan),
+        sandbox=systemd.firewall_sandbox(),
     )
     rollback = render_template(
         "servekit-firewall-rollback.service.j2",
@@ -258,6 +261,8 @@ def firewall_files(plan: HostPlan) -> list[RenderedFile]:
         previous_table=PREVIOUS_TABLE,
         previous_rules=PREVIOUS_RULES,
         rules_file=FIREWALL_RULES,
+        # It puts the rules file back: the one folder it may write.
+        sandbox=systemd.firewall_sandbox(writable=(str(Path(FIREWALL_RULES).parent),)),
     )
     timer = render_template(
         "servekit-firewall-rollback.timer.j2", after_s=ROLLBACK_AFTER_S, unit=ROLLBACK_UNIT

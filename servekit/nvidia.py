@@ -464,6 +464,7 @@ def verify(
     cuda: CudaCheckResult | None,
     nvswitch: bool,
     toolkit: Toolkit | None = None,
+    device_allow: list[str] | None = None,
 ) -> list[Finding]:
     """Everything vLLM needs from the GPUs (and the toolkit, when asked for), checked on the host
     as it is now."""
@@ -486,7 +487,7 @@ def verify(
     )
     if nvswitch:
         findings.append(_fabric_done(fabric))
-    findings.append(_cuda_ok(cuda))
+    findings.append(_cuda_ok(cuda, device_allow or []))
     if target.cuda_toolkit:
         findings.append(_toolkit_ok(target.cuda_toolkit, toolkit))
     return findings
@@ -541,16 +542,32 @@ def _fabric_done(fabric: list[FabricGpu]) -> Finding:
     )
 
 
-def _cuda_ok(cuda: CudaCheckResult | None) -> Finding:
+def _cuda_ok(cuda: CudaCheckResult | None, device_allow: list[str]) -> Finding:
     if cuda is None:
         return Finding(False, "CUDA", "the CUDA check did not run", "run the deploy again")
+    where = (
+        "in the engine sandbox"
+        if cuda.get("sandbox") == "systemd"
+        else "unsandboxed: no systemd on this host to run it in the engine sandbox"
+    )
     if cuda.get("ok"):
         devices = cuda.get("devices", 0)
         return Finding(
             True,
             "CUDA",
             f"initialised {devices} device(s), 1 MiB allocated on each "
-            f"(driver supports CUDA {cuda.get('driver_cuda_version')})",
+            f"(driver supports CUDA {cuda.get('driver_cuda_version')}), {where}",
+        )
+    if cuda.get("sandbox") == "systemd" and cuda.get("unsandboxed_ok"):
+        allowed = ", ".join(device_allow) or "no device"
+        return Finding(
+            False,
+            "CUDA in the engine sandbox",
+            "CUDA works outside the sandbox but not inside it: the sandbox, not the driver, hides "
+            f"the GPUs, so vLLM would see none (the units allow {allowed}; "
+            f"inside: {cuda.get('error')})",
+            "compare `cat /proc/devices` with the DeviceAllow= lines of the vLLM unit and "
+            "report the missing device group to servekit",
         )
     code = cuda.get("error_code")
     meaning, fix = CUDA_ERRORS.get(code or -1, (str(cuda.get("error")), ""))

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
-from servekit import catalog, shell
+from servekit import catalog, shell, systemd
 
 System = Literal["linux", "macos"]
 
@@ -467,15 +467,7 @@ def untraversable(entries: Iterable[PathEntry], user: str, groups: Iterable[str]
     return blocked
 
 
-# --- systemd quoting ------------------------------------------------------------------------
+# --- systemd quoting: servekit/systemd.py, re-exported for existing callers -----------------
 
-
-def systemd_quote(value: str) -> str:
-    """One word for a unit file: double-quoted, `\\` and `"` escaped, `%` doubled (specifiers)."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{escaped}"'
-
-
-def environment_lines(env: Mapping[str, str]) -> list[str]:
-    """`Environment=` values for a drop-in, one quoted assignment each, in a stable order."""
-    return [systemd_quote(f"{key}={value}") for key, value in sorted(env.items())]
+systemd_quote = systemd.quote
+environment_lines = systemd.environment_lines

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
-from servekit import ollama
+from servekit import ollama, systemd
 from servekit.hostplan import (
     VLLM_CONFIG_DIR,
     VLLM_HOME,
@@ -38,6 +38,8 @@ from servekit.spec import RAY_WORKER_PORTS as RAY_WORKER_PORTS
 if TYPE_CHECKING:
     from servekit.firewall import FirewallRules
 
+VLLM_USER = "vllm"
+"""The account vLLM and Ray run as (the vLLM deploy creates it)."""
 FIREWALL_RULES = "/etc/servekit/firewall.nft"
 FIREWALL_UNIT = "servekit-firewall"
 NFT = "/usr/sbin/nft"
@@ -64,6 +66,13 @@ class HostFacts:
     interfaces: dict[str, str] = field(default_factory=dict)  # address -> interface name
     home: str | None = None  # the login user's home (macOS: Ollama lives there)
     nvidia_repository: str | None = None  # NVIDIA's repository URL for the host's release
+    # Character device groups of /proc/devices (facts/devices.py); None: not gathered, and the
+    # units allow the GPU groups of every driver branch (systemd.DEFAULT_GPU_GROUPS).
+    char_devices: tuple[str, ...] | None = None
+
+    def gpu_device_groups(self) -> list[str]:
+        """The GPU/RDMA device groups the engine units allow on this host."""
+        return systemd.device_groups(self.char_devices)
 
 
 def placeholder(source: SecretSource) -> str:
@@ -78,7 +87,9 @@ def templates_dir() -> Path:
 
 @cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    """Templates with systemd's quoting as filters: every unit value from a plan goes through
+    one of them (servekit/systemd.py)."""
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -86,10 +97,27 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters.update(
+        systemd_quote=systemd.quote,
+        systemd_env=systemd.environment,
+        systemd_exec=systemd.exec_argv,
+        systemd_path=systemd.path,
+        systemd_bare_path=systemd.bare_path,
+        systemd_name=systemd.name,
+    )
+    return env
 
 
 def render_template(name: str, **values: object) -> str:
     return environment().get_template(name).render(**values)
+
+
+def engine_sandbox(facts: HostFacts) -> systemd.Sandbox:
+    """The sandbox of vLLM and Ray processes (and of the GPU check that proves it): vLLM's home
+    writable, the GPU devices this host's driver registers."""
+    return systemd.engine_sandbox(
+        [VLLM_HOME], facts.gpu_device_groups(), systemd.devices_note(facts.char_devices)
+    )
 
 
 def vllm_instance_name(instance: VllmInstance) -> str:
@@ -170,9 +198,11 @@ def ray_files(plan: HostPlan, instance: VllmInstance, facts: HostFacts) -> list[
         node_rank=instance.node_rank,
         nnodes=instance.nnodes,
         home=VLLM_HOME,
+        user=VLLM_USER,
         env=env,
-        venv=paths["venv"],
-        args=ray_args(instance, plan),
+        exec_start=[f"{paths['venv']}/bin/ray", "start", "--block", *ray_args(instance, plan)],
+        exec_stop=[f"{paths['venv']}/bin/ray", "stop", "--force"],
+        sandbox=engine_sandbox(facts),
     )
     return [RenderedFile(paths["ray_unit_file"], unit, "0644")]
 
@@ -202,10 +232,11 @@ def vllm_files(
         nnodes=instance.nnodes,
         checkpoint=instance.checkpoint,
         home=VLLM_HOME,
+        user=VLLM_USER,
         env={**instance.env, **_cluster_env(instance, plan, facts)},
         env_file=paths["env_file"],
-        config_file=paths["config_file"],
-        venv=paths["venv"],
+        exec_start=[f"{paths['venv']}/bin/vllm", "serve", "--config", paths["config_file"]],
+        sandbox=engine_sandbox(facts),
         ready_timeout_s=instance.ready_timeout_s,
         after=[f"{ray_unit(instance)}.service"] if uses_ray(instance) else [],
     )
@@ -254,11 +285,14 @@ def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
         fleet=plan.fleet,
         user=ollama.SERVICE_USER,
         home=ollama.SERVICE_HOME,
-        home_env=ollama.systemd_quote(f"HOME={ollama.SERVICE_HOME}"),
-        binary=ollama.LINUX_BINARY,
-        writable=[ollama.systemd_quote(path) for path in writable],
-        # Models kept under a home directory need it visible (and writable) to the service.
-        protect_home="no" if any(f"{p}/".startswith(homes) for p in writable) else "yes",
+        exec_start=[ollama.LINUX_BINARY, "serve"],
+        sandbox=systemd.ollama_sandbox(
+            writable,
+            facts.gpu_device_groups(),
+            # Models kept under a home directory need it visible (and writable) to the service.
+            protect_home="no" if any(f"{p}/".startswith(homes) for p in writable) else "yes",
+            note=systemd.devices_note(facts.char_devices),
+        ),
         firewall=_ollama_firewalled(plan),
     )
     dropin = render_template(

@@ -17,8 +17,9 @@ from pyinfra.context import host
 from pyinfra.facts.apt import noninteractive_apt
 from pyinfra.facts.server import Which
 
-from servekit import nvidia
+from servekit import nvidia, systemd
 from servekit.deploys.common import Commands, failure
+from servekit.facts.devices import CharDevices
 from servekit.facts.nvidia import (
     AptVersions,
     CudaCheck,
@@ -234,21 +235,30 @@ def rebooted(reason: str, timeout: int = 600, interval: int = 2) -> Commands:
 def verified(target: GpuTarget, script: str) -> Commands:
     """
     Check what vLLM needs: the declared GPUs, a driver at least the pinned engines' minimum,
-    persistence mode, a trained NVSwitch fabric, and CUDA initialising through the driver API.
-    A converged host gets no command; a failing one stops with each failure's meaning and fix.
+    persistence mode, a trained NVSwitch fabric, and CUDA initialising through the driver API,
+    inside the engine units' sandbox (systemd-run with their hardening and the DeviceAllow=
+    lines of the device groups this driver registers in /proc/devices), so that a host that
+    passes proves the engines will see their GPUs. A converged host gets no command; a
+    failing one stops with each failure's meaning and fix.
 
     + target: what the fleet declares for this host
     + script: the uploaded CUDA check (servekit/cuda_check.py)
     """
     smi = host.get_fact(NvidiaGpus)
     nvswitch = nvswitch_present()
+    groups = host.get_fact(CharDevices)
+    sandbox = systemd.gpu_check_sandbox(groups)
+    cuda = None
+    if smi["state"] == "ok":
+        cuda = host.get_fact(CudaCheck, script=script, run_args=systemd.systemd_run(sandbox))
     findings = nvidia.verify(
         target,
         smi,
         host.get_fact(FabricState) if nvswitch else [],
-        host.get_fact(CudaCheck, script=script) if smi["state"] == "ok" else None,
+        cuda,
         nvswitch,
         host.get_fact(CudaToolkit, version=target.cuda_toolkit) if target.cuda_toolkit else None,
+        device_allow=list(sandbox.devices),
     )
     failed = [f for f in findings if not f.ok]
     if failed:

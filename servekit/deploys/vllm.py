@@ -59,6 +59,7 @@ from servekit.deploys.hoststate import (
     view,
 )
 from servekit.deploys.rollout import Process, Status, current
+from servekit.facts.devices import PROC_DEVICES, char_device_groups
 from servekit.facts.nvidia import NvidiaGpus
 from servekit.firewall import FIREWALL_RULES, FIREWALL_UNIT
 from servekit.hostplan import (
@@ -70,6 +71,7 @@ from servekit.hostplan import (
     VllmInstance,
 )
 from servekit.render import (
+    VLLM_USER,
     HostFacts,
     RenderedFile,
     render_host,
@@ -82,7 +84,6 @@ from servekit.shell import quote as q
 from servekit.spec import RAY_PORT
 from servekit.weights import HF_HOME, MARKERS_DIR, MODELS_DIR, WeightsLocation, locate, s3_prefix
 
-VLLM_USER = "vllm"
 UNIT_DIR = "/etc/systemd/system"
 SERVEKIT_MARK = "Written by servekit."
 TOOLS_VENV = "/opt/servekit/tools"
@@ -258,7 +259,7 @@ class HostWork:
             "packages": list(APT_PACKAGES),
             "user": VLLM_USER,
             "paths": sorted(set(paths)),
-            "read": [f"{self.venv}/{VENV_MARKER}", f"{TOOLS_VENV}/{VENV_MARKER}"],
+            "read": [f"{self.venv}/{VENV_MARKER}", f"{TOOLS_VENV}/{VENV_MARKER}", PROC_DEVICES],
             "globs": [
                 f"{UNIT_DIR}/vllm-*.service",
                 f"{UNIT_DIR}/ray-*.service",
@@ -297,8 +298,13 @@ def host_work(plan: HostPlan) -> HostWork:
 
 
 def desired_files(work: HostWork, state: dict[str, Any]) -> dict[str, RenderedFile]:
-    """Every file of the host, secrets filled in, interfaces from the host's state."""
-    facts = HostFacts(interfaces=state.get("interfaces") or {})
+    """Every file of the host, secrets filled in, interfaces and the GPU device groups the
+    driver registers (/proc/devices) from the host's state."""
+    groups = char_device_groups(state["read"].get(PROC_DEVICES))
+    facts = HostFacts(
+        interfaces=state.get("interfaces") or {},
+        char_devices=None if groups is None else tuple(groups),
+    )
     return {f.path: f for f in render_host(work.plan, secret=read_secret, facts=facts)}
 
 

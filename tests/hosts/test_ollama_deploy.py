@@ -174,6 +174,10 @@ def test_install_serves_the_models_on_loopback_and_a_second_run_changes_nothing(
         "PrivateTmp=yes",
         "User=ollama",
     }
+    # The host's own systemd scores the unit as loaded (servekit/systemd.py's hardening).
+    out = server.run("systemd-analyze security ollama.service").stdout
+    score = out.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0]
+    assert float(score) <= 2.5, out[-2000:]
     # Ollama listens on loopback only: the other host cannot connect.
     listening = server.run("ss -Hltn 'sport = :11434'").stdout.split()
     assert "127.0.0.1:11434" in listening, listening

@@ -30,7 +30,11 @@ from vllm_support import (
     write_fleet,
 )
 
+from servekit import systemd
+from servekit.facts.nvidia import CudaCheck, cuda_check_command
+
 pytestmark = pytest.mark.hosts
+SERVEKIT = Path(systemd.__file__).resolve().parent
 
 ENGINE_KEY = "sk-engine-9f8e7d6c5b4a39281706"
 CHAT = ["vllm-chat-0", "vllm-chat-1"]
@@ -130,6 +134,45 @@ def test_first_converge_serves_every_replica(single: Single) -> None:
     assert link == "/opt/vllm/venvs/0.33.0"
     marker = host.run("cat /opt/vllm/venvs/0.33.0/.servekit-install.json").stdout
     assert '"cuda": "13.0"' in marker and '"driver": "580.95.05"' in marker
+
+
+def test_units_are_hardened_on_the_host(single: Single) -> None:
+    """The host's own systemd scores each unit the deploy wrote, as loaded: <= 2.5."""
+    host = single.host
+    for unit in (*CHAT, SMALL, "servekit-firewall"):
+        out = host.run(f"systemd-analyze security {unit}.service").stdout
+        score = out.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0]
+        assert float(score) <= 2.5, (unit, out[-2000:])
+        assert host.run(f"systemctl show -p DevicePolicy {unit}.service").stdout.strip() == (
+            "DevicePolicy=closed"
+        )
+    # nft ran in its sandbox (CAP_NET_ADMIN over netlink only) and loaded the rules.
+    assert unit_show(host, "servekit-firewall", "ActiveState") == "active"
+    assert "table inet servekit" in host.run("nft list tables").stdout
+
+
+def test_the_gpu_check_runs_in_the_engine_sandbox_on_real_systemd(single: Single) -> None:
+    """The GPU deploy's check command on a real systemd: every hardening property is accepted
+    by `systemd-run`, the check runs there as an unprivileged user, and (no libcuda on a test
+    host) it then runs plainly too, as it does when the sandbox may be the cause."""
+    host = single.host
+    script = "/usr/local/lib/servekit/cuda_check.py"  # where the GPU deploy puts it (not /tmp:
+    # the sandbox has its own)
+    host.run(f"mkdir -p /usr/local/lib/servekit && cat > {script} && chmod 755 {script}",
+             stdin=(SERVEKIT / "cuda_check.py").read_text())  # fmt: skip
+    sandbox = systemd.gpu_check_sandbox(None)
+    whoami = [
+        *systemd.systemd_run(sandbox),
+        "/usr/bin/python3",
+        "-c",
+        "import os; print(os.getuid())",
+    ]
+    assert host.run(shlex.join(whoami)).stdout.strip() not in ("", "0")
+    output = host.run(cuda_check_command(script, systemd.systemd_run(sandbox))).stdout
+    result = CudaCheck().process(output.splitlines())
+    assert result["sandbox"] == "systemd", output
+    assert not result["ok"] and result.get("unsandboxed_ok") is False, output
+    assert str(result["error"]).startswith("libcuda.so.1:"), output  # the check ran inside
 
 
 def test_second_run_changes_nothing(single: Single) -> None:

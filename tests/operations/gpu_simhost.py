@@ -16,6 +16,7 @@ import shlex
 import uuid
 from dataclasses import dataclass, field
 from io import IOBase
+from pathlib import Path
 from typing import Any
 
 from pyinfra.api import Config, Inventory, State
@@ -29,6 +30,11 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 from servekit import catalog
 
 STATUS = "servekit-status="
+PROC_DEVICES = Path(__file__).resolve().parents[1] / "data/proc-devices"
+# The device groups CUDA opens per driver branch (see servekit/systemd.py for the sources):
+# the GPUs and the control device at major 195, and UVM.
+CUDA_GROUPS_545_ON = ("nvidia", "nvidiactl", "nvidia-uvm")
+CUDA_GROUPS_535 = ("nvidia-frontend", "nvidia-uvm")
 KEYRING_URL = re.compile(r"download-file '?(\S+?/([a-z0-9]+)/([a-z0-9_]+)/cuda-keyring_[^ ']+)'? ")
 
 
@@ -92,6 +98,10 @@ class SimHost:
     services_enabled: set[str] = field(default_factory=set)
     apt_lists: bool = False  # apt knows NVIDIA's repository (after `apt-get update`)
     recorded: dict[str, list[str]] = field(default_factory=dict)  # command fragment -> output
+    recorded_cuda_check: list[str] | None = None  # the CUDA check's own output, if recorded
+    # /proc/devices (tests/data/proc-devices/NAME.txt): by default the loaded driver's branch
+    proc_devices: str | None = None
+    sandbox_hides_gpus: bool = False  # a sandbox that denies a device CUDA needs
     boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     boots: int = 0
     reboot_pending: bool = False
@@ -180,6 +190,37 @@ class SimHost:
         ok = {"ok": True, "error": None, "devices": self.board.count, "driver_cuda_version": "13.0"}
         return [json.dumps(ok), f"{STATUS}0"]
 
+    def proc_devices_lines(self) -> list[str]:
+        name = self.proc_devices
+        if name is None:
+            branch = int(self.loaded_driver.split(".")[0]) if self.loaded_driver else 0
+            name = "no-gpu" if not branch else "branch-535" if branch < 545 else "branch-580"
+        return (PROC_DEVICES / f"{name}.txt").read_text().splitlines()
+
+    def sandboxed_cuda_check(self, command: str) -> list[str]:
+        """The check as `cuda_check_command` runs it: in the sandbox where systemd runs (CUDA
+        fails there unless the sandbox allows the groups the driver registers), and plainly
+        after a failure there or without systemd."""
+        plain = self.recorded_cuda_check or self.cuda_check()
+        if not self.systemd:
+            return ["servekit-cuda-sandbox=none", *plain]
+        assert command.index("systemd-run") < command.index("cuda_check.py")
+        registered = {line.split()[1] for line in self.proc_devices_lines() if line[:1] == " "}
+        registered |= {line.split()[1] for line in self.proc_devices_lines() if line[:1].isdigit()}
+        needed = CUDA_GROUPS_545_ON if "nvidia" in registered else CUDA_GROUPS_535
+        allowed = set(re.findall(r"DeviceAllow=char-([\w-]+) rw", command))
+        if self.sandbox_hides_gpus or not set(needed) <= allowed:
+            hidden = '{"ok": false, "error": "cuInit failed with CUDA_ERROR_NO_DEVICE (100)", '
+            hidden += '"error_code": 100}'
+            return [
+                "servekit-cuda-sandbox=systemd",
+                hidden,
+                "servekit-cuda-unsandboxed",
+                *plain[:-1],
+                f"{STATUS}1",
+            ]
+        return ["servekit-cuda-sandbox=systemd", *plain]
+
     def available(self, name: str) -> dict[str, list[str]]:
         offered = dict(self.archive.get(name, {}))
         if self.apt_lists:
@@ -241,8 +282,12 @@ class SimHost:
                     reverse=True,
                 )
             ]
+        if "servekit-cuda-sandbox=" in command and "cuda_check.py" in command:
+            return True, self.sandboxed_cuda_check(command)
         if "then python3 " in command and "cuda_check.py" in command:
             return True, self.cuda_check()
+        if command.startswith("cat /proc/devices"):
+            return True, self.proc_devices_lines()
         if "random/boot_id" in command:
             return True, [self.boot_id]
         if "nvcc" in command:

@@ -111,10 +111,10 @@ def test_the_unit_carries_nixos_hardening_with_gpu_devices_only() -> None:
         "PrivateTmp=yes",
         "NoNewPrivileges=yes",
         "DevicePolicy=closed",
-        "DeviceAllow=char-nvidia-uvm",
-        "DeviceAllow=char-nvidiactl",
-        "DeviceAllow=char-kfd",
-        "DeviceAllow=char-drm",
+        "DeviceAllow=char-nvidia-uvm rw",
+        "DeviceAllow=char-nvidiactl rw",
+        "DeviceAllow=char-kfd rw",
+        "DeviceAllow=char-drm rw",
         "CapabilityBoundingSet=",
         "MemoryDenyWriteExecute=yes",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
@@ -123,16 +123,33 @@ def test_the_unit_carries_nixos_hardening_with_gpu_devices_only() -> None:
     ):
         assert directive in lines, directive
     allowed = {line.split("=", 1)[1] for line in lines if line.startswith("DeviceAllow=")}
+    # Without the host's /proc/devices: NVIDIA's groups of every driver branch (`nvidia` is
+    # the GPUs themselves from 545 on: without it Ollama would fall back to the CPU).
     assert allowed == {
-        "char-nvidiactl",
-        "char-nvidia-caps",
-        "char-nvidia-frontend",
-        "char-nvidia-uvm",
-        "char-drm",
-        "char-fb",
-        "char-kfd",
-        "/dev/dxg",
+        "char-nvidia rw",
+        "char-nvidiactl rw",
+        "char-nvidia-frontend rw",
+        "char-nvidia-uvm rw",
+        "char-nvidia-caps rw",
+        "char-nvidia-nvswitch rw",
+        "char-nvidia-caps-imex-channels rw",
+        "char-drm rw",
+        "char-fb rw",
+        "char-kfd rw",
+        "/dev/dxg rw",
     }
+
+
+def test_the_unit_allows_the_gpu_groups_the_host_registers() -> None:
+    facts = HostFacts(char_devices=("mem", "nvidia", "nvidiactl", "nvidia-uvm", "drm"))
+    (unit, _dropin) = ollama_files(host_plan(), facts)
+    allowed = [line for line in unit.content.splitlines() if line.startswith("DeviceAllow=")]
+    assert allowed[:3] == [
+        "DeviceAllow=char-nvidia rw",
+        "DeviceAllow=char-nvidiactl rw",
+        "DeviceAllow=char-nvidia-uvm rw",
+    ]
+    assert "DeviceAllow=char-nvidia-frontend rw" not in allowed
 
 
 @pytest.mark.parametrize(
