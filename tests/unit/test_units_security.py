@@ -117,6 +117,10 @@ def test_units_verify_clean(key: str, tmp_path: Path) -> None:
     unit = UNITS[key]
     path = tmp_path / Path(unit.path).name
     path.write_text(unit.content)
+    # Engines require the firewall unit: it sits beside them, as on a host.
+    firewall = next(u for k, u in UNITS.items() if k.endswith(":servekit-firewall.service"))
+    if path.name != "servekit-firewall.service":
+        (tmp_path / "servekit-firewall.service").write_text(firewall.content)
     result = subprocess.run(
         ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, check=False
     )
