@@ -388,7 +388,10 @@ def test_controls_are_accepted_and_reach_the_listener(
         assert outcome.connections == 0 and "no address yet" in outcome.output
     else:
         assert outcome.connections >= 1, f"pyinfra never reached the listener:\n{outcome.output}"
-    assert "Traceback" not in outcome.output
+    # The listener hangs up before SSH's banner, so paramiko's own traceback may follow; loading
+    # the inventory must print none.
+    loading = outcome.output.split("--> Connecting to hosts", 1)[0]
+    assert "Traceback" not in loading and "Connecting to hosts" in outcome.output
 
 
 def test_corpus_covers_every_family() -> None:

@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -37,12 +38,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from servekit import nvidia, ollama
+from servekit.deploys import pyenv
 from servekit.errors import FleetError
 from servekit.hostplan import HostPlan
 from servekit.placement import plan_fleet
 from servekit.render import HostFacts, RenderedFile, render_host
 from servekit.spec import (
     Fleet,
+    Gateway,
     Gpu,
     HuggingFace,
     LocalPath,
@@ -74,16 +77,37 @@ HOSTILE = st.sampled_from(
     ]
 )  # fmt: skip
 TEXT = st.text(min_size=1, max_size=24)
+ATTACKS = (
+    "x\nExecStartPre=+/bin/sh -c id",
+    "x$(touch /tmp/pwned)",
+    "x`id`",
+    'x" "OLLAMA_HOST=0.0.0.0',
+    "x; id",
+    "../../etc",
+    "x\u2028y",
+    "[/]x",
+)
+URL_ATTACKS = (
+    "https://user:pass@mirror.example/simple",
+    "ftp://mirror.example/x",
+    "file:///etc",
+    "https://",
+    "https://mirror.example/x\nTrusted: yes",
+    "https://mirror.example/$(id)",
+    "https://mirror.example/x'\"",
+)
 HOSTILE_TEXT = st.lists(st.one_of(HOSTILE, TEXT), min_size=1, max_size=6).map("".join)
 
 
-def values(benign: list[str]) -> st.SearchStrategy[str]:
-    """Plausible values, plausible values with something hostile inside, and random text."""
+def values(benign: list[str], attacks: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
+    """Plausible values, plausible values with something hostile inside, random text, and the
+    attacks issue 11 found (for the field at hand)."""
     plausible = st.sampled_from(benign)
     spliced = st.tuples(plausible, HOSTILE_TEXT, st.booleans()).map(
         lambda t: t[0] + t[1] if t[2] else t[1] + t[0]
     )
-    return st.one_of(plausible, spliced, HOSTILE_TEXT, st.text(max_size=40))
+    known = st.sampled_from([*ATTACKS, *attacks])
+    return st.one_of(plausible, spliced, HOSTILE_TEXT, st.text(max_size=40), known)
 
 
 def accepted(build: Callable[[], Fleet]) -> Fleet | None:
@@ -120,9 +144,9 @@ def unit_directives(text: str) -> list[tuple[str, str, str]]:
     return directives
 
 
-def environment(directives: list[tuple[str, str, str]]) -> dict[str, str]:
-    """The variables `Environment=` lines assign (quotes removed, `%%` undone)."""
-    env: dict[str, str] = {}
+def assignments(directives: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """The (variable, value) pairs `Environment=` lines assign (quotes removed, `%%` undone)."""
+    pairs: list[tuple[str, str]] = []
     for _section, key, value in directives:
         if key == "Environment":
             try:
@@ -131,15 +155,19 @@ def environment(directives: list[tuple[str, str, str]]) -> dict[str, str]:
                 words = [f"<unbalanced quotes>={value}"]
             for word in words:
                 name, _, assigned = word.partition("=")
-                env[name] = assigned.replace("%%", "%")
-    return env
+                pairs.append((name, assigned.replace("%%", "%")))
+    return pairs
+
+
+def environment(directives: list[tuple[str, str, str]]) -> dict[str, str]:
+    return dict(assignments(directives))
 
 
 def shape(text: str) -> Counter[tuple[str, str]]:
-    """What a unit sets: its (section, directive) pairs and its environment variable names."""
+    """What a unit sets: its (section, directive) pairs and the variables it assigns."""
     directives = unit_directives(text)
     return Counter(
-        [(s, k) for s, k, _ in directives] + [("env", n) for n in environment(directives)]
+        [(s, k) for s, k, _ in directives] + [("env", n) for n, _ in assignments(directives)]
     )
 
 
@@ -316,7 +344,7 @@ def assert_install_literal(version: str, base: str) -> None:
 
 
 @PROPERTY
-@given(values(["0.32.3", "0.20.0", "0.17.1", "1.0.0"]))
+@given(values(["0.32.3", "0.20.0", "0.17.1", "1.0.0"], ("0.99.0$(id)", "0.99.0`id`", "0.99.0\n")))
 def test_ollama_version(value: str) -> None:
     fleet = accepted(lambda: ollama_fleet(versions=Versions(ollama=value)))
     assume(fleet is not None)
@@ -328,7 +356,8 @@ def test_ollama_version(value: str) -> None:
 @PROPERTY
 @given(
     values(
-        [OLLAMA_RELEASE_BASE, "https://mirror.example.com/ollama", "http://10.0.0.2:8080/releases"]
+        [OLLAMA_RELEASE_BASE, "https://mirror.example.com/ollama", "http://10.0.0.2:8080/releases"],
+        URL_ATTACKS,
     )
 )
 def test_ollama_releases_url(value: str) -> None:
@@ -336,6 +365,37 @@ def test_ollama_releases_url(value: str) -> None:
     assume(fleet is not None)
     assert fleet is not None
     assert_install_literal(fleet.versions.ollama, value)
+
+
+INDEX_URLS = [
+    "https://pypi.org/simple",
+    "http://10.0.0.2:3141/root/pypi/+simple",
+    "https://m.example/py",
+]
+
+
+@PROPERTY
+@given(
+    values(INDEX_URLS, URL_ATTACKS), st.sampled_from(["python_index", "torch_index", "vllm_wheels"])
+)
+def test_python_index_urls(value: str, field: str) -> None:
+    """Index URLs reach pip/uv as one argv word each, with no credentials in them."""
+    fleet = accepted(
+        lambda: vllm_fleet(sources=Sources(**{field: value}, weights=HuggingFace(token=KEY)))
+    )
+    assume(fleet is not None)
+    assert fleet is not None
+    assert urlsplit(value).username is None and urlsplit(value).password is None
+    for command in (
+        pyenv.bootstrap_uv(value),
+        pyenv.install_packages("/opt/v", ["vllm==0.33.0"], value, extra_index_urls=[value]),
+    ):
+        words = shlex.split(command)
+        assert words.count(value) >= 1, command
+        for flag in ("--index-url", "--extra-index-url"):
+            for i, word in enumerate(words[:-1]):
+                if word == flag:
+                    assert words[i + 1] == value, command
 
 
 # ------------------------------------------------------------------ vLLM, apt and nftables
@@ -423,7 +483,8 @@ def apt_fields(files: list[RenderedFile]) -> dict[str, str]:
             "https://developer.download.nvidia.com/compute/cuda/repos",
             "http://10.0.0.2:8080/cuda",
             "https://mirror.example.com/nvidia/cuda/repos",
-        ]
+        ],
+        URL_ATTACKS,
     )
 )
 def test_nvidia_apt_url(value: str) -> None:
@@ -464,15 +525,23 @@ def nft_check(text: str) -> None:
 
 
 @PROPERTY
-@given(values(["10.0.0.20", "192.168.1.7", "fd00::20", "10.0.0.255"]))
+@given(
+    values(
+        ["10.0.0.20", "192.168.1.7", "fd00::20", "10.0.0.255"],
+        ("10.0.0.9, 0.0.0.0/0", "10.0.0.0/8", "10.0.0.9:22", "10.0.0.9 10.0.0.10", "::/0"),
+    )
+)
 def test_address_in_firewall(value: str) -> None:
-    """A monitoring host's address is admitted to the engine port: exactly that address."""
+    """A monitoring host's address is admitted to the engine port behind a gateway: exactly
+    that address (and the gateway's), as literals."""
     fleet = accepted(
         lambda: vllm_fleet(
             machines=[
                 SshHost(name="gpu1", address="10.0.0.11", gpu=Gpu(model="A100-80GB")),
+                SshHost(name="gw1", address="10.0.0.30"),
                 SshHost(name="mon1", address=value),
             ],
+            gateway=Gateway(host="gw1", api_keys=KEY),
             monitoring=Monitoring(host="mon1"),
         )
     )
@@ -483,16 +552,27 @@ def test_address_in_firewall(value: str) -> None:
     assert plan is not None
     rules = next(f.content for f in render_host(plan) if f.path.endswith(".nft"))
     admitted = nft_addresses(rules)
+    assert "10.0.0.30" in admitted, rules  # the check sees the sets at all
     for address in admitted:
         ipaddress.ip_address(address)  # literals only: no CIDR, list, name or junk
-    assert len(admitted) <= len(plan.firewall_allow) or not admitted
     try:
-        literal = ipaddress.ip_address(value)
+        literal: str | None = str(ipaddress.ip_address(value))
     except ValueError:
         literal = None
     if literal is not None:
-        assert admitted == [str(literal)]
+        assert sorted(set(admitted)) == sorted({"10.0.0.30", literal}), rules
+    else:
+        resolved = {a for a in plan.firewall_allow if _is_ip(a)}
+        assert set(admitted) <= {"10.0.0.30"} | resolved, rules
     nft_check(rules)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def test_unit_shape_sees_an_injected_directive() -> None:
