@@ -1,13 +1,13 @@
 # family: injection
 # expect-field: serve[0].model
 # refused-by: plan render pyinfra
-# deploy: vllm
+# deploy: ollama
 """'[/]' in a value once crashed the CLI's rich output."""
 
 import os
 
 from servekit.inventory import pyinfra_groups
-from servekit.spec import Fleet, Gpu, HuggingFace, SecretRef, Serve, Sources, SshHost
+from servekit.spec import Fleet, Gpu, Serve, SshHost
 
 # The harness opens a TCP listener here: nothing may connect to it.
 PORT = int(os.environ.get("SERVEKIT_BADFLEET_PORT", "22"))
@@ -16,18 +16,16 @@ fleet = Fleet(
     name="bad-rich-markup-in-value",
     machines=[
         SshHost(
-            name="gpu1",
+            name="box1",
             address="127.0.0.1",
             ssh_port=PORT,
             ssh_user="ubuntu",
-            gpu=Gpu(model="A100-80GB", count=1),
+            gpu=Gpu(model="L4", count=1),
         ),
     ],
     serve=[
-        Serve(model="[/]llama[bold]"),
+        Serve(model="llama3.1:8b[/]x[bold]", engine="ollama"),
     ],
-    engine_api_key=SecretRef(env="SERVEKIT_BADFLEET_KEY"),
-    sources=Sources(weights=HuggingFace(token=SecretRef(env="SERVEKIT_BADFLEET_KEY"))),
 )
 
 gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)

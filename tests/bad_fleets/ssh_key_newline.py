@@ -13,7 +13,7 @@ from servekit.spec import Fleet, Gpu, HuggingFace, SecretRef, Serve, Sources, Ss
 PORT = int(os.environ.get("SERVEKIT_BADFLEET_PORT", "22"))
 
 fleet = Fleet(
-    name="bad-ssh-key-relative-dotdot",
+    name="bad-ssh-key-newline",
     machines=[
         SshHost(
             name="gpu1",
