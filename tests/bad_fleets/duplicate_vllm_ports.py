@@ -24,7 +24,7 @@ fleet = Fleet(
         ),
     ],
     serve=[
-        Serve(model="llama-3.1-8b-instruct", gpus_per_replica=1, port=8100),
+        Serve(model="llama-3.1-8b-instruct", gpus_per_replica=1, replicas=1, port=8100),
         Serve(model="qwen2.5-7b-instruct", gpus_per_replica=1, port=8100),
     ],
     engine_api_key=SecretRef(env="SERVEKIT_BADFLEET_KEY"),

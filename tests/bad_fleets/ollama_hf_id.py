@@ -24,7 +24,7 @@ fleet = Fleet(
         ),
     ],
     serve=[
-        Serve(model="meta-llama/Llama-3.1-8B-Instruct", engine="ollama"),
+        Serve(model="acme/private-model-7b", engine="ollama"),
     ],
 )
 

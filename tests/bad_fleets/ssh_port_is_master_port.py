@@ -1,5 +1,5 @@
 # family: ports
-# expect-field: machines[0].ssh_port
+# expect-field: machines[0].ssh_port | serve[0].nodes_per_replica
 # refused-by: plan render pyinfra
 # deploy: vllm
 # listen: 29501

@@ -1,5 +1,5 @@
 # family: ports
-# expect-field: machines[1].ssh_port
+# expect-field: machines[1].ssh_port | serve[0].distributed_backend
 # refused-by: plan render pyinfra
 # deploy: vllm
 # listen: 6380

@@ -2,7 +2,7 @@
 # expect-field: serve[0].tensor_parallel
 # refused-by: plan render pyinfra
 # deploy: vllm
-"""tensor_parallel=3 does not divide Llama 8B's 32 attention heads."""
+"""tensor_parallel=3 (on three GPUs) does not divide Llama 8B's 32 attention heads."""
 
 import os
 
@@ -20,7 +20,7 @@ fleet = Fleet(
             address="127.0.0.1",
             ssh_port=PORT,
             ssh_user="ubuntu",
-            gpu=Gpu(model="A100-80GB", count=4),
+            gpu=Gpu(model="A100-80GB", count=3),
         ),
     ],
     serve=[

@@ -1,5 +1,5 @@
 # family: gpu-model
-# expect-field: serve[0].engine
+# expect-field: serve[0].engine | serve[0].hosts
 # refused-by: plan render pyinfra
 # deploy: vllm
 """vLLM on an Apple machine."""

@@ -24,7 +24,7 @@ fleet = Fleet(
         ),
     ],
     serve=[
-        Serve(model="llama-3.1-8b-instruct", gpus_per_replica=1, port=11434),
+        Serve(model="llama-3.1-8b-instruct", gpus_per_replica=1, replicas=1, port=11434),
         Serve(model="llama3.1:8b", engine="ollama"),
     ],
     engine_api_key=SecretRef(env="SERVEKIT_BADFLEET_KEY"),
