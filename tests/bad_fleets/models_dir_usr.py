@@ -1,0 +1,32 @@
+# family: paths
+# expect-field: ollama.models_dir
+# refused-by: plan render pyinfra
+# deploy: ollama
+"""OllamaSettings(models_dir='/usr'): a system directory."""
+
+import os
+
+from servekit.inventory import pyinfra_groups
+from servekit.spec import Fleet, Gpu, OllamaSettings, Serve, SshHost
+
+# The harness opens a TCP listener here: nothing may connect to it.
+PORT = int(os.environ.get("SERVEKIT_BADFLEET_PORT", "22"))
+
+fleet = Fleet(
+    name="bad-models-dir-usr",
+    machines=[
+        SshHost(
+            name="box1",
+            address="127.0.0.1",
+            ssh_port=PORT,
+            ssh_user="ubuntu",
+            gpu=Gpu(model="L4", count=1),
+        ),
+    ],
+    serve=[
+        Serve(model="llama3.1:8b", engine="ollama"),
+    ],
+    ollama=OllamaSettings(models_dir="/usr"),
+)
+
+gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)

@@ -1,0 +1,32 @@
+# family: versions
+# expect-field: sources.ollama_releases
+# refused-by: plan render pyinfra
+# deploy: ollama
+"""Sources(ollama_releases='https://mirror.example/ollama\\nExecStartPre=+/bin/id'): a newline."""
+
+import os
+
+from servekit.inventory import pyinfra_groups
+from servekit.spec import Fleet, Gpu, Serve, Sources, SshHost
+
+# The harness opens a TCP listener here: nothing may connect to it.
+PORT = int(os.environ.get("SERVEKIT_BADFLEET_PORT", "22"))
+
+fleet = Fleet(
+    name="bad-ollama-releases-newline",
+    machines=[
+        SshHost(
+            name="box1",
+            address="127.0.0.1",
+            ssh_port=PORT,
+            ssh_user="ubuntu",
+            gpu=Gpu(model="L4", count=1),
+        ),
+    ],
+    serve=[
+        Serve(model="llama3.1:8b", engine="ollama"),
+    ],
+    sources=Sources(ollama_releases="https://mirror.example/ollama\nExecStartPre=+/bin/id"),
+)
+
+gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)

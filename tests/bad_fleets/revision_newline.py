@@ -1,0 +1,33 @@
+# family: injection
+# expect-field: serve[0].revision
+# refused-by: plan render pyinfra
+# deploy: vllm
+"""Serve(revision=...) with "main\nExecStartPre=+/bin/id"."""
+
+import os
+
+from servekit.inventory import pyinfra_groups
+from servekit.spec import Fleet, Gpu, HuggingFace, SecretRef, Serve, Sources, SshHost
+
+# The harness opens a TCP listener here: nothing may connect to it.
+PORT = int(os.environ.get("SERVEKIT_BADFLEET_PORT", "22"))
+
+fleet = Fleet(
+    name="bad-revision-newline",
+    machines=[
+        SshHost(
+            name="gpu1",
+            address="127.0.0.1",
+            ssh_port=PORT,
+            ssh_user="ubuntu",
+            gpu=Gpu(model="A100-80GB", count=1),
+        ),
+    ],
+    serve=[
+        Serve(model="llama-3.1-8b-instruct", revision="main\nExecStartPre=+/bin/id"),
+    ],
+    engine_api_key=SecretRef(env="SERVEKIT_BADFLEET_KEY"),
+    sources=Sources(weights=HuggingFace(token=SecretRef(env="SERVEKIT_BADFLEET_KEY"))),
+)
+
+gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)

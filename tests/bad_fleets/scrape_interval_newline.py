@@ -1,0 +1,34 @@
+# family: injection
+# expect-field: monitoring.scrape_interval
+# refused-by: plan render pyinfra
+# deploy: vllm
+"""Monitoring(scrape_interval='15s\\n- job_name: x')."""
+
+import os
+
+from servekit.inventory import pyinfra_groups
+from servekit.spec import Fleet, Gpu, HuggingFace, Monitoring, SecretRef, Serve, Sources, SshHost
+
+# The harness opens a TCP listener here: nothing may connect to it.
+PORT = int(os.environ.get("SERVEKIT_BADFLEET_PORT", "22"))
+
+fleet = Fleet(
+    name="bad-scrape-interval-newline",
+    machines=[
+        SshHost(
+            name="gpu1",
+            address="127.0.0.1",
+            ssh_port=PORT,
+            ssh_user="ubuntu",
+            gpu=Gpu(model="A100-80GB", count=1),
+        ),
+    ],
+    serve=[
+        Serve(model="llama-3.1-8b-instruct", engine="vllm"),
+    ],
+    engine_api_key=SecretRef(env="SERVEKIT_BADFLEET_KEY"),
+    sources=Sources(weights=HuggingFace(token=SecretRef(env="SERVEKIT_BADFLEET_KEY"))),
+    monitoring=Monitoring(host="gpu1", scrape_interval="15s\n- job_name: x"),
+)
+
+gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)
