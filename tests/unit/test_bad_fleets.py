@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -151,7 +152,8 @@ def make_secrets(folder: Path) -> Path:
     _write(folder / "mode-0640", f"{VALID_KEY}\n".encode(), 0o640)
     _write(folder / "other-owner", f"{VALID_KEY}\n".encode())
     if os.geteuid() == 0:
-        os.chown(folder / "other-owner", 65534, 65534)  # nobody
+        nobody = pwd.getpwnam("nobody")
+        os.chown(folder / "other-owner", nobody.pw_uid, nobody.pw_gid)
     _write(folder / "too-large", (VALID_KEY + "\n").encode() + b"x" * (70 * 1024))
     _write(folder / "empty", b"")
     _write(folder / "comment", f"# engine key for the fleet\n{VALID_KEY}\n".encode())
