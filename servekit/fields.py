@@ -14,7 +14,7 @@ import ipaddress
 import posixpath
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
@@ -227,8 +227,17 @@ def check_key_prefix(value: str) -> str:
             f"prefix {value!r} could point outside the checkpoint directory",
             "give a plain key prefix such as 'models/' (no leading '/', no '.' or '..' parts)",
         )
+    if not _KEY_PREFIX.match(value):
+        raise invalid(
+            f"prefix {value!r} has characters outside S3's safe set",
+            "use letters, digits and ! - _ . * ( ) / (S3's safe characters for object keys)",
+        )
     return value
 
+
+# S3's "safe characters" for object key names, less the single quote (docs.aws.amazon.com/
+# AmazonS3/latest/userguide/object-keys.html): nothing that needs quoting or URL encoding.
+_KEY_PREFIX = re.compile(r"^[0-9A-Za-z!_.*()/-]*$", re.ASCII)
 
 KeyPrefix = Annotated[str, AfterValidator(check_key_prefix)]
 
@@ -311,6 +320,11 @@ SYSTEM_DIRS = frozenset(
 )
 
 
+_HOST_PATH = re.compile(r"^/[A-Za-z0-9._/+@-]*$", re.ASCII)
+# Kernel and runtime file systems: nothing of servekit's is kept inside them.
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev", "/run")
+
+
 def check_host_dir(value: str) -> str:
     """A directory on a managed host: absolute, normalised, not a system directory."""
     check_text(value)
@@ -324,10 +338,16 @@ def check_host_dir(value: str) -> str:
             f"{value!r} is a system directory (servekit would take it over)",
             f"use a directory of its own below it, e.g. '{value.rstrip('/')}/servekit'",
         )
-    if re.search(r"[\"'`$\\;&|<>*?\s]", value):
+    if not _HOST_PATH.match(value):
         raise invalid(
-            f"{value!r} contains a space or a shell character",
+            f"{value!r} contains a space, a shell character or a non-ASCII character",
             "use letters, digits, '.', '_', '-' and '/' in paths on hosts",
+        )
+    pseudo = next((d for d in PSEUDO_FILESYSTEMS if value.startswith(d + "/")), None)
+    if pseudo is not None:
+        raise invalid(
+            f"{value!r} is inside {pseudo}, a kernel or runtime file system, not storage",
+            "use a directory on a disk, e.g. '/srv/models'",
         )
     return value
 
@@ -401,3 +421,45 @@ def check_url(value: str) -> str:
 
 
 Url = Annotated[str, AfterValidator(check_url)]
+
+
+# Model names a client sends (`served_names`) and model references (`Serve.model`: a catalog name,
+# a Hugging Face id `org/name`, an Ollama tag `name:tag` or `hf.co/org/repo:quant`, or an absolute
+# local path). Printable ASCII without spaces, quotes or shell characters: they reach vLLM's
+# config, Ollama's pull API, commands and the gateway's routes.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_/.][A-Za-z0-9._:/@+=-]{0,199}$", re.ASCII)
+
+
+def check_model_name(value: str) -> str:
+    check_text(value)
+    if not _MODEL_NAME.match(value) or ".." in value.split("/"):
+        raise invalid(
+            f"{value!r} is not a model name (letters, digits and . _ : / @ + = - only)",
+            "use a catalog name, a Hugging Face id ('org/name'), an Ollama tag ('llama3.1:8b') "
+            "or an absolute path without spaces",
+        )
+    return value
+
+
+ModelName = Annotated[str, AfterValidator(check_model_name)]
+
+
+def _ec2_id(prefix: str) -> Any:
+    pattern = re.compile(rf"^{prefix}-([0-9a-f]{{8}}|[0-9a-f]{{17}})$", re.ASCII)
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise invalid(
+                f"{value!r} is not an EC2 {prefix} id",
+                f"give the id as AWS shows it: '{prefix}-' and 8 or 17 hex digits, e.g. "
+                f"'{prefix}-0123456789abcdef0'",
+            )
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+# EC2 resource ids: a prefix and 8 or 17 lower-case hex digits (EC2 API reference, "Resource IDs":
+# docs.aws.amazon.com/AWSEC2/latest/UserGuide/resource-ids.html).
+ReservationId = _ec2_id("cr")
+SubnetId = _ec2_id("subnet")

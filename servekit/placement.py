@@ -385,7 +385,7 @@ class _Planner:
         except planner.PlanRefused as refused:
             self.problems.append(
                 Problem(
-                    f"{field_name}.model",
+                    f"{field_name}.{refused.field}",
                     refused.reason,
                     ", or ".join(refused.alternatives) or "use larger GPUs",
                 )

@@ -34,9 +34,10 @@ Quantization = str  # "none" | "fp8" | "awq"
 class PlanRefused(ValueError):
     """The model cannot be served this way; `alternatives` are concrete ways that would work."""
 
-    def __init__(self, reason: str, alternatives: list[str]) -> None:
+    def __init__(self, reason: str, alternatives: list[str], field: str = "model") -> None:
         self.reason = reason
         self.alternatives = alternatives
+        self.field = field  # the Serve field the refusal is about
         text = reason
         if alternatives:
             text += ": " + ", or ".join(alternatives)
@@ -237,6 +238,13 @@ def plan_vllm(
                 "FP8 on Ada or Hopper GPUs (quantization='fp8')",
             ],
         )
+    if request.max_model_len and request.max_model_len > model.max_context:
+        raise PlanRefused(
+            f"max_model_len={request.max_model_len} is beyond {model.name}'s context of "
+            f"{model.max_context} tokens (vLLM refuses it)",
+            [f"max_model_len={model.max_context} or less"],
+            field="max_model_len",
+        )
     layouts = _explicit_layout(model, gpus, nodes, request) or _parallel_layouts(model, gpus, nodes)
     if not layouts:
         raise PlanRefused(
@@ -273,6 +281,15 @@ def _explicit_layout(
     if request.tensor_parallel is None and request.pipeline_parallel is None:
         return []
     total = gpus * nodes
+    declared = "tensor_parallel" if request.tensor_parallel else "pipeline_parallel"
+    if (request.tensor_parallel or 1) * (request.pipeline_parallel or 1) > total:
+        raise PlanRefused(
+            f"tensor_parallel x pipeline_parallel = {request.tensor_parallel or 1} x "
+            f"{request.pipeline_parallel or 1} needs more GPUs than a replica has: {total} "
+            f"({gpus} per node x {nodes} nodes)",
+            [f"use tensor_parallel={gpus}, pipeline_parallel={nodes}", "declare more GPUs"],
+            field=declared,
+        )
     tp = request.tensor_parallel or total // (request.pipeline_parallel or 1)
     pp = request.pipeline_parallel or total // tp
     if tp * pp != total:
@@ -284,15 +301,21 @@ def _explicit_layout(
                 if (tp * pp) % nodes == 0
                 else f"use tensor_parallel={gpus}, pipeline_parallel={nodes}"
             ],
+            field=declared,
         )
     if not tensor_parallel_ok(model, tp):
         raise PlanRefused(
             f"tensor_parallel={tp} does not divide {model.name}'s {model.attention_heads} "
             f"attention heads and {model.kv_heads} KV heads",
             [f"tensor_parallel={t}" for t in _valid_tps(model, total)[-2:]],
+            field="tensor_parallel",
         )
     if pp > model.layers:
-        raise PlanRefused(f"pipeline_parallel={pp} exceeds {model.layers} layers", [])
+        raise PlanRefused(
+            f"pipeline_parallel={pp} exceeds {model.layers} layers",
+            [f"pipeline_parallel={model.layers} or less"],
+            field="pipeline_parallel",
+        )
     return [(tp, pp)]
 
 

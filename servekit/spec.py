@@ -50,11 +50,14 @@ from servekit.fields import (
     HostDir,
     KeepAlive,
     KeyPrefix,
+    ModelName,
     OllamaVersion,
     Origin,
     PrometheusDuration,
     Region,
+    ReservationId,
     Revision,
+    SubnetId,
     Text,
     Url,
     UserName,
@@ -367,9 +370,9 @@ class AwsNodeGroup(Spec):
         min_length=1, description="who may SSH in (IPv4 or IPv6 networks)"
     )
     root_volume_gib: int | None = Field(None, ge=30, le=16384)
-    capacity_reservation_id: str | None = None
+    capacity_reservation_id: ReservationId | None = None
     capacity_block: bool = False
-    subnet_ids: list[str] = Field(default_factory=list)
+    subnet_ids: list[SubnetId] = Field(default_factory=list)
 
     @field_validator("region")
     @classmethod
@@ -406,17 +409,20 @@ class AwsNodeGroup(Spec):
             )
         return networks
 
-    @model_validator(mode="after")
-    def _known_types(self) -> AwsNodeGroup:
-        for field, name in [("instance_type", self.instance_type)] + [
-            ("fallback_instance_types", t) for t in self.fallback_instance_types
-        ]:
+    @field_validator("instance_type", "fallback_instance_types")
+    @classmethod
+    def _known_types(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
             try:
                 catalog.instance_type(name)
             except catalog.CatalogError as error:
                 raise invalid(
-                    f"{field}: {error}", "use a GPU instance type from servekit/catalog/aws.toml"
+                    str(error), "use a GPU instance type from servekit/catalog/aws.toml"
                 ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _capacity_block(self) -> AwsNodeGroup:
         if self.capacity_block and not self.capacity_reservation_id:
             raise invalid(
                 "a Capacity Block launch needs its reservation id",
@@ -445,7 +451,7 @@ class Serve(Spec):
     """
 
     name: Name | None = Field(None, description="names units and routes; default from the model")
-    model: Text = Field(min_length=1)
+    model: ModelName = Field(min_length=1)
     engine: Literal["vllm", "ollama"] = "vllm"
     hosts: list[Text] | None = Field(None, description="machine or node-group names; default all")
     replicas: int | None = Field(None, ge=1, description="default: as many as the hosts hold")
@@ -461,7 +467,7 @@ class Serve(Spec):
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     gpu_memory_utilization: float = Field(0.92, gt=0.05, le=0.99)
     max_num_seqs: int | None = Field(None, ge=1)
-    served_names: list[Text] = Field(default_factory=list, description="extra names it answers to")
+    served_names: list[ModelName] = Field(default_factory=list, description="extra names it answers to")
     port: Port | None = Field(None, description=f"default {VLLM_PORT} (vLLM), {OLLAMA_PORT}")
     revision: Revision | None = Field(None, description="Hugging Face revision (commit) to pin")
     distributed_backend: Literal["mp", "ray"] = "mp"
@@ -596,22 +602,33 @@ class Versions(Spec):
     ollama: OllamaVersion = Field(default_factory=lambda: catalog.ollama_versions().default)
     driver_branch: int = Field(default_factory=catalog.default_driver_branch)
 
-    @model_validator(mode="after")
-    def _known(self) -> Versions:
+    @field_validator("vllm")
+    @classmethod
+    def _known_vllm(cls, version: str) -> str:
         try:
-            catalog.vllm_release(self.vllm)
+            catalog.vllm_release(version)
         except catalog.CatalogError as error:
             raise invalid(str(error), "pin a vLLM release listed in versions.toml") from None
+        return version
+
+    @field_validator("ollama")
+    @classmethod
+    def _safe_ollama(cls, version: str) -> str:
         minimum = catalog.ollama_versions().minimum
-        if catalog.version_tuple(self.ollama) < catalog.version_tuple(minimum):
+        if catalog.version_tuple(version) < catalog.version_tuple(minimum):
             raise invalid(
-                f"Ollama {self.ollama} has known remote vulnerabilities",
+                f"Ollama {version} has known remote vulnerabilities",
                 f"pin Ollama {minimum} or newer",
             )
-        if self.driver_branch not in catalog.driver_branches():
+        return version
+
+    @field_validator("driver_branch")
+    @classmethod
+    def _known_branch(cls, branch: int) -> int:
+        if branch not in catalog.driver_branches():
             known = ", ".join(str(b) for b in catalog.driver_branches())
-            raise invalid(f"unknown driver branch {self.driver_branch}", f"use one of {known}")
-        return self
+            raise invalid(f"unknown driver branch {branch}", f"use one of {known}")
+        return branch
 
 
 class GpuSetup(Spec):

@@ -60,7 +60,10 @@ def zone_region(zone: str) -> str | None:
 
 
 def _zone_suffix(rest: str) -> bool:
-    return re.fullmatch(r"[a-z]|-[a-z0-9-]+[a-z0-9]", rest) is not None
+    # A region's zones are lettered from `a`; the largest region, us-east-1, has six (a to f:
+    # docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-regions-availability-zones.html), so a
+    # later letter is a typo. Local and Wavelength Zones follow a `-`.
+    return re.fullmatch(r"[a-f]|-[a-z0-9-]+[a-z0-9]", rest) is not None
 
 
 def zone_problem(region: str, zone: str) -> tuple[str, str] | None:

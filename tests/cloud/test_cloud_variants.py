@@ -93,7 +93,7 @@ def test_a_capacity_block_launches_in_its_zone_with_its_reservation(
     )
     fleet = inventory(
         tmp_path,
-        'instance_type="p4de.24xlarge", capacity_reservation_id="cr-0abc", capacity_block=True',
+        'instance_type="p4de.24xlarge", capacity_reservation_id="cr-0abc1234", capacity_block=True',
         model="llama-3.1-70b-instruct",
     )
     planned = cloud.invoke("cloud", "plan", fleet)
@@ -115,7 +115,7 @@ def test_a_reservation_for_another_type_is_refused_before_anything_is_created(
     moto_extras.add_capacity_reservation(REGION, "cr-0abc", "p4d.24xlarge", "us-east-1c")
     fleet = inventory(
         tmp_path,
-        'instance_type="p4de.24xlarge", capacity_reservation_id="cr-0abc"',
+        'instance_type="p4de.24xlarge", capacity_reservation_id="cr-0abc1234"',
         model="llama-3.1-70b-instruct",
     )
     done = cloud.invoke("cloud", "apply", fleet, "--yes")
