@@ -467,7 +467,9 @@ class Serve(Spec):
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     gpu_memory_utilization: float = Field(0.92, gt=0.05, le=0.99)
     max_num_seqs: int | None = Field(None, ge=1)
-    served_names: list[ModelName] = Field(default_factory=list, description="extra names it answers to")
+    served_names: list[ModelName] = Field(
+        default_factory=list, description="extra names it answers to"
+    )
     port: Port | None = Field(None, description=f"default {VLLM_PORT} (vLLM), {OLLAMA_PORT}")
     revision: Revision | None = Field(None, description="Hugging Face revision (commit) to pin")
     distributed_backend: Literal["mp", "ray"] = "mp"
