@@ -502,9 +502,18 @@ def test_nvidia_apt_url(value: str) -> None:
 
 
 def nft_addresses(text: str) -> list[str]:
-    """Every element of every `saddr { ... }` set (and bare `saddr X`) in the rules."""
+    """Every element of every address set (`type ipv4_addr`/`ipv6_addr` named sets), of every
+    inline `saddr { ... }` set, and every bare `saddr X` that is not a set reference."""
     found: list[str] = []
+    for match in re.finditer(r"set\s+\S+\s*\{([^}]*\{[^}]*\}[^}]*|[^}]*)\}", text):
+        body = match[1]
+        if re.search(r"type\s+ipv[46]_addr", body):
+            elements = re.search(r"elements\s*=\s*\{([^}]*)\}", body)
+            if elements:
+                found += [a.strip() for a in elements[1].split(",") if a.strip()]
     for match in re.finditer(r"saddr\s+(\{[^}]*\}|\S+)", text):
+        if match[1].startswith("@"):
+            continue
         group = match[1].strip("{}")
         found += [a.strip() for a in group.split(",") if a.strip()]
     return found
