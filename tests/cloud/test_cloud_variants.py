@@ -89,7 +89,7 @@ def test_a_capacity_block_launches_in_its_zone_with_its_reservation(
     cloud: Cloud, faults: Faults, tmp_path: Path
 ) -> None:
     moto_extras.add_capacity_reservation(
-        REGION, "cr-0abc", "p4de.24xlarge", "us-east-1c", capacity_block=True
+        REGION, "cr-0abc1234", "p4de.24xlarge", "us-east-1c", capacity_block=True
     )
     fleet = inventory(
         tmp_path,
@@ -98,21 +98,21 @@ def test_a_capacity_block_launches_in_its_zone_with_its_reservation(
     )
     planned = cloud.invoke("cloud", "plan", fleet)
     assert planned.exit_code == 2, planned.output
-    assert "zones us-east-1c, reservation cr-0abc" in planned.output
+    assert "zones us-east-1c, reservation cr-0abc1234" in planned.output
     assert cloud.invoke("cloud", "apply", fleet, "--yes", "--no-wait-ssh").exit_code == 0
     (request,) = launches(faults)
     assert request["Placement.AvailabilityZone"] == "us-east-1c"
     assert request["InstanceMarketOptions.MarketType"] == "capacity-block"
     assert (
         request["CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"]
-        == "cr-0abc"
+        == "cr-0abc1234"
     )
 
 
 def test_a_reservation_for_another_type_is_refused_before_anything_is_created(
     cloud: Cloud, faults: Faults, tmp_path: Path
 ) -> None:
-    moto_extras.add_capacity_reservation(REGION, "cr-0abc", "p4d.24xlarge", "us-east-1c")
+    moto_extras.add_capacity_reservation(REGION, "cr-0abc1234", "p4d.24xlarge", "us-east-1c")
     fleet = inventory(
         tmp_path,
         'instance_type="p4de.24xlarge", capacity_reservation_id="cr-0abc1234"',
@@ -120,7 +120,7 @@ def test_a_reservation_for_another_type_is_refused_before_anything_is_created(
     )
     done = cloud.invoke("cloud", "apply", fleet, "--yes")
     assert done.exit_code == 1
-    assert "cr-0abc holds p4d.24xlarge, not p4de.24xlarge" in done.output
+    assert "cr-0abc1234 holds p4d.24xlarge, not p4de.24xlarge" in done.output
     assert cloud.tagged("small")["security_groups"] == []
 
 

@@ -81,7 +81,7 @@ INVALID: list[tuple[str, Callable[[], object], str, str]] = [
             machines=[a100(count=8, model="A100-SXM4-40GB")],
             serve=[Serve(model="qwen2.5-7b-instruct", tensor_parallel=8)],
         ),
-        "serve[0].model",
+        "serve[0].tensor_parallel",
         "tensor_parallel",
     ),
     (
@@ -90,7 +90,7 @@ INVALID: list[tuple[str, Callable[[], object], str, str]] = [
             machines=[a100(count=8)],
             serve=[Serve(model="llama-3.1-70b-instruct", tensor_parallel=4, pipeline_parallel=1)],
         ),
-        "serve[0].model",
+        "serve[0].tensor_parallel",
         "gpus_per_replica",
     ),
     (
@@ -465,7 +465,12 @@ gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)
             "SecretRef(file='/tmp/k')",
             "serve[0].model",
         ),
-        ("qwen2.5-7b-instruct", "tensor_parallel=3", "SecretRef(file='/tmp/k')", "serve[0].model"),
+        (
+            "qwen2.5-7b-instruct",
+            "tensor_parallel=3",
+            "SecretRef(file='/tmp/k')",
+            "serve[0].tensor_parallel",
+        ),
         ("llama-3.1-8b-instruct", "port=8000", "None", "engine_api_key"),
     ],
 )
