@@ -64,6 +64,27 @@ from servekit.fields import (
     control_character,
 )
 
+# What `from servekit.spec import *` gives an inventory: the schema, nothing else. pyinfra reads
+# every list or tuple an inventory module holds as a host group, so no tuple may leak in.
+__all__ = [
+    "AwsNodeGroup",
+    "Fleet",
+    "Gateway",
+    "Gpu",
+    "GpuSetup",
+    "HuggingFace",
+    "LocalHost",
+    "LocalPath",
+    "Monitoring",
+    "OllamaSettings",
+    "S3Bucket",
+    "SecretRef",
+    "Serve",
+    "Sources",
+    "SshHost",
+    "Versions",
+]
+
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 

@@ -49,6 +49,10 @@ static void read_hardware(void) {
 static int loaded_version(char *out, size_t size) {
     char line[512];
     FILE *file = fopen(in_root("/proc/driver/nvidia/version"), "r");
+    /* The stand-in's /proc/driver is a tmpfs mounted over procfs: a unit with ProtectProc= or
+     * ProcSubset= gets a new procfs instance without it (the real driver's entries are procfs's
+     * own and stay visible there), so the module stand-in leaves a copy under /run too. */
+    if (!file) file = fopen(in_root("/run/servekit-standin/nvidia-version"), "r");
     if (!file) return 0;
     int found = 0;
     if (fgets(line, sizeof line, file)) {
