@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from servekit import catalog
-from servekit.cloud.regions import region_problem, zone_problem
+from servekit.catalog.regions import region_problem, zone_problem
 from servekit.errors import FleetError, Problem, from_validation_error, invalid, user_site
 from servekit.fields import (
     Address,

@@ -1,4 +1,5 @@
-"""Which AWS regions and availability zones an `AwsNodeGroup` may name, known offline.
+"""Which AWS regions and availability zones an `AwsNodeGroup` may name, known offline (a catalog:
+the schema reads it, so it lives below both the schema and `servekit.cloud`).
 
 The regions come from botocore's bundled endpoint data (`Session.get_available_regions("ec2")`
 per partition), so a typo such as `us-east1` is refused when the inventory loads, with the valid
