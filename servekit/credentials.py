@@ -16,21 +16,21 @@ whose meaning differs between these readers) and written back in one normalised 
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from servekit import secrets
+from servekit.hostplan import SecretSource
+
 NETRC_FILE = "/etc/servekit/netrc"
 """The root-only netrc on Linux hosts (uv/pip through NETRC, curl through --netrc-file)."""
 APT_AUTH_FILE = "/etc/apt/auth.conf.d/servekit.conf"
 MAC_NETRC = ".servekit/netrc"
 """On a Mac, under the login user's home (the Ollama deploy never uses sudo there)."""
-MAX_BYTES = 64 * 1024
 _TOKEN = re.compile(r"^[!#-~]+$")
 """A netrc token servekit writes: printable ASCII, no space, no `"` (no quoting needed by any of
 the readers above)."""
@@ -152,37 +152,18 @@ def reference(sources: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def read(ref: Mapping[str, Any]) -> list[Login]:
-    """Read and parse the credentials a reference names, on the control machine.
-
-    A file must be a regular file (not a device, FIFO or directory), readable by its owner only
-    and at most 64 KiB; a variable must be set and non-empty."""
-    if ref.get("env"):
-        name = str(ref["env"])
-        value = os.environ.get(name, "")
-        if not value.strip():
-            raise CredentialsError(f"mirror credentials: environment variable {name} is empty")
-        return parse_netrc(value, f"environment variable {name}")
-    path = Path(str(ref["file"])).expanduser()
-    origin = f"file {path}"
+    """Read and parse the credentials a reference names, on the control machine, with the one
+    secret check every secret passes (servekit/secrets.py: a regular file of the user's, 0600 or
+    0400, at most 64 KiB; a variable set, on one line)."""
+    source = SecretSource.model_validate({"file": ref.get("file"), "env": ref.get("env")})
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        raise CredentialsError(
-            f"cannot read mirror credentials {origin}: {error.strerror}; create it with mode 0600"
-        ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise CredentialsError(f"mirror credentials {origin} is not a regular file")
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CredentialsError(
-                f"mirror credentials {origin} can be read by others: chmod 600 {path}"
-            )
-        if info.st_size > MAX_BYTES:
-            raise CredentialsError(f"mirror credentials {origin} is larger than 64 KiB")
-        data = handle.read(MAX_BYTES + 1)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CredentialsError(f"mirror credentials {origin} is not UTF-8 text") from None
-    return parse_netrc(text, origin)
+        lines = secrets.load_secret(source, structured=True)
+    except secrets.SecretError as error:
+        detail = f"{error.message}: {error.fix}" if error.fix else error.message
+        raise CredentialsError(f"mirror credentials: {detail}") from None
+    origin = (
+        f"environment variable {source.env}"
+        if source.env
+        else f"file {Path(str(source.file)).expanduser()}"
+    )
+    return parse_netrc("\n".join(lines), origin)

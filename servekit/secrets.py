@@ -47,7 +47,7 @@ class SecretError(RuntimeError):
         super().__init__(f"{message}; fix: {fix}" if fix else message)
 
 
-def _file_lines(path: Path) -> list[str]:
+def _file_lines(path: Path, structured: bool = False) -> list[str]:
     shown = str(path)
     create = f"create it: (umask 077; printf '%s\\n' VALUE > {shown})"
     try:
@@ -80,13 +80,14 @@ def _file_lines(path: Path) -> list[str]:
         mode = stat.S_IMODE(info.st_mode)
         if mode not in ALLOWED_MODES:
             raise SecretError(
-                f"secret file {shown} has mode {mode:04o}; others could read or change it",
+                f"secret file {shown} has mode {mode:04o}; only 0600 or 0400 keep it from being "
+                "read by others",
                 f"chmod 600 {shown}",
             )
         if info.st_size > MAX_SECRET_BYTES:
             raise SecretError(
-                f"secret file {shown} is {info.st_size} bytes, more than a secret "
-                f"({MAX_SECRET_BYTES // 1024} KiB at most)",
+                f"secret file {shown} is larger than {MAX_SECRET_BYTES // 1024} KiB "
+                f"({info.st_size} bytes): more than a secret",
                 "point the SecretRef at the file that holds only the secret",
             )
         data = b""
@@ -107,6 +108,8 @@ def _file_lines(path: Path) -> list[str]:
     except UnicodeDecodeError:
         raise SecretError(f"secret file {shown} is not UTF-8 text", create) from None
     lines = [line.strip() for line in text.split("\n")]
+    if structured:  # a file with its own syntax (a netrc): its comments are its own
+        lines = [line for line in lines if line and not line.startswith("#")] or [""]
     if not lines[0]:
         raise SecretError(f"secret file {shown} has an empty first line", create)
     if lines[0].startswith("#"):
@@ -140,13 +143,16 @@ def _env_value(name: str) -> str:
     return value.strip()
 
 
-def load_secret(source: SecretLike) -> list[str]:
-    """The secret's lines (a variable is one line), after every check above; SecretError else."""
+def load_secret(source: SecretLike, structured: bool = False) -> list[str]:
+    """The secret's lines (a variable is one line), after every check above; SecretError else.
+
+    `structured`: the file has a syntax of its own (a netrc), so a leading comment is allowed;
+    every other check holds."""
     if source.env:
         return [_env_value(source.env)]
     if source.file is None:
         raise SecretError("a secret names neither a file nor a variable", "give one of them")
-    return _file_lines(Path(str(source.file)).expanduser())
+    return _file_lines(Path(str(source.file)).expanduser(), structured)
 
 
 def read_secret(source: SecretLike) -> str:
@@ -173,9 +179,9 @@ def secret_refs(value: object, path: str = "") -> Iterator[tuple[str, SecretLike
             yield from secret_refs(item, f"{path}[{index}]")
 
 
-def _failure(ref: SecretLike, lines_needed: int) -> SecretError | None:
+def _failure(ref: SecretLike, lines_needed: int, structured: bool) -> SecretError | None:
     try:
-        lines = load_secret(ref)
+        lines = load_secret(ref, structured)
     except SecretError as error:
         return error
     if len(lines) < lines_needed:
@@ -194,9 +200,10 @@ def fleet_secret_problems(fleet: BaseModel) -> list[Problem]:
     for field, ref in secret_refs(fleet, ""):
         # S3 credentials: two lines, access key id then secret (the deploy reads both).
         needed = 2 if field.endswith("weights.credentials") else 1
+        structured = field.endswith("mirror_credentials")  # a netrc: comments of its own
         key = (ref.file, ref.env, needed)
         if key not in seen:
-            seen[key] = _failure(ref, needed)
+            seen[key] = _failure(ref, needed, structured)
         failure = seen[key]
         if failure is not None:
             problems.append(Problem(field, failure.message, failure.fix))
