@@ -22,24 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from servekit import systemd
-from servekit.hostplan import HostPlan
+from servekit.hostplan import HostPlan, ray_unit, uses_ray
 from servekit.ollama import UNIT as OLLAMA_UNIT
-from servekit.render import FIREWALL_RULES as FIREWALL_RULES  # the paths servekit writes
-from servekit.render import FIREWALL_UNIT as FIREWALL_UNIT
-from servekit.render import NFT as NFT
-from servekit.render import (
-    RAY_FIXED_PORTS,
-    RAY_WORKER_PORTS,
-    RenderedFile,
-    ray_unit,
-    render_template,
-    uses_ray,
-)
-from servekit.spec import RAY_PORT
+from servekit.spec import RAY_FIXED_PORTS, RAY_PORT, RAY_WORKER_PORTS
+from servekit.templating import RenderedFile, render_template
 
 if TYPE_CHECKING:
     from servekit.placement import FleetPlan
 
+FIREWALL_RULES = "/etc/servekit/firewall.nft"
+FIREWALL_UNIT = "servekit-firewall"
+NFT = "/usr/sbin/nft"
 ROLLBACK_UNIT = "servekit-firewall-rollback"
 ROLLBACK_DIR = "/var/lib/servekit/firewall"
 PREVIOUS_TABLE = f"{ROLLBACK_DIR}/previous.nft"

@@ -82,6 +82,23 @@ class VllmInstance(Plain):
     plan: ModelPlan
 
 
+def vllm_instance_name(instance: VllmInstance) -> str:
+    return instance.unit.removeprefix("vllm-")
+
+
+def uses_ray(instance: VllmInstance) -> bool:
+    """Whether this process belongs to a replica run by Ray (a head or a Ray worker node)."""
+    return instance.role == "ray-worker" or (
+        instance.config.get("distributed-executor-backend") == "ray"
+    )
+
+
+def ray_unit(instance: VllmInstance) -> str:
+    """The Ray node unit beside a Ray-backed vLLM instance (`vllm-NAME` -> `ray-NAME`)."""
+    return f"ray-{vllm_instance_name(instance)}"
+
+
+
 class OllamaHost(Plain):
     """Ollama on one host: version, listen address, settings, and the models it must hold."""
 

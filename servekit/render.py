@@ -13,14 +13,15 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import jinja2
 
 from servekit import ollama, systemd
+from servekit.firewall import FIREWALL_RULES as FIREWALL_RULES  # where the firewall lives
+from servekit.firewall import FIREWALL_UNIT as FIREWALL_UNIT
+from servekit.firewall import NFT as NFT
+from servekit.firewall import firewall_files as firewall_files
+from servekit.firewall import firewall_rules as firewall_rules
+from servekit.firewall import needs_firewall, ollama_port
 from servekit.hostplan import (
     VLLM_CONFIG_DIR,
     VLLM_HOME,
@@ -28,35 +29,24 @@ from servekit.hostplan import (
     HostPlan,
     SecretSource,
     VllmInstance,
+    ray_unit,
+    uses_ray,
+    vllm_instance_name,
 )
 
 # Ray's ports live in servekit.spec next to RAY_PORT (placement claims them); re-exported here.
 from servekit.spec import RAY_FIXED_PORTS as RAY_FIXED_PORTS
 from servekit.spec import RAY_PORT
 from servekit.spec import RAY_WORKER_PORTS as RAY_WORKER_PORTS
-
-if TYPE_CHECKING:
-    from servekit.firewall import FirewallRules
+from servekit.templating import RenderedFile as RenderedFile
+from servekit.templating import render_template as render_template
+from servekit.templating import templates_dir as templates_dir
 
 VLLM_USER = "vllm"
 """The account vLLM and Ray run as (the vLLM deploy creates it)."""
-FIREWALL_RULES = "/etc/servekit/firewall.nft"
-FIREWALL_UNIT = "servekit-firewall"
-NFT = "/usr/sbin/nft"
 RAY_TEMP_DIR = f"{VLLM_HOME}/ray"
 
 SecretResolver = Callable[[SecretSource], str]
-
-
-@dataclass(frozen=True)
-class RenderedFile:
-    """A file for a host: its absolute path there, content, mode and owner."""
-
-    path: str
-    content: str
-    mode: str = "0644"
-    user: str = "root"
-    group: str = "root"
 
 
 @dataclass(frozen=True)
@@ -79,61 +69,12 @@ def placeholder(source: SecretSource) -> str:
     return f"<secret from {source.describe()}>"
 
 
-def templates_dir() -> Path:
-    """Templates ship inside the wheel as servekit/templates; a checkout keeps them at the top."""
-    packaged = Path(str(resources.files("servekit"))) / "templates"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "templates"
-
-
-@cache
-def environment() -> jinja2.Environment:
-    """Templates with systemd's quoting as filters: every unit value from a plan goes through
-    one of them (servekit/systemd.py)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir()),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters.update(
-        systemd_quote=systemd.quote,
-        systemd_env=systemd.environment,
-        systemd_exec=systemd.exec_argv,
-        systemd_path=systemd.path,
-        systemd_bare_path=systemd.bare_path,
-        systemd_name=systemd.name,
-    )
-    return env
-
-
-def render_template(name: str, **values: object) -> str:
-    return environment().get_template(name).render(**values)
-
-
 def engine_sandbox(facts: HostFacts) -> systemd.Sandbox:
     """The sandbox of vLLM and Ray processes (and of the GPU check that proves it): vLLM's home
     writable, the GPU devices this host's driver registers."""
     return systemd.engine_sandbox(
         [VLLM_HOME], facts.gpu_device_groups(), systemd.devices_note(facts.char_devices)
     )
-
-
-def vllm_instance_name(instance: VllmInstance) -> str:
-    return instance.unit.removeprefix("vllm-")
-
-
-def uses_ray(instance: VllmInstance) -> bool:
-    """Whether this process belongs to a replica run by Ray (a head or a Ray worker node)."""
-    return instance.role == "ray-worker" or (
-        instance.config.get("distributed-executor-backend") == "ray"
-    )
-
-
-def ray_unit(instance: VllmInstance) -> str:
-    """The Ray node unit beside a Ray-backed vLLM instance (`vllm-NAME` -> `ray-NAME`)."""
-    return f"ray-{vllm_instance_name(instance)}"
 
 
 def vllm_paths(plan: HostPlan, instance: VllmInstance) -> dict[str, str]:
@@ -247,12 +188,6 @@ def vllm_files(
     ]
 
 
-def _ollama_firewalled(plan: HostPlan) -> bool:
-    from servekit.firewall import ollama_port
-
-    return ollama_port(plan) is not None
-
-
 def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
     """Ollama's service files: on Linux our unit and its settings drop-in, on macOS the
     LaunchAgent plist (with `~` resolved to the user's home from the facts)."""
@@ -293,7 +228,7 @@ def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
             protect_home="no" if any(f"{p}/".startswith(homes) for p in writable) else "yes",
             note=systemd.devices_note(facts.char_devices),
         ),
-        firewall=_ollama_firewalled(plan),
+        firewall=ollama_port(plan) is not None,
     )
     dropin = render_template(
         "ollama-settings.conf.j2",
@@ -389,26 +324,10 @@ def render_host(
             files += vllm_files(plan, instance, secret, facts)
         if uses_ray(instance):
             files += ray_files(plan, instance, facts)
-    from servekit.firewall import needs_firewall
-
     if needs_firewall(plan):
         files += firewall_files(plan)
     files += ollama_files(plan, facts)
     return files
-
-
-def firewall_rules(plan: HostPlan) -> FirewallRules:
-    """What `servekit-firewall` enforces on the host (see `servekit.firewall`)."""
-    from servekit import firewall
-
-    return firewall.firewall_rules(plan)
-
-
-def firewall_files(plan: HostPlan) -> list[RenderedFile]:
-    """The firewall's files (see `servekit.firewall`)."""
-    from servekit import firewall
-
-    return firewall.firewall_files(plan)
 
 
 class UnsafeOutput(ValueError):

@@ -69,16 +69,16 @@ from servekit.hostplan import (
     HostPlan,
     SecretSource,
     VllmInstance,
+    uses_ray,
 )
+from servekit.hostplan import ray_unit as ray_unit_name
 from servekit.render import (
     VLLM_USER,
     HostFacts,
     RenderedFile,
     render_host,
-    uses_ray,
     vllm_paths,
 )
-from servekit.render import ray_unit as ray_unit_name
 from servekit.secrets import SecretError, read_secret, read_secret_lines
 from servekit.shell import quote as q
 from servekit.spec import RAY_PORT
