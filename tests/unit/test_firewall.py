@@ -427,7 +427,10 @@ def test_the_saved_table_loads_back_as_the_rollback_loads_it(tmp_path: Path) -> 
         + f" && {nft} delete table inet servekit && {nft} -f {saved}"
         + f" && {nft} list table inet servekit"
     )
-    done = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True)
+    # A user and network namespace of its own: root there, so no root needed here.
+    done = subprocess.run(
+        ["unshare", "--map-root-user", "--net", "sh", "-c", script], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "elements = { 10.9.0.99 }" in done.stdout and "elements = { fd00::99 }" in done.stdout
     assert "tcp dport @protected reject with tcp reset" in done.stdout

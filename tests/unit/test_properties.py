@@ -520,13 +520,13 @@ def nft_addresses(text: str) -> list[str]:
 
 
 def nft_check(text: str) -> None:
-    if NFT is None or os.geteuid() != 0:
-        return
+    assert NFT is not None, "nft is needed (apt-get install nftables; .ci/run installs it)"
     with tempfile.NamedTemporaryFile("w", suffix=".nft") as rules:
         rules.write(text)
         rules.flush()
         done = subprocess.run(
-            ["unshare", "--net", NFT, "-c", "-f", rules.name],
+            # user + network namespace of its own: CAP_NET_ADMIN there, no root needed here
+            ["unshare", "--map-root-user", "--net", NFT, "-c", "-f", rules.name],
             capture_output=True,
             text=True,
             timeout=30,
