@@ -56,6 +56,74 @@ class SecretSource(Plain):
         return cls(file=str(ref.file) if ref.file else None, env=ref.env)
 
 
+class HfWeights(Plain):
+    """Weights from the Hugging Face Hub (or a mirror of it); a token for gated models."""
+
+    kind: Literal["huggingface"] = "huggingface"
+    endpoint: str = "https://huggingface.co"
+    token: SecretSource | None = None
+
+
+class S3Weights(Plain):
+    """Weights copied from `s3://BUCKET/PREFIX/<checkpoint>/`."""
+
+    kind: Literal["s3"] = "s3"
+    bucket: str
+    prefix: str = ""
+    region: str | None = None
+    endpoint_url: str | None = None
+    credentials: SecretSource | None = None
+
+
+class LocalWeights(Plain):
+    """Weights read in place from `<path>/<checkpoint>` on every host."""
+
+    kind: Literal["local"] = "local"
+    path: str
+
+
+WeightsPlan = Annotated[HfWeights | S3Weights | LocalWeights, Field(discriminator="kind")]
+
+
+class SourcesPlan(Plain):
+    """Where a host downloads from (the fleet's `Sources`, checked when the inventory loaded)."""
+
+    python_index: str = "https://pypi.org/simple"
+    torch_index: str = "https://download.pytorch.org/whl"
+    vllm_wheels: str = "https://wheels.vllm.ai"
+    nvidia_apt: str = "https://developer.download.nvidia.com/compute/cuda/repos"
+    ollama_releases: str = "https://github.com/ollama/ollama/releases/download"
+    weights: WeightsPlan = Field(default_factory=HfWeights)
+    mirror_credentials: SecretSource | None = None
+
+    def urls(self) -> dict[str, str]:
+        """The package and release mirrors by field name (the weights source aside)."""
+        return {
+            "python_index": self.python_index,
+            "torch_index": self.torch_index,
+            "vllm_wheels": self.vllm_wheels,
+            "nvidia_apt": self.nvidia_apt,
+            "ollama_releases": self.ollama_releases,
+        }
+
+
+class VersionsPlan(Plain):
+    """The pinned versions the host gets (the fleet's `Versions`)."""
+
+    vllm: str
+    ollama: str
+    driver_branch: int
+
+
+class GpuSetupPlan(Plain):
+    """Options of `deploys/gpu.py` beyond the driver branch (the fleet's `GpuSetup`)."""
+
+    cuda_toolkit: str | None = None
+    dcgm: bool = False
+    reboot: bool = True
+    reboot_batch: int = 1
+
+
 class VllmInstance(Plain):
     """One vLLM process (one replica's share of one node) and its systemd unit."""
 
@@ -96,7 +164,6 @@ def uses_ray(instance: VllmInstance) -> bool:
 def ray_unit(instance: VllmInstance) -> str:
     """The Ray node unit beside a Ray-backed vLLM instance (`vllm-NAME` -> `ray-NAME`)."""
     return f"ray-{vllm_instance_name(instance)}"
-
 
 
 class OllamaHost(Plain):
@@ -168,9 +235,9 @@ class HostPlan(Plain):
     firewall_names: dict[str, list[IpLiteral]] = Field(
         default_factory=dict, description="host names behind those addresses, resolved at plan time"
     )
-    versions: dict[str, Any]
-    sources: dict[str, Any]
-    gpu_setup: dict[str, Any]
+    versions: VersionsPlan
+    sources: SourcesPlan
+    gpu_setup: GpuSetupPlan
 
     def to_host_data(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -10,7 +10,6 @@ Ansible role (persistence mode, nouveau), CUDA minor-version compatibility.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -327,13 +326,11 @@ class GpuTarget:
         return catalog.gpu(self.gpu_model).compute_capability_tuple or None
 
 
-def minimum_drivers(
-    versions: Mapping[str, object], vllm: bool, ollama: bool
-) -> tuple[MinimumDriver, ...]:
+def minimum_drivers(vllm_version: str, vllm: bool, ollama: bool) -> tuple[MinimumDriver, ...]:
     """The driver releases the host's engines need (catalog: vLLM's default build, Ollama)."""
     needed = []
     if vllm:
-        version = str(versions.get("vllm", ""))
+        version = vllm_version
         build = catalog.vllm_release(version).builds[0]
         needed.append(MinimumDriver(build.min_driver, f"vLLM {version} (CUDA {build.cuda} build)"))
     if ollama:
@@ -350,15 +347,15 @@ def target_from_plan(plan: HostPlan, local: bool) -> GpuTarget:
         gpu_count=plan.gpu_count,
         nvidia="gpu" in plan.roles,
         nvswitch_expected=plan.nvswitch_expected,
-        branch=int(plan.versions.get("driver_branch", catalog.default_driver_branch())),
-        mirror=str(plan.sources.get("nvidia_apt", DEFAULT_MIRROR)),
-        cuda_toolkit=setup.get("cuda_toolkit"),
-        dcgm=bool(setup.get("dcgm", False)),
-        reboot=bool(setup.get("reboot", True)),
-        reboot_batch=int(setup.get("reboot_batch", 1)),
+        branch=plan.versions.driver_branch,
+        mirror=plan.sources.nvidia_apt,
+        cuda_toolkit=setup.cuda_toolkit,
+        dcgm=setup.dcgm,
+        reboot=setup.reboot,
+        reboot_batch=setup.reboot_batch,
         local=local or plan.connection == "local",
         minimum_drivers=minimum_drivers(
-            plan.versions,
+            plan.versions.vllm,
             vllm=bool(plan.vllm) or plan.ollama is None,
             ollama=plan.ollama is not None,
         ),
@@ -377,7 +374,7 @@ def target_from_facts(host: str, smi: SmiGpus, local: bool) -> GpuTarget:
         notes.append(f"GPUs from nvidia-smi: {count} × {smi['gpus'][0]['name']}")
     else:
         notes.append("GPUs unknown until the driver runs: model and count are not checked")
-    versions = Versions().model_dump()  # the fleet schema's defaults
+    vllm_version = Versions().vllm  # the fleet schema's default
     return GpuTarget(
         host=host,
         declared=False,
@@ -385,7 +382,7 @@ def target_from_facts(host: str, smi: SmiGpus, local: bool) -> GpuTarget:
         gpu_count=count,
         branch=catalog.default_driver_branch(),
         local=local,
-        minimum_drivers=minimum_drivers(versions, vllm=True, ollama=False),
+        minimum_drivers=minimum_drivers(vllm_version, vllm=True, ollama=False),
         notes=tuple(notes),
     )
 

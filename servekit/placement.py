@@ -25,12 +25,15 @@ from servekit.errors import FleetError, Problem
 from servekit.hostplan import (
     VLLM_HOME,
     GatewayHost,
+    GpuSetupPlan,
     HostPlan,
     MonitoringHost,
     OllamaHost,
     Route,
     ScrapeJob,
     SecretSource,
+    SourcesPlan,
+    VersionsPlan,
     VllmInstance,
 )
 from servekit.spec import (
@@ -485,7 +488,9 @@ class _Planner:
                 )
             bind = self.bind_address(host)
             weights = locate(
-                self.fleet.sources.model_dump(mode="json"), plan.checkpoint, serve.revision
+                SourcesPlan.model_validate(self.fleet.sources.model_dump(mode="json")).weights,
+                plan.checkpoint,
+                serve.revision,
             )
             flags = planner.vllm_flags(
                 plan,
@@ -858,9 +863,9 @@ class _Planner:
             firewall_allow=firewall_allow,
             ollama_clients=ollama_clients,
             firewall_names=firewall_names,
-            versions=fleet.versions.model_dump(mode="json"),
-            sources=fleet.sources.model_dump(mode="json"),
-            gpu_setup=fleet.gpu_setup.model_dump(mode="json"),
+            versions=VersionsPlan.model_validate(fleet.versions.model_dump(mode="json")),
+            sources=SourcesPlan.model_validate(fleet.sources.model_dump(mode="json")),
+            gpu_setup=GpuSetupPlan.model_validate(fleet.gpu_setup.model_dump(mode="json")),
         )
 
 

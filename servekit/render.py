@@ -84,7 +84,7 @@ def vllm_paths(plan: HostPlan, instance: VllmInstance) -> dict[str, str]:
         "env_file": f"{VLLM_CONFIG_DIR}/{name}.env",
         "unit_file": f"/etc/systemd/system/{instance.unit}.service",
         "ray_unit_file": f"/etc/systemd/system/{ray_unit(instance)}.service",
-        "venv": f"{VLLM_VENVS}/{plan.versions['vllm']}",
+        "venv": f"{VLLM_VENVS}/{plan.versions.vllm}",
     }
 
 
@@ -154,7 +154,7 @@ def vllm_files(
     paths = vllm_paths(plan, instance)
     common = {
         "fleet": plan.fleet,
-        "vllm_version": plan.versions["vllm"],
+        "vllm_version": plan.versions.vllm,
         "unit": instance.unit,
     }
     config = render_template("vllm.yaml.j2", **common, config=instance.config, plan=instance.plan)
@@ -318,7 +318,7 @@ def render_host(
     if "gpu" in plan.roles:
         repository = facts.nvidia_repository or "<NVIDIA repository for the host's release>"
         keyring = "/usr/share/keyrings/cuda-archive-keyring.gpg"
-        files += gpu_files(repository, keyring, plan.gpu_setup.get("cuda_toolkit"))
+        files += gpu_files(repository, keyring, plan.gpu_setup.cuda_toolkit)
     for instance in plan.vllm:
         if instance.role != "ray-worker":
             files += vllm_files(plan, instance, secret, facts)

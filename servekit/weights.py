@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from servekit.hostplan import VLLM_HOME
+from servekit.hostplan import VLLM_HOME, HfWeights, S3Weights, WeightsPlan
 
 HF_HOME = f"{VLLM_HOME}/huggingface"
 MODELS_DIR = f"{VLLM_HOME}/models"
@@ -50,30 +50,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", text)
 
 
-def weights_kind(sources: dict[str, Any]) -> Kind:
-    kind = sources.get("weights", {}).get("kind", "huggingface")
-    if kind not in ("huggingface", "s3", "local"):
-        raise ValueError(f"unknown weights source kind {kind!r}")
-    result: Kind = kind
-    return result
-
-
-def locate(sources: dict[str, Any], checkpoint: str, revision: str | None) -> WeightsLocation:
-    """Where `checkpoint` lives on a host for the fleet's weights source (`HostPlan.sources`)."""
-    weights = sources.get("weights", {})
-    kind = weights_kind(sources)
-    if kind == "huggingface":
+def locate(weights: WeightsPlan, checkpoint: str, revision: str | None) -> WeightsLocation:
+    """Where `checkpoint` lives on a host for the fleet's weights source
+    (`HostPlan.sources.weights`)."""
+    if isinstance(weights, HfWeights):
         marker = f"{MARKERS_DIR}/hf--{_slug(checkpoint)}--{_slug(revision or 'main')}.json"
-        return WeightsLocation(kind, checkpoint, revision, checkpoint, None, marker)
-    if kind == "s3":
+        return WeightsLocation("huggingface", checkpoint, revision, checkpoint, None, marker)
+    if isinstance(weights, S3Weights):
         directory = f"{MODELS_DIR}/{checkpoint}"
         marker = f"{MARKERS_DIR}/s3--{_slug(checkpoint)}.json"
-        return WeightsLocation(kind, checkpoint, None, directory, directory, marker)
-    directory = f"{str(weights['path']).rstrip('/')}/{checkpoint}"
-    return WeightsLocation(kind, checkpoint, None, directory, directory, None)
+        return WeightsLocation("s3", checkpoint, None, directory, directory, marker)
+    directory = f"{weights.path.rstrip('/')}/{checkpoint}"
+    return WeightsLocation("local", checkpoint, None, directory, directory, None)
 
 
-def s3_prefix(sources: dict[str, Any], checkpoint: str) -> str:
+def s3_prefix(weights: S3Weights, checkpoint: str) -> str:
     """The key prefix of a checkpoint in the fleet's bucket (`PREFIX/<checkpoint>/`)."""
-    prefix = str(sources["weights"].get("prefix") or "").strip("/")
+    prefix = weights.prefix.strip("/")
     return f"{prefix}/{checkpoint}/" if prefix else f"{checkpoint}/"

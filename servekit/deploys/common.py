@@ -15,6 +15,8 @@ from pyinfra.api.command import PyinfraCommand, QuoteString, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
+from servekit.hostplan import HOST_DATA_KEY, HostPlan
+
 Commands = Generator[PyinfraCommand | str, None, None]
 T = TypeVar("T")
 
@@ -38,3 +40,10 @@ def problem(message: str) -> Commands:
     + message: the explanation printed as the host's error
     """
     yield failure(f"servekit: {host.name}: {message}")
+
+
+def host_plan() -> HostPlan | None:
+    """This host's servekit plan (host data `servekit`, typed), or None when the inventory was
+    not made by servekit. The one way a deploy reads its plan."""
+    raw = host.data.get(HOST_DATA_KEY)
+    return None if raw is None else HostPlan.from_host_data(raw)

@@ -14,6 +14,7 @@ from pyinfra.facts.files import File, Sha256File
 
 from servekit import credentials, shell
 from servekit.deploys.common import Commands, failure
+from servekit.hostplan import SourcesPlan
 
 
 def write_command(path: str, owner: str | None) -> str:
@@ -51,7 +52,7 @@ def secret_file(path: str, content: str, owner: str | None = "root:root") -> Com
 
 
 def mirror_login_files(
-    sources: dict[str, Any],
+    sources: SourcesPlan | None,
     targets: list[tuple[str, str]],
     owner: str | None = "root:root",
     sudo: bool | None = None,
@@ -63,8 +64,8 @@ def mirror_login_files(
     `sudo` is passed on to the operations (None: the deploy's own setting)."""
     become: dict[str, Any] = {} if sudo is None else {"_sudo": sudo}
     try:
-        ref = credentials.reference(sources)
-        logins = credentials.read(ref) if ref else None
+        ref = sources.mirror_credentials if sources is not None else None
+        logins = credentials.read(ref.model_dump()) if ref is not None else None
     except credentials.CredentialsError as error:
         _stop(name="Mirror credentials", message=str(error), **become)
         return None
@@ -72,7 +73,7 @@ def mirror_login_files(
         return False
     for path, kind in targets:
         text = (
-            credentials.apt_auth_text(logins, sources)
+            credentials.apt_auth_text(logins, sources.urls() if sources else {})
             if kind == "apt"
             else credentials.netrc_text(logins)
         )

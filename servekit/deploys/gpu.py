@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from io import StringIO
-from typing import Any
 
 from pyinfra import logger
 from pyinfra.api.deploy import deploy
@@ -36,7 +35,7 @@ from servekit.facts.nvidia import (
     NvidiaPciDevices,
 )
 from servekit.facts.system import Kernel, KernelHeaders, OsRelease, SecureBoot
-from servekit.hostplan import HOST_DATA_KEY, HostPlan
+from servekit.hostplan import HOST_DATA_KEY, HostPlan, SourcesPlan
 from servekit.nvidia import DriverChoice, GpuTarget, PolicyError
 from servekit.render import GPU_PATHS, RenderedFile, gpu_files
 
@@ -259,10 +258,10 @@ def gpu_host() -> None:
     )
 
 
-def _sources() -> dict[str, Any]:
+def _sources() -> SourcesPlan | None:
     """The fleet's sources for this host (mirrors, their logins), or none without a plan."""
     raw = host.data.get(HOST_DATA_KEY)
-    return HostPlan.from_host_data(raw).sources if raw is not None else {}
+    return HostPlan.from_host_data(raw).sources if raw is not None else None
 
 
 def _repository(found: Survey, rendered: dict[str, RenderedFile]) -> bool:

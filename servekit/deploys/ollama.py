@@ -155,7 +155,7 @@ def ollama_host(default_fleet: str | None = None) -> None:
     if settings is None:
         logger.warning(f"{host.print_prefix}the fleet serves no Ollama model here: nothing to do")
         return
-    base_url = str(plan.sources.get("ollama_releases", ""))
+    base_url = plan.sources.ollama_releases
     if not SAFE_URL.match(base_url):
         problem(
             name="Ollama release mirror",

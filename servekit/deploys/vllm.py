@@ -66,8 +66,10 @@ from servekit.hostplan import (
     VLLM_CONFIG_DIR,
     VLLM_HOME,
     VLLM_VENVS,
+    HfWeights,
     HostPlan,
-    SecretSource,
+    S3Weights,
+    SourcesPlan,
     VllmInstance,
     uses_ray,
 )
@@ -131,7 +133,7 @@ class Build:
         return f"CUDA {self.cuda} build, needs driver >= {self.min_driver}{note}"
 
 
-def builds(version: str, sources: dict[str, Any]) -> list[Build]:
+def builds(version: str, sources: SourcesPlan) -> list[Build]:
     """The catalog's builds of `version`, in order of preference, with their indexes."""
     release = catalog.vllm_release(version)
     result = []
@@ -141,8 +143,8 @@ def builds(version: str, sources: dict[str, Any]) -> list[Build]:
             extra: tuple[str, ...] = ()
             strategy = None
         else:
-            wheels = str(sources.get("vllm_wheels", "https://wheels.vllm.ai")).rstrip("/")
-            torch = str(sources.get("torch_index", "https://download.pytorch.org/whl")).rstrip("/")
+            wheels = sources.vllm_wheels.rstrip("/")
+            torch = sources.torch_index.rstrip("/")
             extra = (f"{wheels}/{version}/{cu}", f"{torch}/{cu}")
             strategy = "unsafe-best-match"
         result.append(
@@ -151,7 +153,7 @@ def builds(version: str, sources: dict[str, Any]) -> list[Build]:
                 min_driver=build.min_driver,
                 source=build.source,
                 unconfirmed=build.unconfirmed,
-                index_url=str(sources.get("python_index", pyenv.PYPI_SIMPLE)),
+                index_url=sources.python_index,
                 extra_index_urls=extra,
                 index_strategy=strategy,
             )
@@ -163,7 +165,7 @@ class DriverTooOld(ValueError):
     """No build of the pinned vLLM runs on this driver; the message names the alternatives."""
 
 
-def choose_build(version: str, sources: dict[str, Any], driver: str) -> Build:
+def choose_build(version: str, sources: SourcesPlan, driver: str) -> Build:
     """The first build whose minimum driver the host's driver meets."""
     candidates = builds(version, sources)
     for build in candidates:
@@ -222,7 +224,7 @@ class HostWork:
     @property
     def netrc(self) -> str | None:
         """The root-only netrc uv and pip read mirror logins from (NETRC), if the fleet has any."""
-        return NETRC_FILE if self.plan.sources.get("mirror_credentials") else None
+        return NETRC_FILE if self.plan.sources.mirror_credentials else None
 
     @property
     def processes(self) -> list[VllmInstance]:
@@ -273,13 +275,13 @@ class HostWork:
 
 
 def host_work(plan: HostPlan) -> HostWork:
-    version = str(plan.versions["vllm"])
+    version = plan.versions.vllm
     requirements = [f"vllm=={version}"]
     if any(uses_ray(i) for i in plan.vllm):
         requirements.append(f"ray=={catalog.tool_version('ray')}")
     locations: dict[str, WeightsLocation] = {}
     for instance in plan.vllm:
-        location = locate(plan.sources, instance.checkpoint, instance.revision)
+        location = locate(plan.sources.weights, instance.checkpoint, instance.revision)
         locations.setdefault(location.description, location)
     kinds = {w.kind for w in locations.values()}
     tools = []
@@ -382,7 +384,7 @@ def uv_tool(work: HostWork) -> Commands:
     if output.split()[1:2] == [pyenv.UV_VERSION]:
         host.noop(f"uv {pyenv.UV_VERSION} is installed")
         return
-    yield pyenv.bootstrap_uv(str(work.plan.sources["python_index"]), netrc=work.netrc)
+    yield pyenv.bootstrap_uv(work.plan.sources.python_index, netrc=work.netrc)
     stale()
 
 
@@ -510,7 +512,7 @@ def tools_venv(work: HostWork) -> Commands:
         host.noop("weights tools are installed")
         return
     uv = pyenv.uv_binary()
-    index = str(work.plan.sources["python_index"])
+    index = work.plan.sources.python_index
     python, python_args = "python3", ["--no-managed-python"]
     if not state.get("python"):
         python, python_args = "3.12", ["--managed-python"]
@@ -523,42 +525,37 @@ def tools_venv(work: HostWork) -> Commands:
 
 def _weights_job(work: HostWork, location: WeightsLocation) -> dict[str, Any]:
     """What `fetch_weights.py` needs, secrets included (it travels on standard input)."""
-    source = work.plan.sources["weights"]
+    source = work.plan.sources.weights
     job: dict[str, Any] = {
         "kind": location.kind,
         "checkpoint": location.checkpoint,
         "revision": location.revision,
         "marker": location.marker,
     }
-    if location.kind == "huggingface":
-        token = source.get("token")
+    if isinstance(source, HfWeights):
         job["hf"] = {
-            "endpoint": source.get("endpoint", "https://huggingface.co"),
+            "endpoint": source.endpoint,
             "cache_dir": f"{HF_HOME}/hub",
-            "token": read_secret(_secret(token)) if token else None,
+            "token": read_secret(source.token) if source.token else None,
         }
-    else:
-        credentials = source.get("credentials")
-        keys = read_secret_lines(_secret(credentials)) if credentials else []
+    elif isinstance(source, S3Weights):
+        credentials = source.credentials
+        keys = read_secret_lines(credentials) if credentials else []
         if credentials and len(keys) < 2:
             raise SecretError(
-                f"S3 credentials ({_secret(credentials).describe()}) need two lines: the access "
+                f"S3 credentials ({credentials.describe()}) need two lines: the access "
                 "key id, then the secret access key"
             )
         job["s3"] = {
-            "bucket": source["bucket"],
-            "prefix": s3_prefix(work.plan.sources, location.checkpoint),
+            "bucket": source.bucket,
+            "prefix": s3_prefix(source, location.checkpoint),
             "dest": location.directory,
-            "region": source.get("region"),
-            "endpoint_url": source.get("endpoint_url"),
+            "region": source.region,
+            "endpoint_url": source.endpoint_url,
             "access_key_id": keys[0] if keys else None,
             "secret_access_key": keys[1] if keys else None,
         }
     return job
-
-
-def _secret(ref: dict[str, Any]) -> SecretSource:
-    return SecretSource(file=ref.get("file"), env=ref.get("env"))
 
 
 @operation()

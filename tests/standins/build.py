@@ -111,8 +111,11 @@ def _ollama_tar(version: str) -> bytes:
         raise RuntimeError(f"{OLLAMA_VERSION_LINE!r} not found in the ollama stand-in script")
     script = script.replace(OLLAMA_VERSION_LINE, f'VERSION = "{version.lstrip("v")}"', 1)
     entries: list[tuple[str, bytes | None, int]] = [
-        (".", None, 0o755), ("./bin", None, 0o755), ("./bin/ollama", script.encode(), 0o755),
-        ("./lib", None, 0o755), ("./lib/ollama", None, 0o755),
+        (".", None, 0o755),
+        ("./bin", None, 0o755),
+        ("./bin/ollama", script.encode(), 0o755),
+        ("./lib", None, 0o755),
+        ("./lib/ollama", None, 0o755),
     ]
     for lib in sorted((OLLAMA_SRC / "lib" / "ollama").iterdir()):
         entries.append((f"./lib/ollama/{lib.name}", lib.read_bytes(), 0o755))
@@ -137,13 +140,16 @@ def zstd_compress(data: bytes) -> bytes:
     """Compress with the `zstd` CLI if present, else the `zstandard` package."""
     exe = shutil.which("zstd")
     if exe:
-        return subprocess.run([exe, "-q", "-19", "-c"], input=data, check=True,
-                              capture_output=True).stdout
+        return subprocess.run(
+            [exe, "-q", "-19", "-c"], input=data, check=True, capture_output=True
+        ).stdout
     try:
         import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError as exc:
-        raise RuntimeError("building .tar.zst needs the zstd CLI (apt-get install zstd) or the "
-                           "zstandard Python package") from exc
+        raise RuntimeError(
+            "building .tar.zst needs the zstd CLI (apt-get install zstd) or the "
+            "zstandard Python package"
+        ) from exc
     compressed: bytes = zstandard.ZstdCompressor(level=19).compress(data)
     return compressed
 
@@ -152,8 +158,9 @@ def zstd_decompress(data: bytes) -> bytes:
     """Inverse of zstd_compress, for tests that unpack a release."""
     exe = shutil.which("zstd")
     if exe:
-        return subprocess.run([exe, "-q", "-d", "-c"], input=data, check=True,
-                              capture_output=True).stdout
+        return subprocess.run(
+            [exe, "-q", "-d", "-c"], input=data, check=True, capture_output=True
+        ).stdout
     import zstandard  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(data)
@@ -185,8 +192,11 @@ def build_ollama_release(out_dir: Path, version: str, arch: str = "amd64") -> Pa
             gz.write(tar)
         data = buf.getvalue()
     (release / name).write_bytes(data)
-    sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(release.iterdir()) if p.name.startswith("ollama-")}
+    sums = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(release.iterdir())
+        if p.name.startswith("ollama-")
+    }
     (release / "sha256sum.txt").write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
     return release
 

@@ -51,8 +51,9 @@ class Proc:
         self.err_path = log_dir / f"{name}.err"
         self._out = self.out_path.open("wb")
         self._err = self.err_path.open("wb")
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._out, stderr=self._err,
-                                      stdin=subprocess.DEVNULL)
+        self.popen = subprocess.Popen(
+            argv, env=env, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL
+        )
 
     @property
     def stderr(self) -> str:
@@ -95,8 +96,14 @@ class Proc:
 
 
 @contextlib.contextmanager
-def running(argv: list[str], env: dict[str, str], log_dir: Path, name: str,
-            ready_log: str | None = None, timeout: float = 15.0) -> Iterator[Proc]:
+def running(
+    argv: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    name: str,
+    ready_log: str | None = None,
+    timeout: float = 15.0,
+) -> Iterator[Proc]:
     """Run a process for the duration of a `with` block; optionally wait for a ready log line."""
     proc = Proc(argv, env, log_dir, name)
     try:
@@ -109,8 +116,9 @@ def running(argv: list[str], env: dict[str, str], log_dir: Path, name: str,
 
 def vllm_env(**extra: str) -> dict[str, str]:
     """Environment to run the stand-in vllm from the source tree, with quick start-up."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("VLLM_", "HF_", "NCCL_", "GLOO_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_", "NCCL_", "GLOO_"))
+    }
     env["PYTHONPATH"] = str(HERE)
     env["VLLM_STANDIN_STARTUP_DELAY"] = "0.05"
     env.update(extra)
@@ -122,9 +130,15 @@ def vllm_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.cli.main", *args]
 
 
-def request(port: int, method: str, path: str, body: Any = None,
-            headers: dict[str, str] | None = None, timeout: float = 10.0,
-            host: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+    host: str = "127.0.0.1",
+) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request; returns (status, lower-cased headers, body)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -137,13 +151,18 @@ def request(port: int, method: str, path: str, body: Any = None,
         conn.close()
 
 
-def sse_events(port: int, path: str, body: Any, headers: dict[str, str] | None = None,
-               timeout: float = 10.0) -> list[tuple[float, str]]:
+def sse_events(
+    port: int, path: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> list[tuple[float, str]]:
     """POST and read a server-sent-event stream: [(monotonic arrival, data payload)]."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("POST", path, body=json.dumps(body).encode(),
-                     headers={"Content-Type": "application/json", **(headers or {})})
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
         resp = conn.getresponse()
         assert resp.status == 200, (resp.status, resp.read())
         assert resp.getheader("content-type", "").startswith("text/event-stream")
@@ -157,7 +176,7 @@ def sse_events(port: int, path: str, body: Any, headers: dict[str, str] | None =
             if pending.endswith(b"\n\n"):
                 text = pending.decode()
                 assert text.startswith("data: "), text
-                events.append((time.monotonic(), text[len("data: "):-2]))
+                events.append((time.monotonic(), text[len("data: ") : -2]))
                 pending = b""
         assert pending == b"", pending
         return events

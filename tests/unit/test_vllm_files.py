@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from servekit.cli import app
 from servekit.deploys.vllm import _python_ok, builds, host_work
-from servekit.hostplan import HostPlan
+from servekit.hostplan import HfWeights, HostPlan, LocalWeights, S3Weights, SourcesPlan
 from servekit.placement import plan_fleet
 from servekit.render import firewall_rules, render_host
 from servekit.spec import (
@@ -38,6 +38,8 @@ def nft_set(text: str, name: str) -> list[str]:
     if "elements = {" not in body:
         return []
     return [e.strip() for e in body.split("elements = {", 1)[1].split(",")]
+
+
 KEY = SecretRef(env="ENGINE_KEY")
 HF = Sources(weights=HuggingFace(token=SecretRef(env="HF")))
 
@@ -50,13 +52,13 @@ def machines(count: int, gpus: int = 1, gpu: str = "A100-80GB") -> list[SshHost]
 
 
 def test_weights_locations_per_source() -> None:
-    hf = locate({"weights": {"kind": "huggingface"}}, "meta-llama/Llama-3.1-8B-Instruct", "abc1")
+    hf = locate(HfWeights(), "meta-llama/Llama-3.1-8B-Instruct", "abc1")
     assert hf.model_arg == "meta-llama/Llama-3.1-8B-Instruct" and hf.revision == "abc1"
     assert hf.marker == "/var/lib/vllm/weights/hf--meta-llama--Llama-3.1-8B-Instruct--abc1.json"
-    s3 = locate({"weights": {"kind": "s3", "bucket": "b"}}, "org/model", "abc1")
+    s3 = locate(S3Weights(bucket="b"), "org/model", "abc1")
     assert s3.model_arg == s3.directory == "/var/lib/vllm/models/org/model"
     assert s3.revision is None  # a bucket has no revisions: the flag is not rendered
-    local = locate({"weights": {"kind": "local", "path": "/mnt/models/"}}, "org/model", None)
+    local = locate(LocalWeights(path="/mnt/models/"), "org/model", None)
     assert local.model_arg == "/mnt/models/org/model" and local.marker is None
 
 
@@ -189,7 +191,7 @@ def test_host_work_lists_units_weights_and_tools() -> None:
 
 
 def test_builds_and_python_ranges() -> None:
-    pypi, cu129 = builds("0.33.0", {"python_index": "http://mirror/simple"})
+    pypi, cu129 = builds("0.33.0", SourcesPlan(python_index="http://mirror/simple"))
     assert pypi.index_url == "http://mirror/simple" and pypi.extra_index_urls == ()
     assert cu129.unconfirmed and cu129.index_strategy == "unsafe-best-match"
     assert _python_ok("3.11.2", ">=3.11,<3.15") and _python_ok("3.14.0", ">=3.11,<3.15")

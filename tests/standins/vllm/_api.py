@@ -26,16 +26,23 @@ _GUARDED = ("/v1", "/v2", "/inference", "/cohere")
 class ApiError(Exception):
     """An error answered in vLLM's JSON shape."""
 
-    def __init__(self, status: int, message: str, type_: str = "BadRequestError",
-                 param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, type_: str = "BadRequestError", param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type_
         self.param = param
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.type, "param": self.param,
-                          "code": self.status}}
+        return {
+            "error": {
+                "message": str(self),
+                "type": self.type,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
 
 
 @dataclass
@@ -66,8 +73,9 @@ def _int_param(body: dict[str, Any], *names: str) -> int | None:
 class Api:
     """Routes one parsed request; holds the served names, keys and the engine."""
 
-    def __init__(self, engine: Engine, served_names: list[str], root: str,
-                 api_keys: list[str]) -> None:
+    def __init__(
+        self, engine: Engine, served_names: list[str], root: str, api_keys: list[str]
+    ) -> None:
         self.engine = engine
         self.names = served_names
         self.root = root
@@ -77,8 +85,12 @@ class Api:
 
     async def handle(self, req: Request, resp: Responder) -> None:
         path = req.path
-        if (self.api_keys and req.method != "OPTIONS" and path.startswith(_GUARDED)
-                and req.headers.get("authorization", "") not in self.api_keys):
+        if (
+            self.api_keys
+            and req.method != "OPTIONS"
+            and path.startswith(_GUARDED)
+            and req.headers.get("authorization", "") not in self.api_keys
+        ):
             await resp.send_json(401, {"error": "Unauthorized"})
             return
         route = _ROUTES.get(path)
@@ -109,15 +121,29 @@ class Api:
     async def models(self, req: Request, resp: Responder) -> None:
         data = [
             {
-                "id": name, "object": "model", "created": self.created, "owned_by": "vllm",
-                "root": self.root, "parent": None, "max_model_len": self.engine.max_model_len,
-                "permission": [{
-                    "id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission",
-                    "created": self.created, "allow_create_engine": False, "allow_sampling": True,
-                    "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-                    "allow_fine_tuning": False, "organization": "*", "group": None,
-                    "is_blocking": False,
-                }],
+                "id": name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "vllm",
+                "root": self.root,
+                "parent": None,
+                "max_model_len": self.engine.max_model_len,
+                "permission": [
+                    {
+                        "id": f"modelperm-{uuid.uuid4().hex}",
+                        "object": "model_permission",
+                        "created": self.created,
+                        "allow_create_engine": False,
+                        "allow_sampling": True,
+                        "allow_logprobs": True,
+                        "allow_search_indices": False,
+                        "allow_view": True,
+                        "allow_fine_tuning": False,
+                        "organization": "*",
+                        "group": None,
+                        "is_blocking": False,
+                    }
+                ],
             }
             for name in self.names
         ]
@@ -138,8 +164,9 @@ class Api:
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise ApiError(400, "messages: Input should be a valid list of messages",
-                               param="messages")
+                raise ApiError(
+                    400, "messages: Input should be a valid list of messages", param="messages"
+                )
             prompt_tokens = chat_prompt_tokens(messages)
             max_tokens = _int_param(body, "max_completion_tokens", "max_tokens")
         else:
@@ -151,22 +178,33 @@ class Api:
         min_tokens = _int_param(body, "min_tokens") or 0
         limit = self.engine.max_model_len
         if prompt_tokens >= limit:
-            raise ApiError(400, f"This model's maximum context length is {limit} tokens. However, "
-                           f"your request has {prompt_tokens} input tokens. Please reduce the "
-                           "length of the input messages.")
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, "
+                f"your request has {prompt_tokens} input tokens. Please reduce the "
+                "length of the input messages.",
+            )
         if max_tokens is None:
             max_tokens = limit - prompt_tokens
         elif max_tokens < 1:
-            raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.",
-                           param="max_tokens")
+            raise ApiError(
+                400, f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens"
+            )
         elif prompt_tokens + max_tokens > limit:
-            raise ApiError(400, f"'max_tokens' or 'max_completion_tokens' is too large: "
-                           f"{max_tokens}. This model's maximum context length is {limit} tokens "
-                           f"and your request has {prompt_tokens} input tokens ({max_tokens} > "
-                           f"{limit} - {prompt_tokens}).")
+            raise ApiError(
+                400,
+                f"'max_tokens' or 'max_completion_tokens' is too large: "
+                f"{max_tokens}. This model's maximum context length is {limit} tokens "
+                f"and your request has {prompt_tokens} input tokens ({max_tokens} > "
+                f"{limit} - {prompt_tokens}).",
+            )
         if min_tokens > max_tokens:
-            raise ApiError(400, f"min_tokens must be less than or equal to max_tokens={max_tokens}"
-                           f", got {min_tokens}.", param="min_tokens")
+            raise ApiError(
+                400,
+                f"min_tokens must be less than or equal to max_tokens={max_tokens}"
+                f", got {min_tokens}.",
+                param="min_tokens",
+            )
         knobs = self.engine.knobs
         n_tokens, reason = max_tokens, "length"
         if knobs.eos_after is not None and not body.get("ignore_eos"):
@@ -180,8 +218,11 @@ class Api:
         base = req.headers.get("x-request-id") or uuid.uuid4().hex
         return Plan(
             request_id=("chatcmpl-" if chat else "cmpl-") + base,
-            prompt_tokens=prompt_tokens, max_tokens=max_tokens, n_tokens=n_tokens,
-            finish_reason=reason, fail_at=fail_at,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            n_tokens=n_tokens,
+            finish_reason=reason,
+            fail_at=fail_at,
             include_usage=bool(opts.get("include_usage")),
             continuous_usage=bool(opts.get("continuous_usage_stats")),
         )
@@ -195,10 +236,12 @@ class Api:
         if isinstance(prompt, list) and len(prompt) == 1:
             return Api._completion_prompt_tokens(prompt[0])
         if isinstance(prompt, list) and len(prompt) > 1:
-            raise ApiError(400, "The stand-in engine serves one prompt per request.",
-                           param="prompt")
-        raise ApiError(400, "prompt: Input should be a string or a list of token ids",
-                       param="prompt")
+            raise ApiError(
+                400, "The stand-in engine serves one prompt per request.", param="prompt"
+            )
+        raise ApiError(
+            400, "prompt: Input should be a string or a list of token ids", param="prompt"
+        )
 
     async def _generate(self, req: Request, resp: Responder, chat: bool) -> None:
         try:
@@ -214,8 +257,7 @@ class Api:
             await resp.start(200, SSE)
         await self._run(plan, model, chat, stream, resp)
 
-    async def _run(self, plan: Plan, model: str, chat: bool, stream: bool,
-                   resp: Responder) -> None:
+    async def _run(self, plan: Plan, model: str, chat: bool, stream: bool, resp: Responder) -> None:
         eng = self.engine
         knobs = eng.knobs
         loop = asyncio.get_running_loop()
@@ -241,8 +283,9 @@ class Api:
                 if reason == "error":
                     await self._fail(plan, resp, stream=False)
                 else:
-                    await resp.send_json(200, self._full_response(plan, rid, created, model,
-                                                                  chat, sent))
+                    await resp.send_json(
+                        200, self._full_response(plan, rid, created, model, chat, sent)
+                    )
                 return
             if knobs.ttft > 0:
                 await asyncio.sleep(knobs.ttft)
@@ -303,8 +346,9 @@ class Api:
             if logging:
                 eng.flush_log()
 
-    async def _run_whole(self, plan: Plan, start: float, interval: float,
-                         arrived: float) -> tuple[int, str]:
+    async def _run_whole(
+        self, plan: Plan, start: float, interval: float, arrived: float
+    ) -> tuple[int, str]:
         """A non-streamed request: wait until its last token is due, then count it all."""
         eng = self.engine
         loop = asyncio.get_running_loop()
@@ -320,8 +364,12 @@ class Api:
         return n, "error" if plan.fail_at is not None else plan.finish_reason
 
     async def _fail(self, plan: Plan, resp: Responder, stream: bool) -> None:
-        err = ApiError(500, f"Stand-in engine failure after {plan.fail_at} tokens "
-                       "(VLLM_STANDIN_FAIL_AFTER_TOKENS).", "InternalServerError")
+        err = ApiError(
+            500,
+            f"Stand-in engine failure after {plan.fail_at} tokens "
+            "(VLLM_STANDIN_FAIL_AFTER_TOKENS).",
+            "InternalServerError",
+        )
         if not stream:
             await resp.send_json(500, err.body())
             return
@@ -336,37 +384,59 @@ class Api:
     # -- chunk shapes -------------------------------------------------------------------------
 
     @staticmethod
-    def _chunk_frame(rid: str, created: int, model: str,
-                     chat: bool) -> tuple[bytes, bytes, dict[str, bytes]]:
+    def _chunk_frame(
+        rid: str, created: int, model: str, chat: bool
+    ) -> tuple[bytes, bytes, dict[str, bytes]]:
         obj = "chat.completion.chunk" if chat else "text_completion"
-        pre = (f'data: {{"id":{json.dumps(rid)},"object":"{obj}","created":{created},'
-               f'"model":{json.dumps(model)},"choices":[{{"index":0,')
+        pre = (
+            f'data: {{"id":{json.dumps(rid)},"object":"{obj}","created":{created},'
+            f'"model":{json.dumps(model)},"choices":[{{"index":0,'
+        )
         if chat:
             head = (pre + '"delta":{"content":').encode()
             tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
-            last = {r: f'}},"logprobs":null,"finish_reason":"{r}","stop_reason":null}}]}}\n\n'
-                    .encode() for r in ("stop", "length")}
+            last = {
+                r: f'}},"logprobs":null,"finish_reason":"{r}","stop_reason":null}}]}}\n\n'.encode()
+                for r in ("stop", "length")
+            }
         else:
             head = (pre + '"text":').encode()
             tail = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
-            last = {r: f',"logprobs":null,"finish_reason":"{r}","stop_reason":null}}]}}\n\n'
-                    .encode() for r in ("stop", "length")}
+            last = {
+                r: f',"logprobs":null,"finish_reason":"{r}","stop_reason":null}}]}}\n\n'.encode()
+                for r in ("stop", "length")
+            }
         return head, tail, last
 
     @staticmethod
     def _role_chunk(rid: str, created: int, model: str) -> bytes:
-        obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None, "finish_reason": None}]}
+        obj = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
     @staticmethod
     def _usage(plan: Plan, sent: int) -> dict[str, int]:
-        return {"prompt_tokens": plan.prompt_tokens, "total_tokens": plan.prompt_tokens + sent,
-                "completion_tokens": sent}
+        return {
+            "prompt_tokens": plan.prompt_tokens,
+            "total_tokens": plan.prompt_tokens + sent,
+            "completion_tokens": sent,
+        }
 
-    def _usage_token_chunk(self, plan: Plan, rid: str, created: int, model: str, chat: bool,
-                           i: int, final: bool) -> bytes:
+    def _usage_token_chunk(
+        self, plan: Plan, rid: str, created: int, model: str, chat: bool, i: int, final: bool
+    ) -> bytes:
         text = TOKEN_TEXT[i % len(TOKEN_TEXT)]
         choice: dict[str, Any] = {"index": 0}
         if chat:
@@ -378,41 +448,72 @@ class Api:
         if final or not chat:
             choice["stop_reason"] = None
         obj: dict[str, Any] = {
-            "id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created, "model": model, "choices": [choice],
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [choice],
             "usage": self._usage(plan, i + 1),
         }
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
-    def _usage_chunk(self, plan: Plan, rid: str, created: int, model: str, chat: bool,
-                     sent: int) -> bytes:
+    def _usage_chunk(
+        self, plan: Plan, rid: str, created: int, model: str, chat: bool, sent: int
+    ) -> bytes:
         obj: dict[str, Any] = {
-            "id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created, "model": model, "choices": [], "usage": self._usage(plan, sent),
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": self._usage(plan, sent),
         }
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
-    def _full_response(self, plan: Plan, rid: str, created: int, model: str, chat: bool,
-                       sent: int) -> dict[str, Any]:
+    def _full_response(
+        self, plan: Plan, rid: str, created: int, model: str, chat: bool, sent: int
+    ) -> dict[str, Any]:
         text = "".join(TOKEN_TEXT[i % len(TOKEN_TEXT)] for i in range(sent))
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None,
-                            "annotations": None, "audio": None, "function_call": None,
-                            "tool_calls": [], "reasoning_content": None},
-                "logprobs": None, "finish_reason": plan.finish_reason, "stop_reason": None,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "tool_calls": [],
+                    "reasoning_content": None,
+                },
+                "logprobs": None,
+                "finish_reason": plan.finish_reason,
+                "stop_reason": None,
             }
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "logprobs": None,
-                      "finish_reason": plan.finish_reason, "stop_reason": None,
-                      "prompt_logprobs": None}
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": plan.finish_reason,
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
             obj = "text_completion"
-        return {"id": rid, "object": obj, "created": created, "model": model,
-                "choices": [choice], "service_tier": None, "system_fingerprint": None,
-                "usage": {**self._usage(plan, sent), "prompt_tokens_details": None},
-                "prompt_logprobs": None, "kv_transfer_params": None}
+        return {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": {**self._usage(plan, sent), "prompt_tokens_details": None},
+            "prompt_logprobs": None,
+            "kv_transfer_params": None,
+        }
 
 
 _TOKEN_JSON = [json.dumps(t).encode() for t in TOKEN_TEXT]

@@ -23,11 +23,50 @@ from typing import Any, TextIO
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 VOCAB = [
-    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "every",
-    "model", "serves", "tokens", "at", "its", "own", "pace", "and", "clients", "measure", "time",
-    "to", "first", "token", "latency", "throughput", "with", "care", "so", "that", "numbers",
-    "from", "stand", "ins", "match", "what", "real", "engines", "would", "report", "under",
-    "load", "today",
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "every",
+    "model",
+    "serves",
+    "tokens",
+    "at",
+    "its",
+    "own",
+    "pace",
+    "and",
+    "clients",
+    "measure",
+    "time",
+    "to",
+    "first",
+    "token",
+    "latency",
+    "throughput",
+    "with",
+    "care",
+    "so",
+    "that",
+    "numbers",
+    "from",
+    "stand",
+    "ins",
+    "match",
+    "what",
+    "real",
+    "engines",
+    "would",
+    "report",
+    "under",
+    "load",
+    "today",
 ]
 TOKEN_TEXT = [" " + w for w in VOCAB]
 
@@ -87,14 +126,93 @@ class Knobs:
 
 
 # Bucket bounds as in vLLM's v1 Prometheus logger.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-               10.0, 20.0, 40.0, 80.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
-               120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
-TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000,
-                 100000, 200000)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+E2E_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
+TOKEN_BUCKETS = (
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1000,
+    2000,
+    5000,
+    10000,
+    20000,
+    50000,
+    100000,
+    200000,
+)
 FINISH_REASONS = ("stop", "length", "abort", "error")
 
 
@@ -200,37 +318,85 @@ class Engine:
             out.append(f"# TYPE {name} {kind}")
             out.extend(lines)
 
-        metric("vllm:num_requests_running", "gauge",
-               "Number of requests in model execution batches.",
-               [f"vllm:num_requests_running{{{labels}}} {float(self.running)}"])
-        metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
-               [f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}"])
-        metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.",
-               [f"vllm:kv_cache_usage_perc{{{labels}}} {usage}"])
-        metric("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the "
-               "engine.", [f"vllm:num_preemptions_total{{{labels}}} 0.0"])
-        metric("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
-               [f"vllm:prompt_tokens_total{{{labels}}} {float(self.prompt_tokens_total)}"])
-        metric("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
-               [f"vllm:generation_tokens_total{{{labels}}} {float(self.generation_tokens_total)}"])
-        metric("vllm:request_success_total", "counter", "Count of successfully processed requests.",
-               [f'vllm:request_success_total{{{labels},finished_reason="{r}"}} {float(c)}'
-                for r, c in self.success.items()])
+        metric(
+            "vllm:num_requests_running",
+            "gauge",
+            "Number of requests in model execution batches.",
+            [f"vllm:num_requests_running{{{labels}}} {float(self.running)}"],
+        )
+        metric(
+            "vllm:num_requests_waiting",
+            "gauge",
+            "Number of requests waiting to be processed.",
+            [f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}"],
+        )
+        metric(
+            "vllm:kv_cache_usage_perc",
+            "gauge",
+            "KV-cache usage. 1 means 100 percent usage.",
+            [f"vllm:kv_cache_usage_perc{{{labels}}} {usage}"],
+        )
+        metric(
+            "vllm:num_preemptions_total",
+            "counter",
+            "Cumulative number of preemption from the engine.",
+            [f"vllm:num_preemptions_total{{{labels}}} 0.0"],
+        )
+        metric(
+            "vllm:prompt_tokens_total",
+            "counter",
+            "Number of prefill tokens processed.",
+            [f"vllm:prompt_tokens_total{{{labels}}} {float(self.prompt_tokens_total)}"],
+        )
+        metric(
+            "vllm:generation_tokens_total",
+            "counter",
+            "Number of generation tokens processed.",
+            [f"vllm:generation_tokens_total{{{labels}}} {float(self.generation_tokens_total)}"],
+        )
+        metric(
+            "vllm:request_success_total",
+            "counter",
+            "Count of successfully processed requests.",
+            [
+                f'vllm:request_success_total{{{labels},finished_reason="{r}"}} {float(c)}'
+                for r, c in self.success.items()
+            ],
+        )
         for name, hist, help_ in (
-            ("vllm:time_to_first_token_seconds", self.ttft, "Histogram of time to first token in "
-             "seconds."),
-            ("vllm:inter_token_latency_seconds", self.itl, "Histogram of inter-token latency in "
-             "seconds."),
-            ("vllm:e2e_request_latency_seconds", self.e2e, "Histogram of e2e request latency in "
-             "seconds."),
-            ("vllm:request_queue_time_seconds", self.queue_time, "Histogram of time spent in "
-             "WAITING phase for request."),
+            (
+                "vllm:time_to_first_token_seconds",
+                self.ttft,
+                "Histogram of time to first token in seconds.",
+            ),
+            (
+                "vllm:inter_token_latency_seconds",
+                self.itl,
+                "Histogram of inter-token latency in seconds.",
+            ),
+            (
+                "vllm:e2e_request_latency_seconds",
+                self.e2e,
+                "Histogram of e2e request latency in seconds.",
+            ),
+            (
+                "vllm:request_queue_time_seconds",
+                self.queue_time,
+                "Histogram of time spent in WAITING phase for request.",
+            ),
             ("vllm:request_prompt_tokens", self.prompt_hist, "Number of prefill tokens processed."),
-            ("vllm:request_generation_tokens", self.gen_hist, "Number of generation tokens "
-             "processed."),
+            (
+                "vllm:request_generation_tokens",
+                self.gen_hist,
+                "Number of generation tokens processed.",
+            ),
         ):
             metric(name, "histogram", help_, hist.render(name, labels))
         info = ",".join(f'{k}="{v}"' for k, v in sorted(self.cache_info.items()))
-        metric("vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig",
-               [f"vllm:cache_config_info{{{info},engine=\"0\"}} 1.0"])
+        metric(
+            "vllm:cache_config_info",
+            "gauge",
+            "Information of the LLMEngine CacheConfig",
+            [f'vllm:cache_config_info{{{info},engine="0"}} 1.0'],
+        )
         return "\n".join(out) + "\n"

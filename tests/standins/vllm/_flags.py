@@ -27,8 +27,13 @@ _SOURCE_DATA = _PKG.parent.parent / "data"
 
 # Flags whose values the stand-in reads, with the type vLLM gives them (others stay strings).
 _INT_FLAGS = {
-    "port", "master_port", "nnodes", "node_rank", "tensor_parallel_size",
-    "pipeline_parallel_size", "max_num_seqs",
+    "port",
+    "master_port",
+    "nnodes",
+    "node_rank",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "max_num_seqs",
 }
 _FLOAT_FLAGS = {"gpu_memory_utilization"}
 
@@ -80,7 +85,10 @@ def _dest(canonical: str) -> str:
 def build_parser() -> ServeArgumentParser:
     """An argparse parser accepting exactly vLLM 0.33.0's serve flags."""
     parser = ServeArgumentParser(
-        prog=PROG, usage=USAGE, add_help=False, allow_abbrev=False,
+        prog=PROG,
+        usage=USAGE,
+        add_help=False,
+        allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model_tag", nargs="?", default=None)

@@ -255,8 +255,14 @@ class HttpServer:
                     if resp.started:
                         return
                     resp.keep_alive = False
-                    body = {"error": {"message": str(exc), "type": "InternalServerError",
-                                      "param": None, "code": 500}}
+                    body = {
+                        "error": {
+                            "message": str(exc),
+                            "type": "InternalServerError",
+                            "param": None,
+                            "code": 500,
+                        }
+                    }
                     with contextlib.suppress(ClientGone):
                         await resp.send_json(500, body)
                     return

@@ -68,12 +68,18 @@ class Head:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._accept, self.addr, self.port, reuse_address=True,
+            self._accept,
+            self.addr,
+            self.port,
+            reuse_address=True,
             family=socket.AF_INET6 if ":" in self.addr else socket.AF_INET,
         )
-        log("INFO", "multinode.py",
+        log(
+            "INFO",
+            "multinode.py",
             f"Multi-node head listening on {self.addr}:{self.port}, waiting for "
-            f"{self.nnodes - 1} worker node(s)")
+            f"{self.nnodes - 1} worker node(s)",
+        )
 
     async def wait_workers(self) -> None:
         await asyncio.wait_for(self.all_in.wait(), ready_timeout())
@@ -115,9 +121,12 @@ class Head:
             return
         self.workers[rank] = writer
         writer.write(b"OK\n")
-        log("INFO", "multinode.py",
+        log(
+            "INFO",
+            "multinode.py",
             f"Worker node rank {rank} joined from {peer[0] if peer else '?'} "
-            f"({len(self.workers) + 1}/{self.nnodes} nodes)")
+            f"({len(self.workers) + 1}/{self.nnodes} nodes)",
+        )
         if len(self.workers) == self.nnodes - 1:
             for w in self.workers.values():
                 w.write(b"READY\n")
@@ -130,8 +139,11 @@ class Head:
             writer.close()
             if self.workers.get(rank) is writer:
                 del self.workers[rank]
-            log("WARNING" if not self.all_in.is_set() else "ERROR", "multinode.py",
-                f"Worker node rank {rank} disconnected")
+            log(
+                "WARNING" if not self.all_in.is_set() else "ERROR",
+                "multinode.py",
+                f"Worker node rank {rank} disconnected",
+            )
             if self.all_in.is_set():
                 self.lost_rank = rank
                 self.lost.set()
@@ -149,13 +161,19 @@ async def run_worker(addr: str, port: int, rank: int, nnodes: int) -> int:
         except NET_ERRORS as exc:
             attempt += 1
             if loop.time() >= deadline:
-                log("ERROR", "multinode.py",
+                log(
+                    "ERROR",
+                    "multinode.py",
                     f"Could not reach the head node at {addr}:{port} within "
-                    f"VLLM_ENGINE_READY_TIMEOUT_S ({exc})")
+                    f"VLLM_ENGINE_READY_TIMEOUT_S ({exc})",
+                )
                 return 1
             if attempt == 1 or attempt % 20 == 0:
-                log("INFO", "multinode.py",
-                    f"Waiting for the head node at {addr}:{port} ({exc}); retrying")
+                log(
+                    "INFO",
+                    "multinode.py",
+                    f"Waiting for the head node at {addr}:{port} ({exc}); retrying",
+                )
             await asyncio.sleep(0.5)
     writer.write(f"HELLO {rank} {nnodes}\n".encode())
     await writer.drain()
@@ -164,8 +182,11 @@ async def run_worker(addr: str, port: int, rank: int, nnodes: int) -> int:
     except NET_ERRORS:
         reply = b""
     if reply.strip() != b"OK":
-        log("ERROR", "multinode.py",
-            f"Head node refused this worker: {reply.decode(errors='replace').strip() or 'closed'}")
+        log(
+            "ERROR",
+            "multinode.py",
+            f"Head node refused this worker: {reply.decode(errors='replace').strip() or 'closed'}",
+        )
         return 1
     log("INFO", "multinode.py", f"Joined the head node at {addr}:{port} as node rank {rank}")
     beat = asyncio.ensure_future(_heartbeat(writer))

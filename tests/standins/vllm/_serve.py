@@ -55,7 +55,8 @@ def _hub_dir(download_dir: str | None) -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     hf_home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return Path(hf_home).expanduser() / "hub"
 
 
@@ -74,10 +75,13 @@ def find_weights(model: str, revision: str | None, download_dir: str | None) -> 
             "following requirements:\n1. Provide a valid Hugging Face repository ID.\n2. Specify a"
             " local directory that contains a recognized configuration file.\n   - For Hugging "
             "Face models: ensure the presence of a 'config.json'.\n   - For Mistral models: "
-            "ensure the presence of a 'params.json'.")
+            "ensure the presence of a 'params.json'."
+        )
     if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
-        raise StartupError(f"Invalid repository ID or local directory specified: '{model}'. The "
-                           "directory does not exist.")
+        raise StartupError(
+            f"Invalid repository ID or local directory specified: '{model}'. The "
+            "directory does not exist."
+        )
     if not _truthy("HF_HUB_OFFLINE"):
         return None
     repo = _hub_dir(download_dir) / ("models--" + model.replace("/", "--"))
@@ -91,7 +95,8 @@ def find_weights(model: str, revision: str | None, download_dir: str | None) -> 
     raise StartupError(
         f"HF_HUB_OFFLINE=1 and '{model}' (revision {rev}) is not in the local cache: expected "
         f"{snapshot / 'config.json'}. We couldn't connect to 'https://huggingface.co' to load "
-        "the files, and couldn't find them in the cached files.")
+        "the files, and couldn't find them in the cached files."
+    )
 
 
 def _derived_max_len(weights: Path | None) -> int | None:
@@ -116,12 +121,12 @@ def resolve_max_model_len(requested: int | None, weights: Path | None) -> int:
         return derived or DEFAULT_MAX_MODEL_LEN
     if requested < 1:
         raise StartupError(f"max_model_len must be positive, got {requested}")
-    if derived is not None and requested > derived and not _truthy(
-            "VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+    if derived is not None and requested > derived and not _truthy("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
         raise StartupError(
             f"User-specified max_model_len ({requested}) is greater than the derived "
             f"max_model_len (max_position_embeddings={derived} in model's config.json). To allow "
-            "overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.")
+            "overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1."
+        )
     return requested
 
 
@@ -136,21 +141,28 @@ def validate_parallel(ns: argparse.Namespace) -> None:
     if not 0 <= rank < nnodes:
         raise StartupError(f"node_rank ({rank}) must be in [0, nnodes) with nnodes={nnodes}")
     if ns.headless and nnodes == 1 and ns.data_parallel_start_rank is not None:
-        raise StartupError("the stand-in does not implement data-parallel headless nodes "
-                           "(--headless --data-parallel-start-rank); use --nnodes/--node-rank")
+        raise StartupError(
+            "the stand-in does not implement data-parallel headless nodes "
+            "(--headless --data-parallel-start-rank); use --nnodes/--node-rank"
+        )
     if ns.headless and rank == 0:
-        raise StartupError("--headless is for worker nodes: it needs --node-rank >= 1 (rank 0 is "
-                           "the head node that runs the API server)")
+        raise StartupError(
+            "--headless is for worker nodes: it needs --node-rank >= 1 (rank 0 is "
+            "the head node that runs the API server)"
+        )
     if nnodes > 1 and rank > 0 and not ns.headless:
         raise StartupError(f"node_rank {rank} > 0 runs no API server: start it with --headless")
     if (tp * pp) % nnodes:
         raise StartupError(
             f"world_size (tensor_parallel_size {tp} x pipeline_parallel_size {pp} = {tp * pp}) "
-            f"must be divisible by nnodes ({nnodes})")
+            f"must be divisible by nnodes ({nnodes})"
+        )
     if nnodes > 1 and ns.distributed_executor_backend not in (None, "mp"):
-        raise StartupError("--nnodes > 1 is vLLM's multiprocessing multi-node mode: it needs "
-                           f"distributed_executor_backend 'mp', not "
-                           f"{ns.distributed_executor_backend!r}")
+        raise StartupError(
+            "--nnodes > 1 is vLLM's multiprocessing multi-node mode: it needs "
+            f"distributed_executor_backend 'mp', not "
+            f"{ns.distributed_executor_backend!r}"
+        )
 
 
 def _raise_nofile() -> None:
@@ -179,27 +191,45 @@ def _bind(ns: argparse.Namespace) -> tuple[socket.socket, str]:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"[Errno {exc.errno}] error while attempting to bind on address "
-                           f"({host!r}, {port}): {exc.strerror}") from exc
+        raise StartupError(
+            f"[Errno {exc.errno}] error while attempting to bind on address "
+            f"({host!r}, {port}): {exc.strerror}"
+        ) from exc
     shown = f"[{host}]" if family == socket.AF_INET6 else (host or "0.0.0.0")
     return sock, f"http://{shown}:{port}"
 
 
-def _effective(ns: argparse.Namespace, model: str, served: list[str], max_len: int,
-               keys: list[str], knobs: Knobs) -> dict[str, Any]:
+def _effective(
+    ns: argparse.Namespace,
+    model: str,
+    served: list[str],
+    max_len: int,
+    keys: list[str],
+    knobs: Knobs,
+) -> dict[str, Any]:
     return {
-        "model": model, "served_model_name": served, "host": ns.host, "port": ns.port or 8000,
-        "uds": ns.uds, "max_model_len": max_len,
+        "model": model,
+        "served_model_name": served,
+        "host": ns.host,
+        "port": ns.port or 8000,
+        "uds": ns.uds,
+        "max_model_len": max_len,
         "max_num_seqs": ns.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
         "tensor_parallel_size": ns.tensor_parallel_size or 1,
         "pipeline_parallel_size": ns.pipeline_parallel_size or 1,
-        "nnodes": ns.nnodes or 1, "node_rank": ns.node_rank or 0,
-        "master_addr": ns.master_addr or "127.0.0.1", "master_port": ns.master_port or 29501,
+        "nnodes": ns.nnodes or 1,
+        "node_rank": ns.node_rank or 0,
+        "master_addr": ns.master_addr or "127.0.0.1",
+        "master_port": ns.master_port or 29501,
         "headless": bool(ns.headless),
         "api_key": f"<{len(keys)} key(s), redacted>" if keys else None,
-        "standin": {"startup_delay": knobs.startup_delay, "ttft": knobs.ttft,
-                    "tokens_per_s": knobs.tokens_per_s, "eos_after": knobs.eos_after,
-                    "fail_after_tokens": knobs.fail_after_tokens},
+        "standin": {
+            "startup_delay": knobs.startup_delay,
+            "ttft": knobs.ttft,
+            "tokens_per_s": knobs.tokens_per_s,
+            "eos_after": knobs.eos_after,
+            "fail_after_tokens": knobs.fail_after_tokens,
+        },
     }
 
 
@@ -235,17 +265,23 @@ def run_serve(ns: argparse.Namespace) -> int:
     block_size = _int_or(ns.block_size, 16)
     num_blocks = _int_or(ns.num_gpu_blocks_override, 8192)
     cache_info = {
-        "block_size": str(block_size), "cache_dtype": ns.kv_cache_dtype or "auto",
+        "block_size": str(block_size),
+        "cache_dtype": ns.kv_cache_dtype or "auto",
         "enable_prefix_caching": str(ns.enable_prefix_caching is not False),
         "gpu_memory_utilization": str(ns.gpu_memory_utilization or 0.92),
-        "num_gpu_blocks": str(num_blocks), "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(num_blocks),
+        "num_cpu_blocks": "None",
         "kv_cache_memory_bytes": str(ns.kv_cache_memory_bytes),
         "prefix_caching_hash_algo": ns.prefix_caching_hash_algo or "sha256",
     }
     engine = Engine(
-        model_name=served[0], max_model_len=max_len,
-        max_num_seqs=ns.max_num_seqs or DEFAULT_MAX_NUM_SEQS, cache_info=cache_info, knobs=knobs,
-        block_size=block_size, num_gpu_blocks=num_blocks,
+        model_name=served[0],
+        max_model_len=max_len,
+        max_num_seqs=ns.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+        cache_info=cache_info,
+        knobs=knobs,
+        block_size=block_size,
+        num_gpu_blocks=num_blocks,
     )
     api = Api(engine, served, model, keys)
     head = Head(master_addr, master_port, nnodes) if nnodes > 1 else None
@@ -271,13 +307,18 @@ def _run(coro: Any) -> int:
 
 
 async def _worker(addr: str, port: int, rank: int, nnodes: int) -> int:
-    log("INFO", "api_server.py", f"Running headless worker node rank {rank} of {nnodes}; it "
-        f"serves no API and joins the head at {addr}:{port}")
+    log(
+        "INFO",
+        "api_server.py",
+        f"Running headless worker node rank {rank} of {nnodes}; it "
+        f"serves no API and joins the head at {addr}:{port}",
+    )
     return await run_worker(addr, port, rank, nnodes)
 
 
-async def _head(ns: argparse.Namespace, api: Api, head: Head | None, knobs: Knobs,
-                effective: dict[str, Any]) -> int:
+async def _head(
+    ns: argparse.Namespace, api: Api, head: Head | None, knobs: Knobs, effective: dict[str, Any]
+) -> int:
     try:
         sock, url = _bind(ns)
     except StartupError as exc:
@@ -290,8 +331,11 @@ async def _head(ns: argparse.Namespace, api: Api, head: Head | None, knobs: Knob
             try:
                 await head.wait_workers()
             except WAIT_TIMEOUT:
-                log("ERROR", "multinode.py", "Timed out waiting for the worker nodes "
-                    "(VLLM_ENGINE_READY_TIMEOUT_S)")
+                log(
+                    "ERROR",
+                    "multinode.py",
+                    "Timed out waiting for the worker nodes (VLLM_ENGINE_READY_TIMEOUT_S)",
+                )
                 return 1
         if knobs.startup_delay > 0:
             await asyncio.sleep(knobs.startup_delay)
@@ -306,8 +350,12 @@ async def _head(ns: argparse.Namespace, api: Api, head: Head | None, knobs: Knob
             return 0
         await head.lost.wait()
         api.healthy = False
-        log("ERROR", "core.py", f"Worker node rank {head.lost_rank} died: EngineDeadError; "
-            "shutting down the API server")
+        log(
+            "ERROR",
+            "core.py",
+            f"Worker node rank {head.lost_rank} died: EngineDeadError; "
+            "shutting down the API server",
+        )
         return 1
     finally:
         await http.close()

@@ -14,8 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch `vllm --version` and `vllm serve ...`; other sub-commands are not stood in."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        sys.stdout.write(TOP_USAGE + "\nvLLM CLI\n\npositional arguments:\n  {"
-                         + ",".join(SUBCOMMANDS) + "}\n")
+        sys.stdout.write(
+            TOP_USAGE + "\nvLLM CLI\n\npositional arguments:\n  {" + ",".join(SUBCOMMANDS) + "}\n"
+        )
         return 0
     if args[0] in ("-v", "--version"):
         print(__version__)
@@ -30,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sys.stderr.write(TOP_USAGE)
     choices = ", ".join(repr(c) for c in SUBCOMMANDS)
-    sys.stderr.write(f"vllm: error: argument subparser: invalid choice: {args[0]!r} "
-                     f"(choose from {choices})\n")
+    sys.stderr.write(
+        f"vllm: error: argument subparser: invalid choice: {args[0]!r} (choose from {choices})\n"
+    )
     return 2
 
 
