@@ -1,0 +1,37 @@
+"""The vLLM layout is the paths the deploy has always used (hosts converged before keep theirs)."""
+
+from __future__ import annotations
+
+from servekit.deploys import vllm as deploy
+from servekit.hostplan import VLLM_CONFIG_DIR, VLLM_HOME, VLLM_VENVS
+from servekit.vllm_layout import LAYOUT
+from servekit.weights import HF_HOME, MARKERS_DIR, MODELS_DIR
+
+
+def test_layout_matches_the_paths_hosts_already_have() -> None:
+    assert (LAYOUT.home, LAYOUT.config_dir, LAYOUT.venvs) == (
+        VLLM_HOME,
+        VLLM_CONFIG_DIR,
+        VLLM_VENVS,
+    )
+    assert (LAYOUT.hf_home, LAYOUT.models_dir, LAYOUT.markers_dir) == (
+        HF_HOME,
+        MODELS_DIR,
+        MARKERS_DIR,
+    )
+    assert LAYOUT.directories() == deploy.DIRECTORIES
+    assert (LAYOUT.current_link, LAYOUT.previous_link) == (
+        deploy.CURRENT_LINK,
+        deploy.PREVIOUS_LINK,
+    )
+    assert LAYOUT.rollback_copy("vllm-chat-0") == f"{deploy.ROLLBACK_DIR}/vllm-chat-0"
+
+
+def test_unit_files_name_what_pruning_removes() -> None:
+    assert LAYOUT.unit_files("vllm-chat-0.service") == [
+        "/etc/systemd/system/vllm-chat-0.service",
+        "/etc/vllm/chat-0.yaml",
+        "/etc/vllm/chat-0.env",
+        "/var/lib/servekit/rollback/vllm-chat-0",
+    ]
+    assert LAYOUT.unit_files("ray-chat-0.service") == ["/etc/systemd/system/ray-chat-0.service"]
