@@ -11,8 +11,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from servekit import ollama, systemd
@@ -22,170 +21,27 @@ from servekit.firewall import NFT as NFT
 from servekit.firewall import firewall_files as firewall_files
 from servekit.firewall import firewall_rules as firewall_rules
 from servekit.firewall import needs_firewall, ollama_port
-from servekit.hostplan import (
-    VLLM_CONFIG_DIR,
-    VLLM_HOME,
-    VLLM_VENVS,
-    HostPlan,
-    SecretSource,
-    VllmInstance,
-    ray_unit,
-    uses_ray,
-    vllm_instance_name,
-)
+from servekit.hostfacts import HostFacts as HostFacts
+from servekit.hostplan import HostPlan, SecretSource, uses_ray
 
 # Ray's ports live in servekit.spec next to RAY_PORT (placement claims them); re-exported here.
 from servekit.spec import RAY_FIXED_PORTS as RAY_FIXED_PORTS
-from servekit.spec import RAY_PORT
 from servekit.spec import RAY_WORKER_PORTS as RAY_WORKER_PORTS
 from servekit.templating import RenderedFile as RenderedFile
 from servekit.templating import render_template as render_template
 from servekit.templating import templates_dir as templates_dir
+from servekit.vllm_files import SecretResolver, ray_files, vllm_files
+from servekit.vllm_files import engine_sandbox as engine_sandbox
+from servekit.vllm_files import ray_args as ray_args
+from servekit.vllm_files import vllm_paths as vllm_paths
+from servekit.vllm_layout import LAYOUT
 
-VLLM_USER = "vllm"
-"""The account vLLM and Ray run as (the vLLM deploy creates it)."""
-RAY_TEMP_DIR = f"{VLLM_HOME}/ray"
-
-SecretResolver = Callable[[SecretSource], str]
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What rendering needs from the host itself; unknown values render as placeholders."""
-
-    interfaces: dict[str, str] = field(default_factory=dict)  # address -> interface name
-    home: str | None = None  # the login user's home (macOS: Ollama lives there)
-    nvidia_repository: str | None = None  # NVIDIA's repository URL for the host's release
-    # Character device groups of /proc/devices (facts/devices.py); None: not gathered, and the
-    # units allow the GPU groups of every driver branch (systemd.DEFAULT_GPU_GROUPS).
-    char_devices: tuple[str, ...] | None = None
-
-    def gpu_device_groups(self) -> list[str]:
-        """The GPU/RDMA device groups the engine units allow on this host."""
-        return systemd.device_groups(self.char_devices)
+VLLM_USER = LAYOUT.user
+"""The account vLLM and Ray run as (the layout's; kept here for the deploys that import it)."""
 
 
 def placeholder(source: SecretSource) -> str:
     return f"<secret from {source.describe()}>"
-
-
-def engine_sandbox(facts: HostFacts) -> systemd.Sandbox:
-    """The sandbox of vLLM and Ray processes (and of the GPU check that proves it): vLLM's home
-    writable, the GPU devices this host's driver registers."""
-    return systemd.engine_sandbox(
-        [VLLM_HOME], facts.gpu_device_groups(), systemd.devices_note(facts.char_devices)
-    )
-
-
-def vllm_paths(plan: HostPlan, instance: VllmInstance) -> dict[str, str]:
-    name = vllm_instance_name(instance)
-    return {
-        "config_file": f"{VLLM_CONFIG_DIR}/{name}.yaml",
-        "env_file": f"{VLLM_CONFIG_DIR}/{name}.env",
-        "unit_file": f"/etc/systemd/system/{instance.unit}.service",
-        "ray_unit_file": f"/etc/systemd/system/{ray_unit(instance)}.service",
-        "venv": f"{VLLM_VENVS}/{plan.versions.vllm}",
-    }
-
-
-def _cluster_env(instance: VllmInstance, plan: HostPlan, facts: HostFacts) -> dict[str, str]:
-    """Interface variables NCCL and Gloo need on a multi-node replica (from the host's facts),
-    and where a Ray-backed process finds its cluster."""
-    if instance.nnodes < 2:
-        return {}
-    address = plan.cluster_address or ""
-    interface = facts.interfaces.get(address, f"<interface holding {address or plan.name}>")
-    env = {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface}
-    if uses_ray(instance):
-        env["RAY_ADDRESS"] = f"{instance.head_address}:{RAY_PORT}"
-        if plan.cluster_address:
-            env["RAY_NODE_IP_ADDRESS"] = plan.cluster_address
-            env["RAY_OVERRIDE_NODE_IP_ADDRESS"] = plan.cluster_address
-    return env
-
-
-def ray_args(instance: VllmInstance, plan: HostPlan) -> list[str]:
-    """`ray start --block` arguments of this node: head or worker, its address, GPUs and ports."""
-    args = (
-        ["--head", f"--port={RAY_PORT}"]
-        if instance.role == "server"
-        else [f"--address={instance.head_address}:{RAY_PORT}"]
-    )
-    args += [
-        f"--node-ip-address={plan.cluster_address}",
-        f"--num-gpus={len(instance.gpu_indices)}",
-        f"--temp-dir={RAY_TEMP_DIR}",
-        "--disable-usage-stats",
-    ]
-    if instance.role == "server":
-        args.append("--include-dashboard=false")
-    args += [f"--{flag}={port}" for flag, port in RAY_FIXED_PORTS.items()]
-    args += [f"--min-worker-port={RAY_WORKER_PORTS[0]}", f"--max-worker-port={RAY_WORKER_PORTS[1]}"]
-    return args
-
-
-def ray_files(plan: HostPlan, instance: VllmInstance, facts: HostFacts) -> list[RenderedFile]:
-    """The Ray node unit of a Ray-backed replica on this host (head or worker)."""
-    paths = vllm_paths(plan, instance)
-    env = {**instance.env, **_cluster_env(instance, plan, facts), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("VLLM_ENGINE_READY_TIMEOUT_S", None)
-    unit = render_template(
-        "ray.service.j2",
-        fleet=plan.fleet,
-        unit=ray_unit(instance),
-        ray_role="head" if instance.role == "server" else "worker",
-        serve=instance.serve,
-        replica=instance.replica,
-        node_rank=instance.node_rank,
-        nnodes=instance.nnodes,
-        home=VLLM_HOME,
-        user=VLLM_USER,
-        env=env,
-        exec_start=[f"{paths['venv']}/bin/ray", "start", "--block", *ray_args(instance, plan)],
-        exec_stop=[f"{paths['venv']}/bin/ray", "stop", "--force"],
-        sandbox=engine_sandbox(facts),
-    )
-    return [RenderedFile(paths["ray_unit_file"], unit, "0644")]
-
-
-def vllm_files(
-    plan: HostPlan, instance: VllmInstance, secret: SecretResolver, facts: HostFacts
-) -> list[RenderedFile]:
-    paths = vllm_paths(plan, instance)
-    common = {
-        "fleet": plan.fleet,
-        "vllm_version": plan.versions.vllm,
-        "unit": instance.unit,
-    }
-    config = render_template("vllm.yaml.j2", **common, config=instance.config, plan=instance.plan)
-    env = render_template(
-        "vllm.env.j2",
-        **common,
-        secrets={key: secret(source) for key, source in instance.secret_env.items()},
-    )
-    unit = render_template(
-        "vllm.service.j2",
-        **common,
-        serve=instance.serve,
-        role=instance.role,
-        replica=instance.replica,
-        node_rank=instance.node_rank,
-        nnodes=instance.nnodes,
-        checkpoint=instance.checkpoint,
-        home=VLLM_HOME,
-        user=VLLM_USER,
-        env={**instance.env, **_cluster_env(instance, plan, facts)},
-        env_file=paths["env_file"],
-        exec_start=[f"{paths['venv']}/bin/vllm", "serve", "--config", paths["config_file"]],
-        sandbox=engine_sandbox(facts),
-        ready_timeout_s=instance.ready_timeout_s,
-        after=[f"{ray_unit(instance)}.service"] if uses_ray(instance) else [],
-    )
-    return [
-        RenderedFile(paths["config_file"], config, "0640", "root", "vllm"),
-        RenderedFile(paths["env_file"], env, "0600"),
-        RenderedFile(paths["unit_file"], unit, "0644"),
-    ]
 
 
 def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:

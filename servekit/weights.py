@@ -17,11 +17,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from servekit.hostplan import VLLM_HOME, HfWeights, S3Weights, WeightsPlan
+from servekit.hostplan import HfWeights, S3Weights, WeightsPlan
+from servekit.vllm_layout import LAYOUT
 
-HF_HOME = f"{VLLM_HOME}/huggingface"
-MODELS_DIR = f"{VLLM_HOME}/models"
-MARKERS_DIR = f"{VLLM_HOME}/weights"
+HF_HOME = LAYOUT.hf_home
+MODELS_DIR = LAYOUT.models_dir
+MARKERS_DIR = LAYOUT.markers_dir
 
 Kind = Literal["huggingface", "s3", "local"]
 
