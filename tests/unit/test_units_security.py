@@ -213,6 +213,7 @@ def test_a_value_stays_one_word(value: str, tmp_path: Path) -> None:
         exec_start=["/opt/vllm/bin/vllm", "serve", value],
         sandbox=systemd.engine_sandbox(["/var/lib/vllm"], ["nvidia"]),
         ready_timeout_s=600,
+        firewall_unit="servekit-firewall",
     )
     lines = unit.splitlines()
     assert not any(line.startswith("ExecStartPre") for line in lines)
