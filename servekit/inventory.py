@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from servekit.cloud.state import known_hosts_file, node_addresses, pinned_nodes
-from servekit.cloud.state import state_dir as state_dir  # its home moved to servekit.cloud
+from servekit.cloudstate.store import known_hosts_file, node_addresses, pinned_nodes
+from servekit.cloudstate.store import state_dir as state_dir  # its home: servekit.cloudstate
 from servekit.errors import FleetError, Problem
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
 from servekit.placement import FleetPlan, NodeAddress, plan_fleet

@@ -40,7 +40,7 @@ from servekit.cloud.hostkeys import console_host_keys
 from servekit.cloud.launch import client_token, run_request
 from servekit.cloud.plan import SYMBOLS, Candidate, Change, GroupLaunch, Plan
 from servekit.cloud.ssh import SshNotReady, SshTarget
-from servekit.cloud.state import Resource, ResourceType, StateWriter
+from servekit.cloudstate.store import Resource, ResourceType, StateWriter
 
 ProviderFor = Callable[[str], AwsProvider]
 ReadyCheck = Callable[[SshTarget, float], object]

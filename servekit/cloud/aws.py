@@ -23,7 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, WaiterError
 
 from servekit.cloud.errors import CloudError, NoCredentials, error_code, error_message
-from servekit.cloud.state import ResourceType
+from servekit.cloudstate.store import ResourceType
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

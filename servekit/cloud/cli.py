@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from servekit.cloud import state as cloud_state
+from servekit.cloudstate import store as cloud_state
 from servekit.cloud.apply import ReadyCheck, Timeouts
 from servekit.cloud.aws import Providers
 from servekit.cloud.desired import GroupIntent
@@ -22,7 +22,7 @@ from servekit.cloud.diff import regions_of
 from servekit.cloud.errors import CREDENTIAL_CODES, CloudError, error_code, error_message
 from servekit.cloud.plan import Plan, describe, load_plan, save_plan
 from servekit.cloud.ssh import SshTarget, wait_until_ready
-from servekit.cloud.state import StateError, StateStore
+from servekit.cloudstate.store import StateError, StateStore
 from servekit.cloud.status import fleet_status
 from servekit.cloud.workflow import execute, load, refresh_and_plan
 from servekit.errors import FleetError

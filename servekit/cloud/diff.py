@@ -23,7 +23,7 @@ from servekit.cloud.aws import AwsProvider, Found
 from servekit.cloud.desired import GroupIntent, Tag
 from servekit.cloud.errors import CloudError
 from servekit.cloud.plan import Action, Candidate, Change, GroupLaunch, Orphan, Plan, TypeLaunch
-from servekit.cloud.state import Resource, ResourceType, State
+from servekit.cloudstate.store import Resource, ResourceType, State
 
 ProviderFor = Callable[[str], AwsProvider]
 RESOURCE_TYPES: tuple[ResourceType, ...] = get_args(ResourceType)  # in dependency order

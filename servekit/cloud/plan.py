@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from servekit.cloud.state import ResourceType, now
+from servekit.cloudstate.store import ResourceType, now
 
 PLAN_FORMAT_VERSION = 1
 

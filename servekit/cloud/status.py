@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from servekit.cloud.diff import ProviderFor, found_name, observe
-from servekit.cloud.state import State
+from servekit.cloudstate.store import State
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from servekit.cloud.apply import Applier, Echo, ReadyCheck, Timeouts
 from servekit.cloud.desired import GroupIntent, fleet_intents
 from servekit.cloud.diff import ProviderFor, make_plan, regions_of
 from servekit.cloud.plan import Plan
-from servekit.cloud.state import StateError, StateStore, StateWriter
+from servekit.cloudstate.store import StateError, StateStore, StateWriter
 from servekit.inventory import load_fleet
 from servekit.spec import Fleet
 

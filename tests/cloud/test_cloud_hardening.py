@@ -321,7 +321,7 @@ def test_pyinfras_ssh_client_enforces_the_known_hosts_file_servekit_writes(
     from moto_cloud import write_ssh_key
     from pyinfra.connectors.sshuserclient.client import SSHClient
 
-    from servekit.cloud.hostkeys import known_hosts_lines, write_known_hosts
+    from servekit.cloudstate.known_hosts import known_hosts_lines, write_known_hosts
 
     for name in ("client", "host", "other"):
         write_ssh_key(tmp_path / name)
