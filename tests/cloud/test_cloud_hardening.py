@@ -22,9 +22,9 @@ from paramiko_sshd import SshServer
 
 from servekit.cloud import aws
 from servekit.cloud import cli as cloud_cli
-from servekit.cloud.apply import Timeouts
 from servekit.cloud.hostkeys import BEGIN, END, console_host_keys
 from servekit.cloud.ssh import SshTarget, wait_until_ready
+from servekit.cloud.timeouts import Timeouts
 from servekit.errors import FleetError
 from servekit.spec import AwsNodeGroup
 
