@@ -17,7 +17,8 @@ atomically, after every resource change, so a crash loses nothing that was creat
 Next to it, `cloud/<fleet>.known_hosts` (0600) holds the SSH host keys pinned from each
 instance's console output (attribute `host_keys`, see servekit/cloud/hostkeys.py) under its
 public and private address (known_hosts.py); it is rewritten from the state on every save, so
-it never lists a machine the state has forgotten. The inventory points pyinfra at it with strict host key checking.
+it never lists a machine the state has forgotten. The inventory points pyinfra at it with strict
+host key checking.
 
 The lock is `cloud/<fleet>.lock`: `fcntl.flock` held by the running apply/destroy, plus JSON
 saying who holds it (ID, Operation, Who, Version, Created, Path, PID). A lock left behind by a
