@@ -16,13 +16,15 @@ they keep working on a machine that does not hold the secret files.
 
 from __future__ import annotations
 
+import contextlib
 import runpy
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from servekit.cloud.state import known_hosts_file, node_addresses, pinned_nodes
-from servekit.cloud.state import state_dir as state_dir  # its home moved to servekit.cloud
+from servekit.cloudstate.store import known_hosts_file, node_addresses, pinned_nodes
 from servekit.errors import FleetError, Problem
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
 from servekit.placement import FleetPlan, NodeAddress, plan_fleet
@@ -31,8 +33,22 @@ from servekit.spec import AwsNodeGroup, Fleet, LocalHost, SshHost
 
 HostEntry = tuple[str, dict[str, Any]]
 
-_quiet_pending_cloud = False
-"""True while servekit's own commands load an inventory (offline: no secrets, no cloud notice)."""
+_offline_load: ContextVar[bool] = ContextVar("servekit_offline_inventory_load", default=False)
+"""True only inside `load_fleet` (servekit's own commands: no secret check, no cloud notice).
+
+An inventory file calls `pyinfra_groups(fleet)` itself, so `load_fleet` cannot pass it an argument;
+the context variable carries that one fact from `load_fleet` to the call, for the duration of the
+call only (reset when the file has run, also on error; each thread and task sees its own value).
+"""
+
+
+@contextlib.contextmanager
+def _loading_offline() -> Iterator[None]:
+    token = _offline_load.set(True)
+    try:
+        yield
+    finally:
+        _offline_load.reset(token)
 
 
 class Groups(NamedTuple):
@@ -75,8 +91,9 @@ def _connection_data(fleet: Fleet, plan: HostPlan, pinned: set[str]) -> tuple[st
 def pyinfra_groups(fleet: Fleet) -> Groups:
     """Plan the fleet and check its secrets (FleetError listing every problem, with the line
     of the inventory that declared the fleet) and return its pyinfra groups."""
+    offline = _offline_load.get()
     addresses = cloud_addresses(fleet)
-    problems = [] if _quiet_pending_cloud else fleet_secret_problems(fleet)
+    problems = [] if offline else fleet_secret_problems(fleet)
     try:
         plan = plan_fleet(fleet, addresses)
     except FleetError as error:
@@ -86,7 +103,7 @@ def pyinfra_groups(fleet: Fleet) -> Groups:
     if problems:
         raise FleetError(problems, fleet=fleet.name, where=fleet.declared_at)
     pending = [h.name for h in plan.hosts.values() if h.connection == "ssh" and not h.address]
-    if pending and not _quiet_pending_cloud:
+    if pending and not offline:
         print(
             f"servekit: fleet {fleet.name!r}: {', '.join(pending)} have no address yet; run "
             "`servekit cloud apply` on this inventory first (pyinfra cannot reach them before)",
@@ -94,7 +111,7 @@ def pyinfra_groups(fleet: Fleet) -> Groups:
         )
     pinned = pinned_nodes(fleet.name)
     unpinned = [n for n in addresses if n not in pinned and n in plan.hosts]
-    if unpinned and not _quiet_pending_cloud:
+    if unpinned and not offline:
         print(
             f"servekit: fleet {fleet.name!r}: {', '.join(sorted(unpinned))} have no pinned SSH "
             "host keys (applied with --no-wait-ssh), so pyinfra accepts the first key it sees",
@@ -111,19 +128,16 @@ def pyinfra_groups(fleet: Fleet) -> Groups:
 
 def load_fleet(path: str | Path) -> Fleet:
     """Run an inventory file the way pyinfra does and return the Fleet it declares."""
-    global _quiet_pending_cloud
     path = Path(path)
     if not path.is_file():
         raise FleetError([Problem("inventory", f"{path} does not exist", "give an inventory file")])
-    _quiet_pending_cloud = True
     try:
-        module = runpy.run_path(str(path), run_name="__servekit_inventory__")
+        with _loading_offline():
+            module = runpy.run_path(str(path), run_name="__servekit_inventory__")
     except FleetError:
         raise
     except Exception as error:  # the inventory is Python: its own mistakes, without a traceback
         raise FleetError([_inventory_problem(path, error)]) from None
-    finally:
-        _quiet_pending_cloud = False
     fleets = [value for value in module.values() if isinstance(value, Fleet)]
     if len(fleets) != 1:
         raise FleetError(

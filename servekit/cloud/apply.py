@@ -1,62 +1,32 @@
 """Carry out a plan: create, change and destroy resources, writing the state after each one.
 
-Order (Terraform's dependency order, cloud.md §6): adopt and forget records; terminate the
-instances that go (destroyed or replaced); per node group the key pair, security group and
-placement group, then the instances (with capacity failover), their Elastic IPs, and the wait for
-SSH; finally the group-level resources that go, in reverse. A crash at any point leaves a state
-that lists everything created so far; the next plan adopts what was created but not recorded.
-
-Launch failover (cloud.md §1, §4): each `RunInstances` goes out once (no botocore retry). A
-capacity error moves the whole group to the next candidate (zone, then fallback type), after
-terminating what it had launched in the failed zone, so a multi-node group lands in one zone; a
-quota error stops with the Service Quotas code; an invalid request stops at once; a transient
-error or a lost reply retries the same request, with the same ClientToken.
+Order (Terraform's dependency order): adopt and forget records; terminate the instances that go
+(destroyed or replaced); per node group the key pair, security group and placement group, then
+the instances (with capacity failover: failover.py), their Elastic IPs, and the wait for SSH;
+finally the group-level resources that go, in reverse. A crash at any point leaves a state that
+lists everything created so far; the next plan adopts what was created but not recorded.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
-
-from servekit.cloud.aws import AwsProvider, Found
+from servekit.cloud.aws import AwsProvider
 from servekit.cloud.desired import resource_tags
-from servekit.cloud.errors import (
-    CloudError,
-    NoCapacity,
-    QuotaExceeded,
-    classify,
-    error_code,
-    error_message,
-    quota_message,
-)
+from servekit.cloud.errors import CloudError
+from servekit.cloud.failover import NodeLauncher
 from servekit.cloud.hostkeys import console_host_keys
-from servekit.cloud.launch import client_token, run_request
-from servekit.cloud.plan import SYMBOLS, Candidate, Change, GroupLaunch, Plan
+from servekit.cloud.plan import SYMBOLS, Change, GroupLaunch, Plan
 from servekit.cloud.ssh import SshNotReady, SshTarget
-from servekit.cloud.state import Resource, ResourceType, StateWriter
+from servekit.cloud.timeouts import Timeouts
+from servekit.cloudstate.store import Resource, ResourceType, StateWriter
 
 ProviderFor = Callable[[str], AwsProvider]
 ReadyCheck = Callable[[SshTarget, float], object]
 Echo = Callable[[str], None]
-LAUNCH_TRIES = 3
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Bounds on every wait (seconds); tests shorten the polling."""
-
-    running_s: float = 600
-    ssh_s: float = 600
-    terminated_s: float = 900
-    delete_s: float = 300
-    poll_s: float = 5.0
 
 
 def needs_elastic_ip(launch: GroupLaunch, instance_type: str) -> bool:
@@ -64,25 +34,23 @@ def needs_elastic_ip(launch: GroupLaunch, instance_type: str) -> bool:
     return network.needs_elastic_ip
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class Applier:
+    """Carries out one plan against AWS, recording every change in the state as it happens."""
+
     def __init__(
         self,
         plan: Plan,
         writer: StateWriter,
         provider_for: ProviderFor,
         ready: ReadyCheck | None,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts | None = None,
         echo: Echo = print,
     ) -> None:
         self.plan = plan
         self.writer = writer
         self.provider_for = provider_for
         self.ready = ready
-        self.timeouts = timeouts
+        self.timeouts = timeouts or Timeouts()
         self.echo = echo
 
     @property
@@ -224,7 +192,8 @@ class Applier:
             )
         ]
         if to_launch:
-            self.launch_nodes(provider, launch, to_launch)
+            launcher = NodeLauncher(self.plan.fleet, self.writer, self.timeouts, self.echo)
+            launcher.launch_nodes(provider, launch, to_launch)
         records = [r for n in nodes if (r := self.writer.state.find("aws_instance", n))]
         self.start_stopped(provider, records)
         running = provider.wait_running(
@@ -252,128 +221,6 @@ class Applier:
             instance = self.writer.state.find("aws_instance", node)
             if instance is not None and instance.attributes.get("ssh_ready") is not True:
                 self.wait_for_ssh(launch, instance)
-
-    def launch_nodes(self, provider: AwsProvider, launch: GroupLaunch, nodes: list[str]) -> None:
-        """Launch `nodes` together in one zone, trying candidates in order (see module doc)."""
-        staying = [
-            r
-            for r in self.writer.state.of_type("aws_instance")
-            if r.attributes.get("group") == launch.group and r.name not in nodes
-        ]
-        candidates = launch.candidates
-        if staying:  # join the nodes that run: same zone, same instance type
-            zone = str(staying[0].attributes["availability_zone"])
-            kind = str(staying[0].attributes["instance_type"])
-            subnet = str(staying[0].attributes.get("subnet_id") or "")
-            candidates = [c for c in candidates if c.zone == zone and c.instance_type == kind] or [
-                Candidate(instance_type=kind, zone=zone, subnet_id=subnet)
-            ]
-        tried: list[str] = []
-        for candidate in candidates:
-            launched: list[Resource] = []
-            try:
-                for node in nodes:
-                    launched.append(self.launch_node(provider, launch, node, candidate))
-                return
-            except ClientError as error:
-                kind = classify(error)
-                if kind == "capacity":
-                    where = f"{candidate.instance_type} in {candidate.zone}"
-                    tried.append(f"{where} ({error_code(error)})")
-                    self.echo(f"  no capacity for {where} ({error_code(error)}); next candidate")
-                    self.roll_back(provider, launched)
-                    continue
-                if kind == "quota":
-                    needed = (len(launch.nodes), launch.types[candidate.instance_type].vcpus)
-                    message = quota_message(
-                        error, candidate.instance_type, *needed, launch.spot, launch.region
-                    )
-                    raise QuotaExceeded(message) from None
-                raise CloudError(
-                    f"launching {candidate.instance_type} in {candidate.zone} failed: "
-                    f"{error_code(error)}: {error_message(error)}"
-                ) from None
-        raise NoCapacity(
-            f"no capacity for {len(nodes)} × {launch.group} in {launch.region}; tried "
-            + "; ".join(tried)
-            + ". Try later, or declare more availability_zones, fallback_instance_types, "
-            "or a capacity reservation"
-        )
-
-    def launch_node(
-        self, provider: AwsProvider, launch: GroupLaunch, node: str, candidate: Candidate
-    ) -> Resource:
-        state = self.writer.state
-        generation = state.generations.get(node, 0)
-        token = client_token(
-            state.lineage, node, generation, candidate.instance_type, candidate.zone
-        )
-        index = launch.nodes.index(node)
-        tags = resource_tags(self.plan.fleet, launch.group, state.lineage, node, index)
-        security_group = state.find("aws_security_group", launch.group)
-        assert security_group is not None, "the security group is created before instances"
-        request = run_request(launch, candidate, security_group.id, token, tags)
-        found = self.run_instance(provider, request, node)
-        record = self.writer.record(
-            Resource(
-                type="aws_instance",
-                name=node,
-                id=found.id,
-                region=launch.region,
-                attributes={
-                    **found.attributes,
-                    "group": launch.group,
-                    "node_index": index,
-                    "subnet_id": candidate.subnet_id,
-                    "public_key_sha256": launch.public_key_sha256,
-                    "root_volume_gib": launch.root_volume_gib,
-                    "placement_group": launch.resource_name if launch.placement_group else None,
-                    "spot": launch.spot,
-                    "ssh_user": launch.ssh_user,
-                    "ssh_key": launch.ssh_key,
-                    "ssh_ready": False,
-                    "client_token": token,
-                    "launched_at": _now(),
-                },
-            )
-        )
-        self.say(
-            f"aws_instance.{node}",
-            f"launched {found.id} ({candidate.instance_type} in {candidate.zone})",
-        )
-        return record
-
-    def run_instance(self, provider: AwsProvider, request: Any, node: str) -> Found:
-        """Send the launch; resend the same request (same token) on transient failures."""
-        for attempt in range(1, LAUNCH_TRIES + 1):
-            try:
-                return provider.run_instance(request)
-            except ClientError as error:
-                if classify(error) != "transient" or attempt == LAUNCH_TRIES:
-                    raise
-                problem = error_code(error)
-            except (BotoConnectionError, HTTPClientError) as error:
-                if attempt == LAUNCH_TRIES:
-                    raise CloudError(
-                        f"launching {node}: no answer from AWS ({error}); the next apply adopts "
-                        "the instance if it was created"
-                    ) from None
-                problem = type(error).__name__
-            self.echo(f"  {node}: {problem}; sending the same launch again")
-            time.sleep(self.timeouts.poll_s * attempt)
-        raise AssertionError("unreachable")
-
-    def roll_back(self, provider: AwsProvider, launched: list[Resource]) -> None:
-        """Terminate what a failed zone got, so the group lands in one zone."""
-        if not launched:
-            return
-        ids = [r.id for r in launched]
-        provider.terminate_instances(ids)
-        provider.wait_terminated(ids, self.timeouts.terminated_s, self.timeouts.poll_s)
-        for record in launched:
-            self.writer.forget("aws_instance", record.name)
-            self.writer.bump_generation(record.name)
-            self.say(f"aws_instance.{record.name}", f"terminated {record.id} (zone given up)")
 
     def start_stopped(self, provider: AwsProvider, records: list[Resource]) -> None:
         found = provider.lookup("aws_instance", [r.id for r in records])

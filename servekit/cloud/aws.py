@@ -1,10 +1,10 @@
 """The provider seam: every AWS call `servekit cloud` makes, for one region, over boto3.
 
 Clients come from the standard AWS configuration (credential chain, `AWS_PROFILE`,
-`AWS_ENDPOINT_URL`), through `new_session()`. Two EC2 clients, as shared/reference/cloud.md §4
-advises: a general one with adaptive retries, and a launch client that never retries by itself,
-because botocore would otherwise resend `RunInstances` on `InsufficientInstanceCapacity` (an
-HTTP 500) instead of letting the launch loop move to the next zone.
+`AWS_ENDPOINT_URL`), through `new_session()`. Two EC2 clients: a general one with adaptive retries,
+and a launch client that never retries by itself, because botocore would otherwise resend
+`RunInstances` on `InsufficientInstanceCapacity` (an HTTP 500) instead of letting the launch loop
+move to the next zone.
 
 Placement groups, capacity reservations and the Deep Learning AMI's public SSM parameter are
 plain calls here, although moto (the test double) lacks them: the tests add what moto lacks to
@@ -14,23 +14,30 @@ the moto server they start, so this module runs unchanged against both.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, WaiterError
 
+from servekit.cloud.aws_lookups import LaunchLookups
 from servekit.cloud.errors import CloudError, NoCredentials, error_code, error_message
-from servekit.cloud.state import ResourceType
+from servekit.cloud.found import (
+    Found,
+    address_found,
+    instance_found,
+    key_pair_found,
+    placement_group_found,
+    security_group_found,
+)
+from servekit.cloudstate.store import ResourceType
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
-    from mypy_boto3_ec2.literals import InstanceTypeType, ResourceTypeType
+    from mypy_boto3_ec2.literals import ResourceTypeType
     from mypy_boto3_ec2.type_defs import (
         FilterTypeDef,
-        InstanceTypeDef,
         IpPermissionTypeDef,
         IpRangeTypeDef,
         Ipv6RangeTypeDef,
@@ -49,13 +56,6 @@ if TYPE_CHECKING:
 GENERAL_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
 LAUNCH_CONFIG = Config(retries={"total_max_attempts": 1})
 
-# The Deep Learning Base OSS Nvidia Driver GPU AMI: its public SSM parameter, then by name.
-DLAMI_PARAMETER = (
-    "/aws/service/deeplearning/ami/{arch}/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
-)
-DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
-DLAMI_OWNER = "898082745236"
-
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 T = TypeVar("T")
@@ -66,59 +66,8 @@ def new_session() -> boto3.Session:
     return boto3.Session()
 
 
-@dataclass(frozen=True)
-class TypeInfo:
-    """What `describe_instance_types` says about an instance type that matters for launching."""
-
-    name: str
-    vcpus: int
-    architecture: str
-    network_cards: int
-    max_efa: int
-
-    @property
-    def efa_interfaces(self) -> int:
-        """One EFA per network card, as many as the type allows (p4d/p4de: 4)."""
-        return min(self.max_efa, self.network_cards)
-
-
-@dataclass(frozen=True)
-class Image:
-    id: str
-    name: str
-    root_device_name: str
-    snapshot_gib: int
-    source: str
-
-
-@dataclass(frozen=True)
-class CapacityReservation:
-    id: str
-    instance_type: str
-    zone: str
-    state: str
-    available: int
-    capacity_block: bool
-
-
-@dataclass(frozen=True)
-class Found:
-    """A resource AWS holds, as servekit sees it: its tags name the group or node it is."""
-
-    type: ResourceType
-    id: str
-    region: str
-    tags: dict[str, str]
-    status: str = "available"
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-
 def tag_specification(kind: ResourceTypeType, tags: dict[str, str]) -> TagSpecificationTypeDef:
     return {"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
-
-
-def _tags(items: Iterable[Any] | None) -> dict[str, str]:
-    return {str(t["Key"]): str(t["Value"]) for t in items or []}
 
 
 def retrying(
@@ -135,7 +84,7 @@ def retrying(
         time.sleep(poll_s)
 
 
-class AwsProvider:
+class AwsProvider(LaunchLookups):
     """AWS in one region. Methods return plain data; AWS errors surface as ClientError."""
 
     def __init__(self, region: str, session: boto3.Session | None = None) -> None:
@@ -155,127 +104,6 @@ class AwsProvider:
                 "instance or container role). Configure them as for the AWS CLI, e.g. "
                 "`aws configure` or `export AWS_PROFILE=...`, then run this again"
             )
-
-    # Lookups --------------------------------------------------------------------------------
-
-    def instance_type(self, name: str) -> TypeInfo:
-        try:
-            kinds = [cast("InstanceTypeType", name)]
-            info = self.ec2.describe_instance_types(InstanceTypes=kinds)["InstanceTypes"][0]
-        except ClientError as error:
-            if error_code(error).startswith("InvalidInstanceType"):
-                raise CloudError(f"{name} does not exist in {self.region}") from None
-            raise
-        network = info.get("NetworkInfo", {})
-        architectures = info.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"])
-        return TypeInfo(
-            name=name,
-            vcpus=info.get("VCpuInfo", {}).get("DefaultVCpus", 0),
-            architecture="arm64" if "arm64" in architectures else "x86_64",
-            network_cards=network.get("MaximumNetworkCards", 1),
-            max_efa=network.get("EfaInfo", {}).get("MaximumEfaInterfaces", 0)
-            if network.get("EfaSupported")
-            else 0,
-        )
-
-    def zones_offering(self, instance_type: str) -> list[str]:
-        """Availability zones (names) of this region that offer the instance type."""
-        pages = self.ec2.get_paginator("describe_instance_type_offerings").paginate(
-            LocationType="availability-zone",
-            Filters=[{"Name": "instance-type", "Values": [instance_type]}],
-        )
-        return sorted(o["Location"] for page in pages for o in page["InstanceTypeOfferings"])
-
-    def zone_names(self) -> dict[str, str]:
-        """Zone ID (use1-az4) → this account's zone name (us-east-1b)."""
-        zones = self.ec2.describe_availability_zones()["AvailabilityZones"]
-        return {z["ZoneId"]: z["ZoneName"] for z in zones}
-
-    def default_subnets(self) -> tuple[str, dict[str, str]]:
-        """The default VPC and its default subnet in each zone."""
-        vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-        if not vpcs:
-            raise CloudError(
-                f"{self.region} has no default VPC: declare subnet_ids on the node group"
-            )
-        vpc = vpcs[0]["VpcId"]
-        subnets = self.ec2.describe_subnets(
-            Filters=[
-                {"Name": "vpc-id", "Values": [vpc]},
-                {"Name": "default-for-az", "Values": ["true"]},
-            ]
-        )["Subnets"]
-        return vpc, {s["AvailabilityZone"]: s["SubnetId"] for s in subnets}
-
-    def subnets(self, ids: list[str]) -> tuple[str, dict[str, str]]:
-        """The VPC of the declared subnets and the subnet to use in each of their zones."""
-        subnets = self.ec2.describe_subnets(SubnetIds=ids)["Subnets"]
-        vpcs = {s["VpcId"] for s in subnets}
-        if len(vpcs) != 1:
-            raise CloudError(f"subnet_ids {ids} span VPCs {sorted(vpcs)}: use one VPC")
-        by_id = {s["SubnetId"]: s["AvailabilityZone"] for s in subnets}
-        zones: dict[str, str] = {}
-        for subnet in ids:
-            zones.setdefault(by_id[subnet], subnet)
-        return vpcs.pop(), zones
-
-    def dlami(self, architecture: str) -> Image:
-        """The newest Deep Learning Base OSS Nvidia Driver AMI: SSM parameter, else by name."""
-        parameter = DLAMI_PARAMETER.format(arch=architecture)
-        try:
-            ami = self.ssm.get_parameter(Name=parameter)["Parameter"].get("Value", "")
-            return self.image(ami, source=f"SSM {parameter}")
-        except ClientError as error:
-            if error_code(error) not in ("ParameterNotFound", "AccessDeniedException"):
-                raise
-        pages = self.ec2.get_paginator("describe_images").paginate(
-            Owners=[DLAMI_OWNER],
-            Filters=[
-                {"Name": "name", "Values": [DLAMI_NAME]},
-                {"Name": "state", "Values": ["available"]},
-                {"Name": "architecture", "Values": [architecture]},
-            ],
-        )
-        images = [i for page in pages for i in page["Images"]]
-        if not images:
-            raise CloudError(
-                f"no Deep Learning Base OSS Nvidia Driver AMI in {self.region} "
-                f"(SSM {parameter}, nor images named {DLAMI_NAME!r} by {DLAMI_OWNER})"
-            )
-        newest = max(images, key=lambda i: i.get("CreationDate", ""))
-        return self.image(newest["ImageId"], source=f"newest image by {DLAMI_OWNER}")
-
-    def image(self, ami: str, source: str) -> Image:
-        images = self.ec2.describe_images(ImageIds=[ami])["Images"]
-        if not images:
-            raise CloudError(f"AMI {ami} ({source}) does not exist in {self.region}")
-        image = images[0]
-        root = image.get("RootDeviceName", "/dev/sda1")
-        sizes = [
-            m.get("Ebs", {}).get("VolumeSize", 0)
-            for m in image.get("BlockDeviceMappings", [])
-            if m.get("DeviceName") == root
-        ]
-        return Image(ami, image.get("Name", ""), root, max(sizes or [0]), source)
-
-    def capacity_reservation(self, reservation: str) -> CapacityReservation:
-        try:
-            (found,) = self.ec2.describe_capacity_reservations(
-                CapacityReservationIds=[reservation]
-            )["CapacityReservations"]
-        except ClientError as error:
-            if error_code(error).startswith("InvalidCapacityReservationId"):
-                message = f"capacity reservation {reservation}: {error_message(error)}"
-                raise CloudError(message) from None
-            raise
-        return CapacityReservation(
-            id=reservation,
-            instance_type=found.get("InstanceType", ""),
-            zone=found.get("AvailabilityZone", ""),
-            state=found.get("State", ""),
-            available=found.get("AvailableInstanceCount", 0),
-            capacity_block=found.get("ReservationType") == "capacity-block",
-        )
 
     # What exists ----------------------------------------------------------------------------
 
@@ -310,68 +138,19 @@ class AwsProvider:
         live: FilterTypeDef = {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}
         pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[*filters, live])
         return [
-            self._instance(i)
+            instance_found(self.region, i)
             for page in pages
             for r in page["Reservations"]
             for i in r["Instances"]
         ]
 
-    def _instance(self, instance: InstanceTypeDef) -> Found:
-        interfaces = instance.get("NetworkInterfaces", [])
-        primary = next(
-            (
-                n
-                for n in interfaces
-                if n.get("Attachment", {}).get("DeviceIndex") == 0
-                and n.get("Attachment", {}).get("NetworkCardIndex", 0) == 0
-            ),
-            None,
-        )
-        return Found(
-            type="aws_instance",
-            id=instance["InstanceId"],
-            region=self.region,
-            tags=_tags(instance.get("Tags")),
-            status=instance.get("State", {}).get("Name", "unknown"),
-            attributes={
-                "instance_type": instance.get("InstanceType"),
-                "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
-                "subnet_id": instance.get("SubnetId"),
-                "public_ip": instance.get("PublicIpAddress"),
-                "private_ip": instance.get("PrivateIpAddress"),
-                "primary_interface": primary.get("NetworkInterfaceId") if primary else None,
-                "spot": instance.get("InstanceLifecycle") == "spot",
-                "ami": instance.get("ImageId"),
-                "key_name": instance.get("KeyName"),
-            },
-        )
-
     def _security_groups(self, filters: list[FilterTypeDef]) -> list[Found]:
         pages = self.ec2.get_paginator("describe_security_groups").paginate(Filters=filters)
-        found = []
-        for page in pages:
-            for group in page["SecurityGroups"]:
-                rules = [
-                    p
-                    for p in group.get("IpPermissions", [])
-                    if p.get("IpProtocol") == "tcp" and p.get("FromPort") == 22
-                ]
-                ssh = [r["CidrIp"] for p in rules for r in p.get("IpRanges", [])]
-                ssh += [r["CidrIpv6"] for p in rules for r in p.get("Ipv6Ranges", [])]
-                found.append(
-                    Found(
-                        type="aws_security_group",
-                        id=group["GroupId"],
-                        region=self.region,
-                        tags=_tags(group.get("Tags")),
-                        attributes={
-                            "group_name": group.get("GroupName"),
-                            "vpc_id": group.get("VpcId"),
-                            "ssh_cidrs": sorted(ssh),
-                        },
-                    )
-                )
-        return found
+        return [
+            security_group_found(self.region, group)
+            for page in pages
+            for group in page["SecurityGroups"]
+        ]
 
     def _key_pairs(self, filters: list[FilterTypeDef]) -> list[Found]:
         try:
@@ -380,48 +159,19 @@ class AwsProvider:
             if error_code(error) == "InvalidKeyPair.NotFound":
                 return []
             raise
-        return [
-            Found(
-                type="aws_key_pair",
-                id=pair.get("KeyName", ""),
-                region=self.region,
-                tags=_tags(pair.get("Tags")),
-                attributes={"key_pair_id": pair.get("KeyPairId")},
-            )
-            for pair in pairs
-        ]
+        return [key_pair_found(self.region, pair) for pair in pairs]
 
     def _placement_groups(self, filters: list[FilterTypeDef]) -> list[Found]:
         groups = self.ec2.describe_placement_groups(Filters=filters)["PlacementGroups"]
         return [
-            Found(
-                type="aws_placement_group",
-                id=group.get("GroupName", ""),
-                region=self.region,
-                tags=_tags(group.get("Tags")),
-                status=group.get("State", "available"),
-                attributes={"strategy": group.get("Strategy")},
-            )
+            placement_group_found(self.region, group)
             for group in groups
             if group.get("State") != "deleted"
         ]
 
     def _addresses(self, filters: list[FilterTypeDef]) -> list[Found]:
         addresses = self.ec2.describe_addresses(Filters=filters)["Addresses"]
-        return [
-            Found(
-                type="aws_eip",
-                id=address.get("AllocationId", ""),
-                region=self.region,
-                tags=_tags(address.get("Tags")),
-                attributes={
-                    "public_ip": address.get("PublicIp"),
-                    "association_id": address.get("AssociationId"),
-                    "network_interface_id": address.get("NetworkInterfaceId"),
-                },
-            )
-            for address in addresses
-        ]
+        return [address_found(self.region, address) for address in addresses]
 
     # Changes --------------------------------------------------------------------------------
 
@@ -515,7 +265,7 @@ class AwsProvider:
     def run_instance(self, request: RunInstancesRequestTypeDef) -> Found:
         """One `RunInstances` call on the no-retry client; the launch loop handles errors."""
         (instance,) = self.launch_ec2.run_instances(**request)["Instances"]
-        return self._instance(instance)
+        return instance_found(self.region, instance)
 
     def console_output(self, instance: str) -> str:
         """The instance's latest serial console output (decoded by botocore), "" if none yet.
@@ -555,7 +305,7 @@ class AwsProvider:
     def _wait(
         waiter: InstanceWaiter, state: str, ids: list[str], timeout_s: float, poll_s: float
     ) -> None:
-        # An empty InstanceIds means "every instance": never wait on that (cloud.md §1).
+        # An empty InstanceIds means "every instance": never wait on that.
         if not ids:
             return
         delay = max(1, round(poll_s))

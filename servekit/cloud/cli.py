@@ -1,4 +1,8 @@
-"""`servekit cloud plan | apply | destroy | status | force-unlock`: the fleet's AWS machines."""
+"""`servekit cloud plan | apply | destroy | status | force-unlock`: the fleet's AWS machines.
+
+Cheap to import (`servekit --help` loads it): boto3, botocore, paramiko and the inventory are
+imported inside the commands that use them.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,20 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from servekit.cloud import state as cloud_state
-from servekit.cloud.apply import ReadyCheck, Timeouts
-from servekit.cloud.aws import Providers
-from servekit.cloud.desired import GroupIntent
-from servekit.cloud.diff import regions_of
-from servekit.cloud.errors import CREDENTIAL_CODES, CloudError, error_code, error_message
-from servekit.cloud.plan import Plan, describe, load_plan, save_plan
-from servekit.cloud.ssh import SshTarget, wait_until_ready
-from servekit.cloud.state import StateError, StateStore
-from servekit.cloud.status import fleet_status
-from servekit.cloud.workflow import execute, load, refresh_and_plan
-from servekit.errors import FleetError
-from servekit.inventory import load_fleet
-from servekit.spec import AwsNodeGroup
+from servekit.cloud.timeouts import Timeouts
+
+if TYPE_CHECKING:
+    from servekit.cloud.apply import ReadyCheck
+    from servekit.cloud.desired import GroupIntent
+    from servekit.cloud.plan import Plan
+    from servekit.cloud.ssh import SshTarget
+    from servekit.cloudstate.store import StateStore
 
 cloud_app = typer.Typer(
     help="Create the fleet's AWS machines, Terraform-style: plan, apply, status, destroy.",
@@ -52,6 +48,12 @@ def fail(message: str) -> typer.Exit:
 @contextlib.contextmanager
 def reported() -> Iterator[None]:
     """Every expected failure becomes one clear message and exit code 1, never a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from servekit.cloud.errors import CREDENTIAL_CODES, CloudError, error_code, error_message
+    from servekit.cloudstate.store import StateError
+    from servekit.errors import FleetError
+
     try:
         yield
     except (CloudError, StateError, FleetError) as error:
@@ -89,9 +91,18 @@ def print_intro(fleet: str, intents: list[GroupIntent], store: StateStore) -> No
 
 
 def print_plan(plan: Plan) -> None:
+    from servekit.cloud.plan import describe
+
     out.print()
     for line in describe(plan):
         echo(line)
+
+
+def wait_until_ready(target: SshTarget, timeout_s: float) -> str:
+    """Wait until a new machine accepts an SSH login (paramiko loads only for this)."""
+    from servekit.cloud.ssh import wait_until_ready as wait_for_login
+
+    return wait_for_login(target, timeout_s)
 
 
 def ssh_check(wait_ssh: bool) -> ReadyCheck | None:
@@ -105,6 +116,8 @@ def ssh_check(wait_ssh: bool) -> ReadyCheck | None:
 
 
 def read_plan(path: Path) -> Plan:
+    from servekit.cloud.plan import load_plan
+
     try:
         return load_plan(path)
     except (OSError, ValueError) as error:
@@ -132,6 +145,11 @@ def plan(
 
     Exit status: 0 no changes, 2 changes, 1 error.
     """
+    from servekit.cloud.aws import Providers
+    from servekit.cloud.plan import save_plan
+    from servekit.cloud.workflow import load, refresh_and_plan
+    from servekit.cloudstate.store import StateStore
+
     with reported():
         fleet, intents = load(inventory)
         store = StateStore(fleet.name)
@@ -164,6 +182,11 @@ def apply(
     lock_timeout: LockTimeout = 0,
 ) -> None:
     """Create or change the fleet's AWS resources; the state is written after each one."""
+    from servekit.cloud.aws import Providers
+    from servekit.cloud.workflow import execute, load, refresh_and_plan
+    from servekit.cloudstate.store import StateStore
+    from servekit.inventory import load_fleet
+
     with reported():
         saved = read_plan(plan_file) if plan_file else None
         if saved is None:
@@ -205,6 +228,11 @@ def destroy(
     lock_timeout: LockTimeout = 0,
 ) -> None:
     """Terminate the fleet's machines and delete everything servekit created for it."""
+    from servekit.cloud.aws import Providers
+    from servekit.cloud.workflow import execute, refresh_and_plan
+    from servekit.cloudstate.store import StateStore
+    from servekit.inventory import load_fleet
+
     with reported():
         fleet = load_fleet(inventory)
         store = StateStore(fleet.name)
@@ -227,6 +255,15 @@ def status(inventory: Inventory) -> None:
 
     Exit status: 0 no drift, 2 drift, 1 error.
     """
+    from rich.table import Table
+
+    from servekit.cloud.aws import Providers
+    from servekit.cloud.refresh import regions_of
+    from servekit.cloud.status import fleet_status
+    from servekit.cloudstate.store import StateStore
+    from servekit.inventory import load_fleet
+    from servekit.spec import AwsNodeGroup
+
     with reported():
         fleet = load_fleet(inventory)
         store = StateStore(fleet.name)
@@ -267,8 +304,11 @@ def force_unlock(
     lock_id: Annotated[str, typer.Argument(help="the lock ID the refusal printed")],
 ) -> None:
     """Remove the lock of an apply or destroy that died (check `plan` first)."""
+    from servekit.cloudstate import store as cloud_state
+    from servekit.inventory import load_fleet
+
     with reported():
-        store = StateStore(load_fleet(inventory).name)
+        store = cloud_state.StateStore(load_fleet(inventory).name)
         info = cloud_state.force_unlock(store, lock_id)
     out.print(
         escape(f"Removed {info.describe()}. Run `servekit cloud plan {inventory}` to review.")

@@ -1,9 +1,9 @@
 """What went wrong in the cloud, told apart the way the launch loop must react to it.
 
-The classes follow shared/reference/cloud.md §4: capacity errors move the launch to the next
-availability zone (then the next fallback instance type); quota errors stop with the Service
-Quotas code to raise; transient errors retry the same request (with the same ClientToken);
-anything else (invalid parameters, permissions) stops at once.
+The classes: capacity errors move the launch to the next availability zone (then the next fallback
+instance type); quota errors stop with the Service Quotas code to raise; transient errors retry the
+same request (with the same ClientToken); anything else (invalid parameters, permissions) stops at
+once.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ CREDENTIAL_CODES = frozenset(
     }
 )
 
-# Service Quotas codes for vCPU limits, by instance family letter and market (cloud.md §1).
+# Service Quotas codes for vCPU limits, by instance family letter and market.
 SERVICE_QUOTAS = {
     ("p", False): ("L-417A185B", "Running On-Demand P instances"),
     ("p", True): ("L-7212CCBC", "All P Spot Instance Requests"),

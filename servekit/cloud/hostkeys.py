@@ -1,4 +1,5 @@
-"""An instance's SSH host keys, read from its console output, and the known_hosts file pyinfra uses.
+"""An instance's SSH host keys, read from its console output (boto3-free; the keys it finds are
+pinned in the fleet's state and known_hosts file).
 
 On first boot cloud-init prints the machine's public host keys to the serial console between
 `-----BEGIN SSH HOST KEY KEYS-----` and `-----END SSH HOST KEY KEYS-----` (its helper
@@ -7,18 +8,15 @@ On first boot cloud-init prints the machine's public host keys to the serial con
 `<14>Jun  3 17:07:52 ec2: `). EC2's `GetConsoleOutput` returns that console (base64, decoded by
 botocore). The console is written by the hypervisor, not over the network, so a key read there
 identifies the machine: the SSH readiness check then accepts only a server presenting one of
-them, and the keys are written to a known_hosts file that pyinfra checks strictly.
+them, and the keys are written to a known_hosts file that pyinfra checks strictly
+(servekit/cloudstate/known_hosts.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
-import tempfile
-from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
@@ -94,26 +92,3 @@ def _wire_strings(blob: str) -> list[bytes] | None:
         fields.append(raw[at + 4 : at + 4 + size])
         at += 4 + size
     return fields
-
-
-def known_hosts_lines(hosts: Iterable[tuple[str, int, Sequence[str]]]) -> list[str]:
-    """OpenSSH known_hosts lines (`HOST TYPE BASE64`, `[HOST]:PORT` off port 22) for the keys."""
-    lines = []
-    for host, port, keys in hosts:
-        name = host if port == 22 else f"[{host}]:{port}"
-        lines += [f"{name} {key}" for key in keys]
-    return lines
-
-
-def write_known_hosts(path: Path, lines: Sequence[str]) -> None:
-    """Write the file atomically, 0600 (it says which machines are trusted: no one else edits)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write("".join(f"{line}\n" for line in lines))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

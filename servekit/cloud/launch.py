@@ -4,12 +4,12 @@
   zone), so a retry of the same launch (a lost reply, or a rerun after a crash before the state
   was written) is the same request and AWS returns the instance it already made, while a
   relaunch after a destroy (a new generation) or in another zone is a new one. Tokens are at
-  most 64 ASCII characters (cloud.md §4).
+  most 64 ASCII characters.
 - **Tags at creation** on the instance, its volumes and its network interfaces.
-- **Network**: one interface per network card up to the EFA maximum from
-  `describe_instance_types` (p4d/p4de: 4), card 0 at device index 0 and the others at device
-  index 1, all of type `efa` (supported on every EFA type; cloud.md §2-3). Several interfaces
-  forbid `AssociatePublicIpAddress`, so such nodes get an Elastic IP after launch instead.
+- **Network**: one interface per network card up to the EFA maximum from `describe_instance_types`
+  (p4d/p4de: 4), card 0 at device index 0 and the others at device index 1, all of type `efa`
+  (supported on every EFA type). Several interfaces forbid `AssociatePublicIpAddress`, so such
+  nodes get an Elastic IP after launch instead.
 - **Root volume**: gp3 at its baseline (3000 IOPS, 125 MiB/s), deleted with the instance, and
   always encrypted: `Encrypted=True` changes the encryption state of the volume restored from
   the AMI's (public, unencrypted) snapshot, with the account's default EBS key; it can never

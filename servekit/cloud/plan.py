@@ -1,10 +1,10 @@
 """A cloud plan: the changes that would make AWS match the inventory, fixed so apply runs exactly.
 
-Like a Terraform plan (shared/reference/cloud.md §6) it is made after a refresh, lists each
-change as `+` create, `~` update, `-/+` replace, `-` destroy (and `<=` adopt, for resources an
-interrupted apply of this same state created but did not record), and carries everything apply
-needs: the AMI, the root volume size, the zones and instance types in failover order. A saved
-plan records the state's lineage and serial; apply refuses it once the state has moved on.
+Like a Terraform plan it is made after a refresh, lists each change as `+` create, `~` update,
+`-/+` replace, `-` destroy (and `<=` adopt, for resources an interrupted apply of this same state
+created but did not record), and carries everything apply needs: the AMI, the root volume size, the
+zones and instance types in failover order. A saved plan records the state's lineage and serial;
+apply refuses it once the state has moved on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from servekit.cloud.state import ResourceType, now
+from servekit.cloudstate.store import ResourceType, now
 
 PLAN_FORMAT_VERSION = 1
 
@@ -50,7 +50,7 @@ class TypeLaunch(Model):
 
     @property
     def needs_elastic_ip(self) -> bool:
-        """Several network interfaces forbid an automatic public address (cloud.md §3)."""
+        """Several network interfaces forbid an automatic public address."""
         return self.efa_interfaces > 1
 
 

@@ -1,9 +1,8 @@
 """Is a new machine ready for pyinfra? Its SSH banner, then a real login that runs a command.
 
-A `running` instance is not yet usable: sshd may not listen, or may answer "System is booting
-up" and refuse logins. SkyPilot therefore waits for the banner (a raw socket read that starts
-with `SSH-`) and then for a real `ssh ... uptime` (shared/reference/cloud.md §1); this does the
-same with paramiko, bounded in time.
+A `running` instance is not yet usable: sshd may not listen, or may answer "System is booting up"
+and refuse logins. SkyPilot therefore waits for the banner (a raw socket read that starts with
+`SSH-`) and then for a real `ssh ... uptime`; this does the same with paramiko, bounded in time.
 
 The server must present one of the host keys pinned from the instance's console output
 (servekit/cloud/hostkeys.py), never "the first key it sees": a different key is a

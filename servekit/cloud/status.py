@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from servekit.cloud.diff import ProviderFor, found_name, observe
-from servekit.cloud.state import State
+from servekit.cloud.refresh import ProviderFor, found_name, observe
+from servekit.cloudstate.store import State
 
 
 @dataclass(frozen=True)

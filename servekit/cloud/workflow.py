@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servekit.cloud.apply import Applier, Echo, ReadyCheck, Timeouts
+from servekit.cloud.apply import Applier, Echo, ReadyCheck
 from servekit.cloud.desired import GroupIntent, fleet_intents
-from servekit.cloud.diff import ProviderFor, make_plan, regions_of
+from servekit.cloud.diff import make_plan
 from servekit.cloud.plan import Plan
-from servekit.cloud.state import StateError, StateStore, StateWriter
+from servekit.cloud.refresh import ProviderFor, regions_of
+from servekit.cloud.timeouts import Timeouts
+from servekit.cloudstate.store import StateError, StateStore, StateWriter
 from servekit.inventory import load_fleet
 from servekit.spec import Fleet
 

@@ -40,7 +40,7 @@ from moto.ec2.utils import Base64EncodedString
 from moto.ssm import ssm_backends
 from moto.ssm.models import Parameter
 
-from servekit.cloud.aws import DLAMI_OWNER, DLAMI_PARAMETER
+from servekit.cloud.aws_lookups import DLAMI_OWNER, DLAMI_PARAMETER
 
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20251107"
 PLACEMENT_GROUPS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}

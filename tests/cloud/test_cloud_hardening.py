@@ -22,9 +22,9 @@ from paramiko_sshd import SshServer
 
 from servekit.cloud import aws
 from servekit.cloud import cli as cloud_cli
-from servekit.cloud.apply import Timeouts
 from servekit.cloud.hostkeys import BEGIN, END, console_host_keys
 from servekit.cloud.ssh import SshTarget, wait_until_ready
+from servekit.cloud.timeouts import Timeouts
 from servekit.errors import FleetError
 from servekit.spec import AwsNodeGroup
 
@@ -321,7 +321,7 @@ def test_pyinfras_ssh_client_enforces_the_known_hosts_file_servekit_writes(
     from moto_cloud import write_ssh_key
     from pyinfra.connectors.sshuserclient.client import SSHClient
 
-    from servekit.cloud.hostkeys import known_hosts_lines, write_known_hosts
+    from servekit.cloudstate.known_hosts import known_hosts_lines, write_known_hosts
 
     for name in ("client", "host", "other"):
         write_ssh_key(tmp_path / name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit.cloud.state import (
+from servekit.cloudstate.store import (
     Resource,
     State,
     StateError,

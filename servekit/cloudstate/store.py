@@ -1,8 +1,8 @@
 """The cloud state of one fleet (`cloud/<fleet>.json`) and the lock that guards it.
 
-The format follows Terraform's state (see shared/reference/cloud.md §6): a format version, a
-`serial` raised on every write, a `lineage` fixed when the file is created (a write over a file
-of another lineage is refused), and the resources with their AWS ids and addresses::
+The format follows Terraform's state: a format version, a `serial` raised on every write, a
+`lineage` fixed when the file is created (a write over a file of another lineage is refused), and
+the resources with their AWS ids and addresses::
 
     {"format_version": 1, "servekit_version": "0.1.0", "fleet": "prod", "serial": 9,
      "lineage": "5f0c...", "generations": {"a100-0": 1},
@@ -15,16 +15,18 @@ The file holds ids and addresses only, never credentials or keys; it is still wr
 atomically, after every resource change, so a crash loses nothing that was created.
 
 Next to it, `cloud/<fleet>.known_hosts` (0600) holds the SSH host keys pinned from each
-instance's console output (attribute `host_keys`, see servekit/cloud/hostkeys.py) under its public
-and private address; it is rewritten from the state on every save, so it never lists a machine
-the state has forgotten. The inventory points pyinfra at it with strict host key checking.
+instance's console output (attribute `host_keys`, see servekit/cloud/hostkeys.py) under its
+public and private address (known_hosts.py); it is rewritten from the state on every save, so
+it never lists a machine the state has forgotten. The inventory points pyinfra at it with strict
+host key checking.
 
 The lock is `cloud/<fleet>.lock`: `fcntl.flock` held by the running apply/destroy, plus JSON
 saying who holds it (ID, Operation, Who, Version, Created, Path, PID). A lock left behind by a
 process that died stays until `servekit cloud force-unlock INVENTORY ID`, as in Terraform: the
 state may be mid-change, and a person should look at `servekit cloud plan` first.
 
-This module is imported when an inventory loads, so it stays free of boto3.
+This module is imported when an inventory loads, so it stays free of boto3 (and of
+servekit.inventory and servekit.cloud, which sit above it).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from servekit import __version__
-from servekit.cloud.hostkeys import known_hosts_lines, write_known_hosts
+from servekit.cloudstate.known_hosts import known_hosts_lines, write_known_hosts
 from servekit.placement import NodeAddress
 
 FORMAT_VERSION = 1
