@@ -19,19 +19,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from typer.core import TyperGroup
 
-from servekit.bench.client import Timing
 from servekit.bench.compare import ChartError, compare_table, write_chart
 from servekit.bench.metrics import parse_slo
+from servekit.bench.progress import RichProgress
 from servekit.bench.prompts import TokenizerError, load_tokenizer
 from servekit.bench.report import print_result
 from servekit.bench.runner import Options, run_benchmark
@@ -114,45 +106,6 @@ def parse_rate(text: str | None) -> float | None:
     if rate <= 0:
         raise typer.BadParameter("the request rate must be positive")
     return rate
-
-
-class RichProgress:
-    """A live bar per load level: requests done, tokens/s so far, timeouts and errors."""
-
-    def __init__(self, console: Console) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-            refresh_per_second=4,
-            transient=False,
-        )
-        self._task: TaskID | None = None
-        self._tokens = 0
-        self._bad = 0
-        self._started = 0.0
-
-    def level(self, description: str, total: int | None) -> None:
-        self._progress.start()
-        self._tokens = self._bad = 0
-        self._started = asyncio.get_running_loop().time()
-        self._task = self._progress.add_task(description, total=total, status="")
-
-    def done(self, timing: Timing) -> None:
-        assert self._task is not None
-        self._tokens += timing.usage_output_tokens or len(timing.chunk_times)
-        self._bad += timing.status != "ok"
-        elapsed = max(asyncio.get_running_loop().time() - self._started, 1e-6)
-        status = f"{self._tokens / elapsed:,.0f} tok/s"
-        if self._bad:
-            status += f", {self._bad} failed"
-        self._progress.update(self._task, advance=1, status=status)
-
-    def end(self) -> None:
-        self._progress.stop()
 
 
 def _resolve(
