@@ -221,8 +221,35 @@ async def run_benchmark(
     levels = options.levels()
     raise_open_files_limit(max((lv.users or lv.max_concurrency or 0) for lv in levels) + 256)
     warnings: list[str] = []
-    # The probe also makes the server load the model (Ollama loads on first use), untimed.
-    async with StreamingClient(endpoint, options.timeout_s) as client:
+    endpoint, first = await _checked_endpoint(endpoint, options.timeout_s, info.models, warnings)
+    has_usage = first.usage_output_tokens is not None
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    repeated = _repeated_prompts(resolved.base_url, model, info, options, tokenizer, started)
+    if repeated is not None:
+        warnings.append(repeated)
+    runner = _LevelRunner(options, tokenizer, progress, on_run)
+    runs = await runner.run_all(endpoint, levels, collect_text=not has_usage, warnings=warnings)
+    result = BenchResult(
+        servekit_version=__version__,
+        started_at=started,
+        target=_target(resolved, info, model, path, options.label),
+        config=_config(options, levels, endpoint.ignore_eos, tokenizer),
+        runs=runs,
+        warnings=warnings,
+    )
+    _finish(result, options, has_usage, tokenizer)
+    return result
+
+
+async def _checked_endpoint(
+    endpoint: Endpoint, timeout_s: float, models: list[str], warnings: list[str]
+) -> tuple[Endpoint, Timing]:
+    """Send the probe (the server loads the model then, untimed: Ollama loads on first use).
+
+    A server that rejects ignore_eos gets requests without it (and a warning); any other
+    failure raises TargetError with what to do.
+    """
+    async with StreamingClient(endpoint, timeout_s) as client:
         first = await probe(client)
         if (
             first.status != "ok"
@@ -233,13 +260,23 @@ async def run_benchmark(
             client.endpoint = endpoint
             first = await probe(client)
             warnings.append("the server rejects ignore_eos: output lengths are not forced")
-        if (failure := probe_failure(first, info.models, model)) is not None:
+        if (failure := probe_failure(first, models, endpoint.model)) is not None:
             raise TargetError(failure)
-    has_usage = first.usage_output_tokens is not None
-    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return endpoint, first
+
+
+def _repeated_prompts(
+    base_url: str,
+    model: str,
+    info: ServerInfo,
+    options: Options,
+    tokenizer: HfTokenizer | None,
+    started: str,
+) -> str | None:
+    """A warning when this server already got these exact prompts and may have cached them."""
     history_key = "|".join(
         [
-            resolved.base_url,
+            base_url,
             model,
             str(options.seed),
             str(options.input_len),
@@ -247,72 +284,89 @@ async def run_benchmark(
         ]
     )
     previous = seen_before(history_key, started)
-    if previous is not None and info.prefix_caching is not False:
-        cache = "has prefix caching on" if info.prefix_caching else "may cache prompt prefixes"
-        warnings.append(
-            f"this server {cache} and already got these exact prompts (same --seed "
-            f"{options.seed}, at {previous}): TTFT and throughput will look better than they are; "
-            "use another --seed"
-        )
-    runs: list[Run] = []
-    run_id = "sk" + secrets.token_hex(3)
-    async with StreamingClient(endpoint, options.timeout_s, collect_text=not has_usage) as client:
-        for number, shape in enumerate(levels):
-            seed = options.seed + number * LEVEL_SEED_STRIDE
-            maker = PromptMaker(tokenizer, options.input_len, seed)
-            what = f"{shape.users} users" if shape.users else f"{shape.request_rate:g} req/s"
-            await client.warm(connections_needed(shape))
-            if progress is not None:
-                progress.level(what, shape.num_prompts)
-            with no_gc_pauses():
-                outcome = await run_load(
-                    client,
-                    maker,
-                    shape,
-                    f"{run_id}-{number}",
-                    seed,
-                    on_done=progress.done if progress is not None else None,
-                )
-            if progress is not None:
-                progress.end()
-            run = _run(outcome, shape, options, tokenizer)
-            runs.append(run)
-            if on_run is not None:
-                on_run(run)
-            s = run.summary
-            if options.scenario == "sweep" and s.failed + s.timed_out >= max(1, s.completed):
-                warnings.append(
-                    f"sweep stopped at {shape.users} users: half or more of the requests failed"
-                )
-                break
-    result = BenchResult(
-        servekit_version=__version__,
-        started_at=started,
-        target=_target(resolved, info, model, path, options.label),
-        config=Config(
-            scenario=options.scenario,
-            input_len=options.input_len,
-            output_len=options.output_len,
-            ignore_eos=endpoint.ignore_eos,
-            tokenizer=str(tokenizer.path) if tokenizer else None,
-            seed=options.seed,
-            timeout_s=options.timeout_s,
-            num_prompts=options.num_prompts,
-            duration_s=options.duration_s,
-            concurrency=[
-                lv.users or lv.max_concurrency or 0
-                for lv in levels
-                if lv.users or lv.max_concurrency
-            ],
-            request_rate=options.request_rate,
-            burstiness=options.burstiness,
-            slo=options.slo,
-        ),
-        runs=runs,
-        warnings=warnings,
+    if previous is None or info.prefix_caching is False:
+        return None
+    cache = "has prefix caching on" if info.prefix_caching else "may cache prompt prefixes"
+    return (
+        f"this server {cache} and already got these exact prompts (same --seed "
+        f"{options.seed}, at {previous}): TTFT and throughput will look better than they are; "
+        "use another --seed"
     )
-    _finish(result, options, has_usage, tokenizer)
-    return result
+
+
+@dataclass
+class _LevelRunner:
+    """Runs the load levels one after the other over one connection pool."""
+
+    options: Options
+    tokenizer: HfTokenizer | None
+    progress: Progress | None
+    on_run: Callable[[Run], None] | None
+
+    async def run_all(
+        self, endpoint: Endpoint, levels: list[LoadShape], collect_text: bool, warnings: list[str]
+    ) -> list[Run]:
+        """Every level's run; a sweep stops at the first level where half the requests fail."""
+        runs: list[Run] = []
+        run_id = "sk" + secrets.token_hex(3)
+        timeout_s = self.options.timeout_s
+        async with StreamingClient(endpoint, timeout_s, collect_text=collect_text) as client:
+            for number, shape in enumerate(levels):
+                run = await self.run_level(client, shape, f"{run_id}-{number}", number)
+                runs.append(run)
+                if self.on_run is not None:
+                    self.on_run(run)
+                if self.ends_sweep(run):
+                    warnings.append(
+                        f"sweep stopped at {shape.users} users: half or more of the requests failed"
+                    )
+                    break
+        return runs
+
+    def ends_sweep(self, run: Run) -> bool:
+        """A sweep goes no higher once half or more of a level's requests failed."""
+        s = run.summary
+        return self.options.scenario == "sweep" and s.failed + s.timed_out >= max(1, s.completed)
+
+    async def run_level(
+        self, client: StreamingClient, shape: LoadShape, run_id: str, number: int
+    ) -> Run:
+        """One level: fresh prompts from the level's own seed, warm connections, no GC pauses."""
+        seed = self.options.seed + number * LEVEL_SEED_STRIDE
+        maker = PromptMaker(self.tokenizer, self.options.input_len, seed)
+        what = f"{shape.users} users" if shape.users else f"{shape.request_rate:g} req/s"
+        await client.warm(connections_needed(shape))
+        progress = self.progress
+        if progress is not None:
+            progress.level(what, shape.num_prompts)
+        with no_gc_pauses():
+            on_done = progress.done if progress is not None else None
+            outcome = await run_load(client, maker, shape, run_id, seed, on_done=on_done)
+        if progress is not None:
+            progress.end()
+        return _run(outcome, shape, self.options, self.tokenizer)
+
+
+def _config(
+    options: Options, levels: list[LoadShape], ignore_eos: bool, tokenizer: HfTokenizer | None
+) -> Config:
+    return Config(
+        scenario=options.scenario,
+        input_len=options.input_len,
+        output_len=options.output_len,
+        ignore_eos=ignore_eos,
+        tokenizer=str(tokenizer.path) if tokenizer else None,
+        seed=options.seed,
+        timeout_s=options.timeout_s,
+        num_prompts=options.num_prompts,
+        duration_s=options.duration_s,
+        concurrency=[
+            lv.users or lv.max_concurrency or 0 for lv in levels if lv.users or lv.max_concurrency
+        ],
+        request_rate=options.request_rate,
+        burstiness=options.burstiness,
+        slo=options.slo,
+    )
 
 
 def _run(
