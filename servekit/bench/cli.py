@@ -26,8 +26,8 @@ from typer.core import TyperGroup
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from servekit.bench.options import Options
     from servekit.bench.prompts import HfTokenizer
-    from servekit.bench.runner import Options
     from servekit.bench.schema import BenchResult, Scenario, Slo
     from servekit.bench.target import Resolved, ServerInfo
 
@@ -206,8 +206,8 @@ def run(
     quiet: QuietOption = False,
 ) -> None:
     """Benchmark one endpoint: TTFT, TPOT, ITL, E2E latency, throughput, goodput, timeouts."""
+    from servekit.bench.options import Options
     from servekit.bench.report import print_result
-    from servekit.bench.runner import Options
 
     chosen, max_concurrency = _scenario(scenario, request_rate, users, max_concurrency)
     _check_choices(endpoint, via, num_prompts, duration)

@@ -1,4 +1,5 @@
-"""A whole benchmark: check the endpoint, run each load level, and assemble the result.
+"""A whole benchmark: check the endpoint, run each load level, and assemble the result
+(servekit/bench/result.py).
 
 Scenarios: `single` (one user in a closed loop), `concurrent` (N users), `sweep` (1, 2, 4, ...
 users up to a maximum) and `rate` (open-loop arrivals). Every level gets fresh prompts from its
@@ -12,86 +13,24 @@ import dataclasses
 import datetime as dt
 import gc
 import json
-import math
 import os
 import resource
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from servekit import __version__
 from servekit.bench.client import CHAT, COMPLETIONS, Endpoint, StreamingClient, Timing
-from servekit.bench.load import LoadShape, RunOutcome, run_load
-from servekit.bench.metrics import analyse_sweep, summarize, to_record
+from servekit.bench.load import LoadShape, run_load
+from servekit.bench.options import Options
 from servekit.bench.prompts import HfTokenizer, PromptMaker
-from servekit.bench.schema import (
-    BenchResult,
-    Ceiling,
-    Config,
-    Run,
-    Scenario,
-    Slo,
-    Target,
-)
+from servekit.bench.result import add_analysis, config_of, level_run, target_of
+from servekit.bench.schema import BenchResult, Run
 from servekit.bench.target import Resolved, ServerInfo, TargetError
 
-SWEEP_SLO = Slo(ttft_ms=2000.0, tpot_ms=100.0)  # MLPerf's server preset for Llama-3.1-8B
 LEVEL_SEED_STRIDE = 1_000_003
-
-
-@dataclass
-class Options:
-    """What the user asked for."""
-
-    scenario: Scenario = "single"
-    input_len: int = 512
-    output_len: int = 2048
-    users: int = 100
-    max_users: int = 256
-    request_rate: float | None = None
-    burstiness: float = 1.0
-    max_concurrency: int | None = None
-    num_prompts: int | None = None
-    duration_s: float | None = None
-    timeout_s: float = 300.0
-    seed: int = 0
-    slo: Slo = field(default_factory=Slo)
-    endpoint: str = "auto"
-    label: str | None = None
-
-    def levels(self) -> list[LoadShape]:
-        """The load levels of the scenario, in order."""
-        count = self.num_prompts if self.duration_s is None else None
-        if self.scenario == "rate":
-            assert self.request_rate is not None
-            return [
-                LoadShape(
-                    request_rate=self.request_rate,
-                    burstiness=self.burstiness,
-                    max_concurrency=self.max_concurrency,
-                    num_prompts=count if count or self.duration_s else 200,
-                    duration_s=self.duration_s,
-                )
-            ]
-        if self.scenario == "sweep":
-            users = [2**k for k in range(int(math.log2(self.max_users)) + 1)]
-        else:
-            users = [1 if self.scenario == "single" else self.users]
-        return [
-            LoadShape(
-                users=n,
-                num_prompts=count if count or self.duration_s else default_prompts(n),
-                duration_s=self.duration_s,
-            )
-            for n in users
-        ]
-
-
-def default_prompts(users: int) -> int:
-    """Requests per closed-loop level when neither --num-prompts nor --duration is given."""
-    return 4 if users == 1 else 2 * users
 
 
 class Progress(Protocol):
@@ -179,23 +118,6 @@ def seen_before(key: str, now: str) -> str | None:
     return previous if isinstance(previous, str) else None
 
 
-def _target(
-    resolved: Resolved, info: ServerInfo, model: str, path: str, label: str | None
-) -> Target:
-    return Target(
-        url=resolved.base_url,
-        endpoint=path,
-        model=model,
-        engine=info.engine,
-        engine_version=info.version,
-        label=label or resolved.label or f"{info.engine} {resolved.base_url}",
-        prefix_caching=info.prefix_caching,
-        host=resolved.host,
-        gpu=resolved.gpu,
-        decode_ceiling_tokens_per_s=resolved.decode_ceiling,
-    )
-
-
 async def run_benchmark(
     resolved: Resolved,
     info: ServerInfo,
@@ -232,12 +154,12 @@ async def run_benchmark(
     result = BenchResult(
         servekit_version=__version__,
         started_at=started,
-        target=_target(resolved, info, model, path, options.label),
-        config=_config(options, levels, endpoint.ignore_eos, tokenizer),
+        target=target_of(resolved, info, model, path, options.label),
+        config=config_of(options, levels, endpoint.ignore_eos, tokenizer),
         runs=runs,
         warnings=warnings,
     )
-    _finish(result, options, has_usage, tokenizer)
+    add_analysis(result, options, has_usage, tokenizer)
     return result
 
 
@@ -344,91 +266,4 @@ class _LevelRunner:
             outcome = await run_load(client, maker, shape, run_id, seed, on_done=on_done)
         if progress is not None:
             progress.end()
-        return _run(outcome, shape, self.options, self.tokenizer)
-
-
-def _config(
-    options: Options, levels: list[LoadShape], ignore_eos: bool, tokenizer: HfTokenizer | None
-) -> Config:
-    return Config(
-        scenario=options.scenario,
-        input_len=options.input_len,
-        output_len=options.output_len,
-        ignore_eos=ignore_eos,
-        tokenizer=str(tokenizer.path) if tokenizer else None,
-        seed=options.seed,
-        timeout_s=options.timeout_s,
-        num_prompts=options.num_prompts,
-        duration_s=options.duration_s,
-        concurrency=[
-            lv.users or lv.max_concurrency or 0 for lv in levels if lv.users or lv.max_concurrency
-        ],
-        request_rate=options.request_rate,
-        burstiness=options.burstiness,
-        slo=options.slo,
-    )
-
-
-def _run(
-    outcome: RunOutcome, shape: LoadShape, options: Options, tokenizer: HfTokenizer | None
-) -> Run:
-    records = sorted(
-        (to_record(t, outcome.start, tokenizer) for t in outcome.timings), key=lambda r: r.index
-    )
-    return Run(
-        concurrency=shape.users or shape.max_concurrency,
-        request_rate=shape.request_rate,
-        started_at_unix=outcome.start_wall,
-        summary=summarize(records, outcome.duration_s, options.slo, options.output_len),
-        requests=records,
-    )
-
-
-def _finish(
-    result: BenchResult, options: Options, has_usage: bool, tokenizer: HfTokenizer | None
-) -> None:
-    """Sweep analysis, the bandwidth ceiling and the warnings that need the numbers."""
-    summaries = [(r.concurrency or 0, r.summary) for r in result.runs]
-    if options.scenario == "sweep" and summaries:
-        slo = options.slo if not options.slo.is_empty() else SWEEP_SLO
-        result.sweep = analyse_sweep(summaries, slo)
-    single = next((s for c, s in summaries if c == 1 and result.config.scenario != "rate"), None)
-    target = result.target
-    if single is not None and single.tpot_ms.mean > 0 and target.decode_ceiling_tokens_per_s:
-        achieved = 1000.0 / single.tpot_ms.mean
-        result.ceiling = Ceiling(
-            gpu=target.gpu or "?",
-            ceiling_tokens_per_s=target.decode_ceiling_tokens_per_s,
-            achieved_tokens_per_s=achieved,
-            share=achieved / target.decode_ceiling_tokens_per_s,
-        )
-    if tokenizer is None:
-        counted = [
-            r.server_prompt_tokens
-            for run in result.runs
-            for r in run.requests
-            if r.server_prompt_tokens is not None
-        ]
-        mean = (
-            f"; the server counted {sum(counted) / len(counted):.0f} on average" if counted else ""
-        )
-        result.warnings.append(
-            f"no tokenizer for {target.model}: prompts are {options.input_len} common words, "
-            f"about one token each{mean}; give --tokenizer PATH for exact lengths"
-        )
-    if not has_usage:
-        source = "the tokenizer" if tokenizer else "streamed chunks (one token each, an estimate)"
-        result.warnings.append(f"the server reports no usage: output tokens counted from {source}")
-    short = sum(r.summary.short_outputs for r in result.runs)
-    completed = sum(r.summary.completed for r in result.runs)
-    if short and target.engine == "ollama":
-        result.warnings.append(
-            "Ollama ignores ignore_eos: its answers end at the model's end of sequence, "
-            "whatever --output-len asks"
-        )
-    if short:
-        average = sum(r.summary.total_output_tokens for r in result.runs) / max(completed, 1)
-        result.warnings.append(
-            f"{short} of {completed} answers stopped before {options.output_len} tokens "
-            f"(mean {average:.0f}); throughput counts the tokens actually streamed"
-        )
+        return level_run(outcome, shape, self.options, self.tokenizer)
