@@ -87,13 +87,21 @@ async def probe(client: StreamingClient, tokens: int = 4) -> Timing:
     return await client.send(timing, body)
 
 
-def probe_failure(timing: Timing, models: list[str], model: str) -> str | None:
+def probe_failure(timing: Timing, models: list[str], model: str, path: str) -> str | None:
+    """Why the probe failed, and what to do about it (None when it did not)."""
     if timing.status == "ok":
         return None
     if timing.http_status == 401:
         return "the server wants an API key (401): give --api-key-file FILE"
     if timing.http_status == 404 and models and model not in models:
         return f"the server does not serve {model!r}; it serves: {', '.join(models)}"
+    if timing.http_status == 404:  # the model is there (or not listed): the path is not
+        kind, other = ("chat", "completions") if path == CHAT else ("completions", "chat")
+        said = (timing.error or "").removeprefix("HTTP 404: ")
+        return (
+            f"POST {path} answered HTTP 404 ({said}): this server has no {kind} endpoint; "
+            f"try --endpoint {other}"
+        )
     return f"a first test request failed: {timing.error}"
 
 
@@ -182,7 +190,8 @@ async def _checked_endpoint(
             client.endpoint = endpoint
             first = await probe(client)
             warnings.append("the server rejects ignore_eos: output lengths are not forced")
-        if (failure := probe_failure(first, models, endpoint.model)) is not None:
+        failure = probe_failure(first, models, endpoint.model, endpoint.path)
+        if failure is not None:
             raise TargetError(failure)
     return endpoint, first
 
