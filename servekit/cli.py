@@ -1,8 +1,8 @@
 """The `servekit` command: plan, render (and, from their modules, cloud and bench).
 
 Every command pays for what this module and its sub-apps import at the top, `servekit --help`
-included: typer and rich only. A command imports the planner, pyinfra's inventory, the HTTP
-clients and boto3 when it runs (benchmarks/cli_startup.py measures the start-up).
+included: typer and rich only. A command imports the planner, the inventory loader, the HTTP
+clients or boto3 when it runs (benchmarks/cli_startup.py measures the start-up).
 """
 
 from __future__ import annotations
