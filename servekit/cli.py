@@ -1,26 +1,30 @@
-"""The `servekit` command: plan, render (and, from their modules, cloud and bench)."""
+"""The `servekit` command: plan, render (and, from their modules, cloud and bench).
+
+Every command pays for what this module and its sub-apps import at the top, `servekit --help`
+included: typer and rich only. A command imports the planner, the inventory loader, the HTTP
+clients or boto3 when it runs (benchmarks/cli_startup.py measures the start-up).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from servekit import catalog, planner
 from servekit.bench.cli import app as bench_app
-from servekit.catalog.hf_config import resolve_model
 from servekit.cloud.cli import cloud_app
-from servekit.errors import FleetError
-from servekit.firewall import firewall_lines
-from servekit.inventory import load_plan
-from servekit.placement import FleetPlan
-from servekit.render import UnsafeOutput, render_host, write_tree
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from servekit.hostplan import HostPlan
+    from servekit.placement import FleetPlan
+    from servekit.planner import ModelPlan
 
 app = typer.Typer(
     help="Plan, deploy and benchmark LLM serving (vLLM, Ollama) on your own machines.",
@@ -40,7 +44,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _plan_record(plan: planner.ModelPlan, **extra: Any) -> dict[str, Any]:
+def _plan_record(plan: ModelPlan, **extra: Any) -> dict[str, Any]:
     return {**plan.model_dump(mode="json"), **extra}
 
 
@@ -59,7 +63,7 @@ def _fleet_records(fleet_plan: FleetPlan) -> list[dict[str, Any]]:
     ]
 
 
-def _gpus_cell(plan: planner.ModelPlan, indices: list[int] | None = None) -> str:
+def _gpus_cell(plan: ModelPlan, indices: list[int] | None = None) -> str:
     if plan.gpus == 0:
         return "cpu"
     text = f"{plan.gpus // plan.nodes}×{plan.gpu}"
@@ -70,7 +74,7 @@ def _gpus_cell(plan: planner.ModelPlan, indices: list[int] | None = None) -> str
     return text
 
 
-def _model_row(plan: planner.ModelPlan) -> list[str]:
+def _model_row(plan: ModelPlan) -> list[str]:
     quantization = plan.quantization or (plan.dtype if plan.dtype != "auto" else "bf16/fp16")
     if plan.engine == "ollama":
         return [
@@ -89,63 +93,83 @@ def _model_row(plan: planner.ModelPlan) -> list[str]:
     ]
 
 
+FLEET_COLUMNS = (
+    "host",
+    "serves",
+    "engine",
+    "GPUs",
+    "TP×PP",
+    "quant",
+    "GiB/GPU",
+    "KV tokens",
+    "concurrency",
+    "≤tok/s",
+    "port",
+    "$/h",
+)
+
+
 def _print_fleet(fleet_plan: FleetPlan) -> None:
+    from rich.table import Table
+
     table = Table(title=f"fleet {fleet_plan.fleet}", title_justify="left")
-    for column in (
-        "host",
-        "serves",
-        "engine",
-        "GPUs",
-        "TP×PP",
-        "quant",
-        "GiB/GPU",
-        "KV tokens",
-        "concurrency",
-        "≤tok/s",
-        "port",
-        "$/h",
-    ):
+    for column in FLEET_COLUMNS:
         table.add_column(column, overflow="fold")
     notes: list[str] = []
     for host in fleet_plan.hosts.values():
-        cost = host.price_usd_hour
-        rows = 0
-        for instance in host.vllm:
-            plan = instance.plan
-            layout = f"{plan.tensor_parallel}×{plan.pipeline_parallel}"
-            role = "" if instance.role == "server" else f" ({instance.role} {instance.node_rank})"
-            table.add_row(
-                host.name,
-                instance.serve + role,
-                "vllm",
-                _gpus_cell(plan, instance.gpu_indices),
-                layout,
-                *_model_row(plan),
-                str(instance.port) if instance.role == "server" else "-",
-                f"{cost:.2f}" if cost is not None and rows == 0 else "",
-            )
-            rows += 1
-        if host.ollama:
-            for tag, plan in zip(host.ollama.models, host.ollama.plans, strict=True):
-                table.add_row(
-                    host.name,
-                    tag,
-                    "ollama",
-                    _gpus_cell(plan),
-                    "-",
-                    *_model_row(plan),
-                    host.ollama.listen.rsplit(":", 1)[-1],
-                    "",
-                )
-                notes += [f"{host.name} {tag}: {note}" for note in plan.notes]
-        if not rows and not host.ollama:
-            roles = ", ".join(host.roles) or "no role"
-            table.add_row(host.name, f"({roles})", *[""] * 10)
+        notes += _add_host_rows(table, host)
     out.print(table)
     for summary in fleet_plan.serves:
         notes += [
             f"{summary.name}: {note}" for note in summary.plan.notes if summary.engine == "vllm"
         ]
+    _print_fleet_notes(fleet_plan, notes)
+
+
+def _add_host_rows(table: Table, host: HostPlan) -> list[str]:
+    """One row per vLLM instance and Ollama model of the host (or one naming its roles); the
+    notes of its Ollama plans."""
+    cost = host.price_usd_hour
+    rows = 0
+    notes: list[str] = []
+    for instance in host.vllm:
+        plan = instance.plan
+        layout = f"{plan.tensor_parallel}×{plan.pipeline_parallel}"
+        role = "" if instance.role == "server" else f" ({instance.role} {instance.node_rank})"
+        table.add_row(
+            host.name,
+            instance.serve + role,
+            "vllm",
+            _gpus_cell(plan, instance.gpu_indices),
+            layout,
+            *_model_row(plan),
+            str(instance.port) if instance.role == "server" else "-",
+            f"{cost:.2f}" if cost is not None and rows == 0 else "",
+        )
+        rows += 1
+    if host.ollama:
+        for tag, plan in zip(host.ollama.models, host.ollama.plans, strict=True):
+            table.add_row(
+                host.name,
+                tag,
+                "ollama",
+                _gpus_cell(plan),
+                "-",
+                *_model_row(plan),
+                host.ollama.listen.rsplit(":", 1)[-1],
+                "",
+            )
+            notes += [f"{host.name} {tag}: {note}" for note in plan.notes]
+    if not rows and not host.ollama:
+        roles = ", ".join(host.roles) or "no role"
+        table.add_row(host.name, f"({roles})", *[""] * 10)
+    return notes
+
+
+def _print_fleet_notes(fleet_plan: FleetPlan, notes: list[str]) -> None:
+    """Planner notes (each once), the firewall's rules and the fleet's cloud cost."""
+    from servekit.firewall import firewall_lines
+
     for note in dict.fromkeys(notes):
         out.print(f"  note: {note}", highlight=False)
     for line in firewall_lines(fleet_plan):
@@ -155,7 +179,9 @@ def _print_fleet(fleet_plan: FleetPlan) -> None:
         out.print(f"  cloud cost: ${hourly:,.2f}/h, ${hourly * 24:,.2f}/day (on-demand list price)")
 
 
-def _print_single(plan: planner.ModelPlan) -> None:
+def _print_single(plan: ModelPlan) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{plan.model} on {_gpus_cell(plan)}", title_justify="left")
     table.add_column("")
     table.add_column("")
@@ -200,17 +226,13 @@ def plan(
 ) -> None:
     """Will it fit? Plan an inventory's fleet, or one model on some GPUs. Offline."""
     if inventory is not None:
-        try:
-            _fleet, fleet_plan = load_plan(inventory)
-        except FleetError as error:
-            raise fail(str(error)) from None
-        if as_json:
-            print(json.dumps(_fleet_records(fleet_plan), indent=2))
-        else:
-            _print_fleet(fleet_plan)
+        _plan_inventory(inventory, as_json)
         return
     if model is None or gpu is None:
         raise fail("give an INVENTORY, or --model and --gpu (and --gpus, --nodes)", 2)
+    from servekit import catalog, planner
+    from servekit.catalog.hf_config import resolve_model
+
     try:
         gpu_info = catalog.gpu(gpu)
         model_info = resolve_model(model)
@@ -232,12 +254,31 @@ def plan(
         _print_single(result)
 
 
+def _plan_inventory(inventory: Path, as_json: bool) -> None:
+    """Print the plan of the fleet an inventory file declares (a table, or JSON)."""
+    from servekit.errors import FleetError
+    from servekit.inventory import load_plan
+
+    try:
+        _fleet, fleet_plan = load_plan(inventory)
+    except FleetError as error:
+        raise fail(str(error)) from None
+    if as_json:
+        print(json.dumps(_fleet_records(fleet_plan), indent=2))
+    else:
+        _print_fleet(fleet_plan)
+
+
 @app.command()
 def render(
     inventory: Annotated[Path, typer.Argument(help="inventory file")],
     outdir: Annotated[Path, typer.Argument(help="folder to write HOST/etc/... into")],
 ) -> None:
     """Write each host's files (configs, units; secrets as placeholders) for review in git."""
+    from servekit.errors import FleetError
+    from servekit.inventory import load_plan
+    from servekit.render import UnsafeOutput, render_host, write_tree
+
     try:
         _fleet, fleet_plan = load_plan(inventory)
     except FleetError as error:

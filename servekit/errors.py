@@ -1,20 +1,22 @@
 """Errors that stop servekit before it touches a host, each naming the field and the fix.
 
-FleetError derives from pyinfra's PyinfraError so that, raised while pyinfra loads an inventory,
-pyinfra prints the message alone (no traceback) and exits before connecting anywhere.
+Raised while pyinfra loads an inventory, a FleetError is also one of pyinfra's PyinfraErrors, so
+pyinfra prints the message alone (no traceback) and exits before connecting anywhere. servekit's
+own commands never load pyinfra (it takes a fifth of a second to import): see `FleetError`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
-from pyinfra.api.exceptions import PyinfraError
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,18 @@ class Problem:
         return replace(self, field=join_path(prefix, self.field), where=self.where or where)
 
 
-class FleetError(PyinfraError):
-    """A fleet declaration that cannot work."""
+class FleetError(Exception):
+    """A fleet declaration that cannot work.
+
+    Once pyinfra is imported, a new FleetError is a `PyinfraFleetError`, a FleetError that is
+    also a PyinfraError: pyinfra prints those without a traceback. Code that catches
+    PyinfraError has imported pyinfra, so servekit need not import it to be caught.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FleetError:
+        if cls is FleetError and "pyinfra.api.exceptions" in sys.modules:
+            cls = _pyinfra_fleet_error()
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(
         self, problems: Sequence[Problem], fleet: str | None = None, where: str = ""
@@ -59,6 +71,19 @@ class FleetError(PyinfraError):
     @property
     def fields(self) -> list[str]:
         return [p.field for p in self.problems]
+
+
+@functools.cache
+def _pyinfra_fleet_error() -> type[FleetError]:
+    """FleetError's subclass that pyinfra treats as its own error (made once, when first used)."""
+    from pyinfra.api.exceptions import PyinfraError
+
+    class PyinfraFleetError(FleetError, PyinfraError):
+        """A FleetError raised where pyinfra runs: it prints the message, not a traceback."""
+
+        __qualname__ = "PyinfraFleetError"
+
+    return PyinfraFleetError
 
 
 def join_path(prefix: str, path: str) -> str:

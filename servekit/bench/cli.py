@@ -2,51 +2,34 @@
 
 servekit bench URL|INVENTORY [single|concurrent|sweep] --model NAME [options]
 servekit bench compare A.json B.json ... [--png chart.png]
+
+Every `servekit` command loads this module (to list `bench` in its help), so it imports only
+typer and rich at the top; the HTTP clients (aiohttp, httpx), the tokenizer and the chart are
+imported by the commands that use them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import os
 import re
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from typer.core import TyperGroup
 
-from servekit.bench.client import Timing
-from servekit.bench.compare import ChartError, compare_table, write_chart
-from servekit.bench.metrics import parse_slo
-from servekit.bench.prompts import TokenizerError, load_tokenizer
-from servekit.bench.report import print_result
-from servekit.bench.runner import Options, run_benchmark
-from servekit.bench.schema import BenchResult, Scenario
-from servekit.bench.target import (
-    Resolved,
-    TargetError,
-    base_url,
-    from_fleet,
-    inspect_server,
-    read_key_file,
-    with_engine,
-)
-from servekit.errors import FleetError
-from servekit.secrets import SecretError
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from servekit.bench.options import Options
+    from servekit.bench.prompts import HfTokenizer
+    from servekit.bench.schema import BenchResult, Scenario, Slo
+    from servekit.bench.target import Resolved, ServerInfo
 
 T = TypeVar("T")
 
@@ -77,6 +60,8 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
     SERVEKIT_BENCH_LOOP=asyncio forces the standard loop (benchmarks/bench_client.py compares).
     """
+    import asyncio
+
     if os.environ.get("SERVEKIT_BENCH_LOOP", "").lower() == "asyncio":
         return asyncio.run(coroutine)
     try:
@@ -116,48 +101,13 @@ def parse_rate(text: str | None) -> float | None:
     return rate
 
 
-class RichProgress:
-    """A live bar per load level: requests done, tokens/s so far, timeouts and errors."""
-
-    def __init__(self, console: Console) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-            refresh_per_second=4,
-            transient=False,
-        )
-        self._task: TaskID | None = None
-        self._tokens = 0
-        self._bad = 0
-        self._started = 0.0
-
-    def level(self, description: str, total: int | None) -> None:
-        self._progress.start()
-        self._tokens = self._bad = 0
-        self._started = asyncio.get_running_loop().time()
-        self._task = self._progress.add_task(description, total=total, status="")
-
-    def done(self, timing: Timing) -> None:
-        assert self._task is not None
-        self._tokens += timing.usage_output_tokens or len(timing.chunk_times)
-        self._bad += timing.status != "ok"
-        elapsed = max(asyncio.get_running_loop().time() - self._started, 1e-6)
-        status = f"{self._tokens / elapsed:,.0f} tok/s"
-        if self._bad:
-            status += f", {self._bad} failed"
-        self._progress.update(self._task, advance=1, status=status)
-
-    def end(self) -> None:
-        self._progress.stop()
-
-
 def _resolve(
     target: str, model: str | None, api_key_file: Path | None, via: str, host: str | None
 ) -> Resolved:
+    from servekit.bench.target import Resolved, base_url, from_fleet, read_key_file
+    from servekit.errors import FleetError
+    from servekit.secrets import SecretError
+
     path = Path(target)
     if target.endswith(".py") or path.is_file():
         from servekit.inventory import load_plan
@@ -178,65 +128,121 @@ def _resolve(
     return resolved
 
 
+TargetArgument = Annotated[
+    str, typer.Argument(help="endpoint URL (http://host:8000) or inventory file")
+]
+ScenarioArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="single (1 user), concurrent (--users N), sweep (1, 2, 4 … --max-users); "
+        "default single, or concurrent with --users, open loop with --request-rate"
+    ),
+]
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="served model name")]
+ApiKeyFileOption = Annotated[Path | None, typer.Option(help="file whose first line is the API key")]
+UsersOption = Annotated[int | None, typer.Option(min=1, help="concurrent users (100)")]
+MaxUsersOption = Annotated[int, typer.Option(min=1, help="sweep: highest concurrency")]
+RequestRateOption = Annotated[
+    str | None, typer.Option(help="open loop: requests/s (Poisson), or inf")
+]
+BurstinessOption = Annotated[
+    float, typer.Option(min=0.01, help="open loop: gamma shape; 1 = Poisson, < 1 burstier")
+]
+MaxConcurrencyOption = Annotated[
+    int | None, typer.Option(min=1, help="open loop: cap on requests in flight")
+]
+NumPromptsOption = Annotated[
+    int | None, typer.Option(min=1, help="requests per level (default: 4 single, 2×users)")
+]
+DurationOption = Annotated[
+    str | None, typer.Option(help="run each level this long instead (30s, 5m)")
+]
+TimeoutOption = Annotated[float, typer.Option(min=0.1, help="seconds per request")]
+SeedOption = Annotated[int, typer.Option(help="prompt seed; change it between runs")]
+InputLenOption = Annotated[int, typer.Option(min=1, help="prompt tokens")]
+OutputLenOption = Annotated[int, typer.Option(min=1, help="output tokens (forced where possible)")]
+SloOption = Annotated[
+    str | None, typer.Option(help="goodput SLOs, e.g. ttft=2000ms,tpot=100ms,e2el=60s")
+]
+TokenizerOption = Annotated[
+    str | None, typer.Option(help="tokenizer.json, its folder, or an HF id in the local cache")
+]
+EndpointOption = Annotated[
+    str, typer.Option(help="auto (vLLM: completions, else chat), completions or chat")
+]
+JsonFileOption = Annotated[
+    Path | None, typer.Option("--json", help="write every request's timings here")
+]
+LabelOption = Annotated[str | None, typer.Option(help="name in tables and charts")]
+ViaOption = Annotated[str, typer.Option(help="inventory: auto, gateway or engine")]
+HostOption = Annotated[str | None, typer.Option(help="inventory: benchmark this host's engine")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+
 @app.command("run")
 def run(
-    target: Annotated[
-        str, typer.Argument(help="endpoint URL (http://host:8000) or inventory file")
-    ],
-    scenario: Annotated[
-        str | None,
-        typer.Argument(
-            help="single (1 user), concurrent (--users N), sweep (1, 2, 4 … --max-users); "
-            "default single, or concurrent with --users, open loop with --request-rate"
-        ),
-    ] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="served model name")] = None,
-    api_key_file: Annotated[
-        Path | None, typer.Option(help="file whose first line is the API key")
-    ] = None,
-    users: Annotated[int | None, typer.Option(min=1, help="concurrent users (100)")] = None,
-    max_users: Annotated[int, typer.Option(min=1, help="sweep: highest concurrency")] = 256,
-    request_rate: Annotated[
-        str | None, typer.Option(help="open loop: requests/s (Poisson), or inf")
-    ] = None,
-    burstiness: Annotated[
-        float, typer.Option(min=0.01, help="open loop: gamma shape; 1 = Poisson, < 1 burstier")
-    ] = 1.0,
-    max_concurrency: Annotated[
-        int | None, typer.Option(min=1, help="open loop: cap on requests in flight")
-    ] = None,
-    num_prompts: Annotated[
-        int | None, typer.Option(min=1, help="requests per level (default: 4 single, 2×users)")
-    ] = None,
-    duration: Annotated[
-        str | None, typer.Option(help="run each level this long instead (30s, 5m)")
-    ] = None,
-    timeout: Annotated[float, typer.Option(min=0.1, help="seconds per request")] = 300.0,
-    seed: Annotated[int, typer.Option(help="prompt seed; change it between runs")] = 0,
-    input_len: Annotated[int, typer.Option(min=1, help="prompt tokens")] = 512,
-    output_len: Annotated[
-        int, typer.Option(min=1, help="output tokens (forced where possible)")
-    ] = 2048,
-    slo: Annotated[
-        str | None, typer.Option(help="goodput SLOs, e.g. ttft=2000ms,tpot=100ms,e2el=60s")
-    ] = None,
-    tokenizer: Annotated[
-        str | None, typer.Option(help="tokenizer.json, its folder, or an HF id in the local cache")
-    ] = None,
-    endpoint: Annotated[
-        str, typer.Option(help="auto (vLLM: completions, else chat), completions or chat")
-    ] = "auto",
-    json_file: Annotated[
-        Path | None, typer.Option("--json", help="write every request's timings here")
-    ] = None,
-    label: Annotated[str | None, typer.Option(help="name in tables and charts")] = None,
-    via: Annotated[str, typer.Option(help="inventory: auto, gateway or engine")] = "auto",
-    host: Annotated[
-        str | None, typer.Option(help="inventory: benchmark this host's engine")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    target: TargetArgument,
+    scenario: ScenarioArgument = None,
+    model: ModelOption = None,
+    api_key_file: ApiKeyFileOption = None,
+    users: UsersOption = None,
+    max_users: MaxUsersOption = 256,
+    request_rate: RequestRateOption = None,
+    burstiness: BurstinessOption = 1.0,
+    max_concurrency: MaxConcurrencyOption = None,
+    num_prompts: NumPromptsOption = None,
+    duration: DurationOption = None,
+    timeout: TimeoutOption = 300.0,
+    seed: SeedOption = 0,
+    input_len: InputLenOption = 512,
+    output_len: OutputLenOption = 2048,
+    slo: SloOption = None,
+    tokenizer: TokenizerOption = None,
+    endpoint: EndpointOption = "auto",
+    json_file: JsonFileOption = None,
+    label: LabelOption = None,
+    via: ViaOption = "auto",
+    host: HostOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Benchmark one endpoint: TTFT, TPOT, ITL, E2E latency, throughput, goodput, timeouts."""
+    from servekit.bench.options import Options
+    from servekit.bench.report import print_result
+
+    chosen, max_concurrency = _scenario(scenario, request_rate, users, max_concurrency)
+    _check_choices(endpoint, via, num_prompts, duration)
+    options = Options(
+        scenario=chosen,
+        input_len=input_len,
+        output_len=output_len,
+        users=users or 100,
+        max_users=max_users,
+        slo=_slo(slo),
+        request_rate=parse_rate(request_rate),
+        burstiness=burstiness,
+        max_concurrency=max_concurrency,
+        num_prompts=num_prompts,
+        duration_s=parse_duration(duration),
+        timeout_s=timeout,
+        seed=seed,
+        endpoint=endpoint,
+        label=label,
+    )
+    resolved, info, tok = _connect(target, model, api_key_file, via, host, tokenizer)
+    result = _measure(resolved, info, options, tok, quiet)
+    print_result(result, out)
+    if json_file is not None:
+        result.write(json_file)
+        err.print(escape(f"wrote {json_file}"), highlight=False)
+
+
+def _scenario(
+    scenario: str | None, request_rate: str | None, users: int | None, max_concurrency: int | None
+) -> tuple[Scenario, int | None]:
+    """The scenario the arguments ask for, and the open loop's cap on requests in flight.
+
+    `concurrent --users N --request-rate R` is an open loop with at most N requests in flight.
+    """
     chosen: Scenario
     if scenario is None:
         chosen = "rate" if request_rate else "concurrent" if users else "single"
@@ -250,59 +256,82 @@ def run(
         elif chosen != "concurrent":
             raise _fail("--request-rate is an open loop: use it without single/sweep", 2)
         chosen = "rate"
+    return chosen, max_concurrency
+
+
+def _check_choices(endpoint: str, via: str, num_prompts: int | None, duration: str | None) -> None:
+    """Refuse option values outside their choices (exit code 2, as for a usage error)."""
     if endpoint not in ("auto", "completions", "chat"):
         raise _fail("--endpoint is auto, completions or chat", 2)
     if via not in ("auto", "gateway", "engine"):
         raise _fail("--via is auto, gateway or engine", 2)
     if num_prompts is not None and duration is not None:
         raise _fail("give --num-prompts or --duration, not both", 2)
+
+
+def _slo(text: str | None) -> Slo:
+    from servekit.bench.metrics import parse_slo
+
     try:
-        slo_value = parse_slo(slo)
+        return parse_slo(text)
     except ValueError as error:
         raise _fail(str(error), 2) from None
-    options = Options(
-        scenario=chosen,
-        input_len=input_len,
-        output_len=output_len,
-        users=users or 100,
-        max_users=max_users,
-        request_rate=parse_rate(request_rate),
-        burstiness=burstiness,
-        max_concurrency=max_concurrency,
-        num_prompts=num_prompts,
-        duration_s=parse_duration(duration),
-        timeout_s=timeout,
-        seed=seed,
-        slo=slo_value,
-        endpoint=endpoint,
-        label=label,
-    )
+
+
+def _served_model(resolved: Resolved, info: ServerInfo) -> str | None:
+    """The model asked for, else the server's only one (None when it serves several)."""
+    return resolved.model or (info.models[0] if len(info.models) == 1 else None)
+
+
+def _connect(
+    target: str,
+    model: str | None,
+    api_key_file: Path | None,
+    via: str,
+    host: str | None,
+    tokenizer: str | None,
+) -> tuple[Resolved, ServerInfo, HfTokenizer | None]:
+    """Find the endpoint, ask the server what it runs, and load the tokenizer for its model."""
+    from servekit.bench.prompts import TokenizerError, load_tokenizer
+    from servekit.bench.target import TargetError, inspect_server, with_engine
+
     try:
         resolved = _resolve(target, model, api_key_file, via, host)
         info = inspect_server(resolved)
         resolved = with_engine(resolved, info)
-        model_name = resolved.model or (info.models[0] if len(info.models) == 1 else None)
-        tok = load_tokenizer(tokenizer, model_name or "")
+        tok = load_tokenizer(tokenizer, _served_model(resolved, info) or "")
     except (TargetError, TokenizerError) as error:
         raise _fail(str(error)) from None
+    return resolved, info, tok
+
+
+def _measure(
+    resolved: Resolved,
+    info: ServerInfo,
+    options: Options,
+    tok: HfTokenizer | None,
+    quiet: bool,
+) -> BenchResult:
+    """Say what is measured (on stderr), then run every level, with a progress bar unless quiet."""
+    from servekit.bench.progress import RichProgress
+    from servekit.bench.runner import run_benchmark
+    from servekit.bench.target import TargetError
+
     err.print(
         escape(
             f"servekit bench: {resolved.base_url} ({info.engine}"
-            f"{' ' + info.version if info.version else ''}), model {model_name or '?'}, "
-            f"{chosen}, {input_len} in / {output_len} out tokens"
+            f"{' ' + info.version if info.version else ''}), "
+            f"model {_served_model(resolved, info) or '?'}, "
+            f"{options.scenario}, {options.input_len} in / {options.output_len} out tokens"
             + (f", tokenizer {tok.path}" if tok else "")
         ),
         highlight=False,
     )
     progress = None if quiet else RichProgress(err)
     try:
-        result = run_async(run_benchmark(resolved, info, options, tok, progress))
+        return run_async(run_benchmark(resolved, info, options, tok, progress))
     except TargetError as error:
         raise _fail(str(error)) from None
-    print_result(result, out)
-    if json_file is not None:
-        result.write(json_file)
-        err.print(escape(f"wrote {json_file}"), highlight=False)
 
 
 @app.command("compare")
@@ -314,6 +343,9 @@ def compare(
     no_chart: Annotated[bool, typer.Option("--no-chart", help="table only")] = False,
 ) -> None:
     """Side-by-side table and a chart (throughput and p99 latency against concurrency)."""
+    from servekit.bench.compare import ChartError, compare_table, write_chart
+    from servekit.bench.schema import BenchResult
+
     results = []
     for path in files:
         try:

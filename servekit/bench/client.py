@@ -175,63 +175,73 @@ class StreamingClient:
         assert self._session is not None, "use `async with StreamingClient(...)`"
         headers = dict(self._headers)
         headers["X-Request-Id"] = timing.request_id
-        perf = time.perf_counter
-        times = timing.chunk_times
         if self.collect_text:
             timing.text = []
-        parts = timing.text
-        loads = json.loads
-        timing.start = perf()
+        timing.start = time.perf_counter()
         async with self._session.post(self._url, data=body, headers=headers) as response:
             timing.http_status = response.status
             if response.status != 200:
                 timing.status = "error"
                 timing.error = f"HTTP {response.status}: {_error_message(await response.read())}"
                 return
-            pending = b""
-            done = False
-            async for data in response.content.iter_any():
-                now = perf()
-                if pending:
-                    data = pending + data
-                if b"\r" in data:
-                    data = data.replace(b"\r\n", b"\n")
-                events = data.split(b"\n\n")
-                pending = events.pop()
-                for event in events:
-                    if event.startswith(b"data: ") and b"\n" not in event:
-                        payload = event[6:]
-                    else:
-                        payload = b"\n".join(
-                            line[5:].lstrip(b" ")
-                            for line in event.split(b"\n")
-                            if line.startswith(b"data:")
-                        )
-                        if not payload:
-                            continue
-                    if payload == b"[DONE]":
-                        done = True
-                        continue
-                    obj = loads(payload)
-                    choices = obj.get("choices")
-                    if choices:
-                        choice = choices[0]
-                        text = _chunk_text(choice)
-                        if text:
-                            times.append(now)
-                            if parts is not None:
-                                parts.append(text)
-                        if choice.get("finish_reason"):
-                            timing.finish_reason = choice["finish_reason"]
-                    usage = obj.get("usage")
-                    if usage:
-                        timing.usage_prompt_tokens = usage.get("prompt_tokens")
-                        timing.usage_output_tokens = usage.get("completion_tokens")
-                    if "error" in obj:
-                        timing.status = "error"
-                        error = obj["error"]
-                        message = error.get("message") if isinstance(error, dict) else error
-                        timing.error = f"error after {len(times)} chunks: {message}"
-            if not done and timing.status == "ok" and not times:
+            done = await _read_stream(response, timing)
+            if not done and timing.status == "ok" and not timing.chunk_times:
                 timing.status = "error"
                 timing.error = "stream closed without a [DONE] or any token"
+
+
+async def _read_stream(response: aiohttp.ClientResponse, timing: Timing) -> bool:
+    """Time each server-sent event of a streamed answer as it arrives; True at `[DONE]`.
+
+    This loop runs once per token, so it keeps its work per event inline: one `json.loads`, a
+    few dict reads and an append.
+    """
+    perf = time.perf_counter
+    times = timing.chunk_times
+    parts = timing.text
+    loads = json.loads
+    pending = b""
+    done = False
+    async for data in response.content.iter_any():
+        now = perf()
+        if pending:
+            data = pending + data
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        events = data.split(b"\n\n")
+        pending = events.pop()
+        for event in events:
+            if event.startswith(b"data: ") and b"\n" not in event:
+                payload = event[6:]
+            else:
+                payload = b"\n".join(
+                    line[5:].lstrip(b" ")
+                    for line in event.split(b"\n")
+                    if line.startswith(b"data:")
+                )
+                if not payload:
+                    continue
+            if payload == b"[DONE]":
+                done = True
+                continue
+            obj = loads(payload)
+            choices = obj.get("choices")
+            if choices:
+                choice = choices[0]
+                text = _chunk_text(choice)
+                if text:
+                    times.append(now)
+                    if parts is not None:
+                        parts.append(text)
+                if choice.get("finish_reason"):
+                    timing.finish_reason = choice["finish_reason"]
+            usage = obj.get("usage")
+            if usage:
+                timing.usage_prompt_tokens = usage.get("prompt_tokens")
+                timing.usage_output_tokens = usage.get("completion_tokens")
+            if "error" in obj:
+                timing.status = "error"
+                error = obj["error"]
+                message = error.get("message") if isinstance(error, dict) else error
+                timing.error = f"error after {len(times)} chunks: {message}"
+    return done

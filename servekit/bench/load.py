@@ -15,7 +15,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from servekit.bench.client import Endpoint, StreamingClient, Timing
@@ -90,7 +90,6 @@ async def run_load(
     """Generate one load level and return every request's timing."""
     bodies = _Bodies(maker, client.endpoint, shape.num_prompts)
     timings: list[Timing] = []
-    counter = itertools.count()
     start_wall = time.time()
     start = time.perf_counter()
     deadline = start + shape.duration_s if shape.duration_s is not None else math.inf
@@ -105,44 +104,64 @@ async def run_load(
             on_done(timing)
 
     if shape.users is not None:
-
-        async def user() -> None:
-            while True:
-                index = next(counter)
-                if index >= limit or time.perf_counter() >= deadline:
-                    return
-                await one(index)
-                # Let streams whose chunks already arrived be read (and timed) before this user
-                # sends its next request: a wave of answers ending together must not be timed
-                # late behind a wave of new requests.
-                await asyncio.sleep(0)
-
-        await asyncio.gather(*(user() for _ in range(shape.users)))
+        await _closed_loop(one, shape.users, limit, deadline)
     else:
-        assert shape.request_rate is not None
-        gap = arrival_gaps(shape.request_rate, shape.burstiness, seed)
-        slots = asyncio.Semaphore(shape.max_concurrency) if shape.max_concurrency else None
-
-        async def limited(index: int) -> None:
-            if slots is None:
-                await one(index)
-                return
-            async with slots:
-                await one(index)
-
-        tasks: list[asyncio.Task[None]] = []
-        due = start
-        for index in itertools.count():
-            if index >= limit:
-                break
-            if index:
-                due += gap()
-            if due >= deadline:
-                break
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(limited(index)))
-        await asyncio.gather(*tasks)
+        await _open_loop(one, shape, seed, start, limit, deadline)
     end = time.perf_counter()
     return RunOutcome(timings=timings, start=start, start_wall=start_wall, end=end)
+
+
+async def _closed_loop(
+    send: Callable[[int], Awaitable[None]], users: int, limit: float, deadline: float
+) -> None:
+    """`users` users, each sending its next request when its previous one is answered."""
+    counter = itertools.count()
+
+    async def user() -> None:
+        while True:
+            index = next(counter)
+            if index >= limit or time.perf_counter() >= deadline:
+                return
+            await send(index)
+            # Let streams whose chunks already arrived be read (and timed) before this user
+            # sends its next request: a wave of answers ending together must not be timed
+            # late behind a wave of new requests.
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(user() for _ in range(users)))
+
+
+async def _open_loop(
+    send: Callable[[int], Awaitable[None]],
+    shape: LoadShape,
+    seed: int,
+    start: float,
+    limit: float,
+    deadline: float,
+) -> None:
+    """Requests sent at their arrival times, however many are in flight (up to the cap)."""
+    assert shape.request_rate is not None
+    gap = arrival_gaps(shape.request_rate, shape.burstiness, seed)
+    slots = asyncio.Semaphore(shape.max_concurrency) if shape.max_concurrency else None
+
+    async def limited(index: int) -> None:
+        if slots is None:
+            await send(index)
+            return
+        async with slots:
+            await send(index)
+
+    tasks: list[asyncio.Task[None]] = []
+    due = start
+    for index in itertools.count():
+        if index >= limit:
+            break
+        if index:
+            due += gap()
+        if due >= deadline:
+            break
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(limited(index)))
+    await asyncio.gather(*tasks)

@@ -1,4 +1,5 @@
-"""A whole benchmark: check the endpoint, run each load level, and assemble the result.
+"""A whole benchmark: check the endpoint, run each load level, and assemble the result
+(servekit/bench/result.py).
 
 Scenarios: `single` (one user in a closed loop), `concurrent` (N users), `sweep` (1, 2, 4, ...
 users up to a maximum) and `rate` (open-loop arrivals). Every level gets fresh prompts from its
@@ -12,86 +13,24 @@ import dataclasses
 import datetime as dt
 import gc
 import json
-import math
 import os
 import resource
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from servekit import __version__
 from servekit.bench.client import CHAT, COMPLETIONS, Endpoint, StreamingClient, Timing
-from servekit.bench.load import LoadShape, RunOutcome, run_load
-from servekit.bench.metrics import analyse_sweep, summarize, to_record
+from servekit.bench.load import LoadShape, run_load
+from servekit.bench.options import Options
 from servekit.bench.prompts import HfTokenizer, PromptMaker
-from servekit.bench.schema import (
-    BenchResult,
-    Ceiling,
-    Config,
-    Run,
-    Scenario,
-    Slo,
-    Target,
-)
+from servekit.bench.result import add_analysis, config_of, level_run, target_of
+from servekit.bench.schema import BenchResult, Run
 from servekit.bench.target import Resolved, ServerInfo, TargetError
 
-SWEEP_SLO = Slo(ttft_ms=2000.0, tpot_ms=100.0)  # MLPerf's server preset for Llama-3.1-8B
 LEVEL_SEED_STRIDE = 1_000_003
-
-
-@dataclass
-class Options:
-    """What the user asked for."""
-
-    scenario: Scenario = "single"
-    input_len: int = 512
-    output_len: int = 2048
-    users: int = 100
-    max_users: int = 256
-    request_rate: float | None = None
-    burstiness: float = 1.0
-    max_concurrency: int | None = None
-    num_prompts: int | None = None
-    duration_s: float | None = None
-    timeout_s: float = 300.0
-    seed: int = 0
-    slo: Slo = field(default_factory=Slo)
-    endpoint: str = "auto"
-    label: str | None = None
-
-    def levels(self) -> list[LoadShape]:
-        """The load levels of the scenario, in order."""
-        count = self.num_prompts if self.duration_s is None else None
-        if self.scenario == "rate":
-            assert self.request_rate is not None
-            return [
-                LoadShape(
-                    request_rate=self.request_rate,
-                    burstiness=self.burstiness,
-                    max_concurrency=self.max_concurrency,
-                    num_prompts=count if count or self.duration_s else 200,
-                    duration_s=self.duration_s,
-                )
-            ]
-        if self.scenario == "sweep":
-            users = [2**k for k in range(int(math.log2(self.max_users)) + 1)]
-        else:
-            users = [1 if self.scenario == "single" else self.users]
-        return [
-            LoadShape(
-                users=n,
-                num_prompts=count if count or self.duration_s else default_prompts(n),
-                duration_s=self.duration_s,
-            )
-            for n in users
-        ]
-
-
-def default_prompts(users: int) -> int:
-    """Requests per closed-loop level when neither --num-prompts nor --duration is given."""
-    return 4 if users == 1 else 2 * users
 
 
 class Progress(Protocol):
@@ -148,13 +87,21 @@ async def probe(client: StreamingClient, tokens: int = 4) -> Timing:
     return await client.send(timing, body)
 
 
-def probe_failure(timing: Timing, models: list[str], model: str) -> str | None:
+def probe_failure(timing: Timing, models: list[str], model: str, path: str) -> str | None:
+    """Why the probe failed, and what to do about it (None when it did not)."""
     if timing.status == "ok":
         return None
     if timing.http_status == 401:
         return "the server wants an API key (401): give --api-key-file FILE"
     if timing.http_status == 404 and models and model not in models:
         return f"the server does not serve {model!r}; it serves: {', '.join(models)}"
+    if timing.http_status == 404:  # the model is there (or not listed): the path is not
+        kind, other = ("chat", "completions") if path == CHAT else ("completions", "chat")
+        said = (timing.error or "").removeprefix("HTTP 404: ")
+        return (
+            f"POST {path} answered HTTP 404 ({said}): this server has no {kind} endpoint; "
+            f"try --endpoint {other}"
+        )
     return f"a first test request failed: {timing.error}"
 
 
@@ -177,23 +124,6 @@ def seen_before(key: str, now: str) -> str | None:
         seen[key] = now
         path.write_text(json.dumps(seen, indent=0), encoding="utf-8")
     return previous if isinstance(previous, str) else None
-
-
-def _target(
-    resolved: Resolved, info: ServerInfo, model: str, path: str, label: str | None
-) -> Target:
-    return Target(
-        url=resolved.base_url,
-        endpoint=path,
-        model=model,
-        engine=info.engine,
-        engine_version=info.version,
-        label=label or resolved.label or f"{info.engine} {resolved.base_url}",
-        prefix_caching=info.prefix_caching,
-        host=resolved.host,
-        gpu=resolved.gpu,
-        decode_ceiling_tokens_per_s=resolved.decode_ceiling,
-    )
 
 
 async def run_benchmark(
@@ -221,8 +151,35 @@ async def run_benchmark(
     levels = options.levels()
     raise_open_files_limit(max((lv.users or lv.max_concurrency or 0) for lv in levels) + 256)
     warnings: list[str] = []
-    # The probe also makes the server load the model (Ollama loads on first use), untimed.
-    async with StreamingClient(endpoint, options.timeout_s) as client:
+    endpoint, first = await _checked_endpoint(endpoint, options.timeout_s, info.models, warnings)
+    has_usage = first.usage_output_tokens is not None
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    repeated = _repeated_prompts(resolved.base_url, model, info, options, tokenizer, started)
+    if repeated is not None:
+        warnings.append(repeated)
+    runner = _LevelRunner(options, tokenizer, progress, on_run)
+    runs = await runner.run_all(endpoint, levels, collect_text=not has_usage, warnings=warnings)
+    result = BenchResult(
+        servekit_version=__version__,
+        started_at=started,
+        target=target_of(resolved, info, model, path, options.label),
+        config=config_of(options, levels, endpoint.ignore_eos, tokenizer),
+        runs=runs,
+        warnings=warnings,
+    )
+    add_analysis(result, options, has_usage, tokenizer)
+    return result
+
+
+async def _checked_endpoint(
+    endpoint: Endpoint, timeout_s: float, models: list[str], warnings: list[str]
+) -> tuple[Endpoint, Timing]:
+    """Send the probe (the server loads the model then, untimed: Ollama loads on first use).
+
+    A server that rejects ignore_eos gets requests without it (and a warning); any other
+    failure raises TargetError with what to do.
+    """
+    async with StreamingClient(endpoint, timeout_s) as client:
         first = await probe(client)
         if (
             first.status != "ok"
@@ -233,13 +190,24 @@ async def run_benchmark(
             client.endpoint = endpoint
             first = await probe(client)
             warnings.append("the server rejects ignore_eos: output lengths are not forced")
-        if (failure := probe_failure(first, info.models, model)) is not None:
+        failure = probe_failure(first, models, endpoint.model, endpoint.path)
+        if failure is not None:
             raise TargetError(failure)
-    has_usage = first.usage_output_tokens is not None
-    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return endpoint, first
+
+
+def _repeated_prompts(
+    base_url: str,
+    model: str,
+    info: ServerInfo,
+    options: Options,
+    tokenizer: HfTokenizer | None,
+    started: str,
+) -> str | None:
+    """A warning when this server already got these exact prompts and may have cached them."""
     history_key = "|".join(
         [
-            resolved.base_url,
+            base_url,
             model,
             str(options.seed),
             str(options.input_len),
@@ -247,134 +215,64 @@ async def run_benchmark(
         ]
     )
     previous = seen_before(history_key, started)
-    if previous is not None and info.prefix_caching is not False:
-        cache = "has prefix caching on" if info.prefix_caching else "may cache prompt prefixes"
-        warnings.append(
-            f"this server {cache} and already got these exact prompts (same --seed "
-            f"{options.seed}, at {previous}): TTFT and throughput will look better than they are; "
-            "use another --seed"
-        )
-    runs: list[Run] = []
-    run_id = "sk" + secrets.token_hex(3)
-    async with StreamingClient(endpoint, options.timeout_s, collect_text=not has_usage) as client:
-        for number, shape in enumerate(levels):
-            seed = options.seed + number * LEVEL_SEED_STRIDE
-            maker = PromptMaker(tokenizer, options.input_len, seed)
-            what = f"{shape.users} users" if shape.users else f"{shape.request_rate:g} req/s"
-            await client.warm(connections_needed(shape))
-            if progress is not None:
-                progress.level(what, shape.num_prompts)
-            with no_gc_pauses():
-                outcome = await run_load(
-                    client,
-                    maker,
-                    shape,
-                    f"{run_id}-{number}",
-                    seed,
-                    on_done=progress.done if progress is not None else None,
-                )
-            if progress is not None:
-                progress.end()
-            run = _run(outcome, shape, options, tokenizer)
-            runs.append(run)
-            if on_run is not None:
-                on_run(run)
-            s = run.summary
-            if options.scenario == "sweep" and s.failed + s.timed_out >= max(1, s.completed):
-                warnings.append(
-                    f"sweep stopped at {shape.users} users: half or more of the requests failed"
-                )
-                break
-    result = BenchResult(
-        servekit_version=__version__,
-        started_at=started,
-        target=_target(resolved, info, model, path, options.label),
-        config=Config(
-            scenario=options.scenario,
-            input_len=options.input_len,
-            output_len=options.output_len,
-            ignore_eos=endpoint.ignore_eos,
-            tokenizer=str(tokenizer.path) if tokenizer else None,
-            seed=options.seed,
-            timeout_s=options.timeout_s,
-            num_prompts=options.num_prompts,
-            duration_s=options.duration_s,
-            concurrency=[
-                lv.users or lv.max_concurrency or 0
-                for lv in levels
-                if lv.users or lv.max_concurrency
-            ],
-            request_rate=options.request_rate,
-            burstiness=options.burstiness,
-            slo=options.slo,
-        ),
-        runs=runs,
-        warnings=warnings,
-    )
-    _finish(result, options, has_usage, tokenizer)
-    return result
-
-
-def _run(
-    outcome: RunOutcome, shape: LoadShape, options: Options, tokenizer: HfTokenizer | None
-) -> Run:
-    records = sorted(
-        (to_record(t, outcome.start, tokenizer) for t in outcome.timings), key=lambda r: r.index
-    )
-    return Run(
-        concurrency=shape.users or shape.max_concurrency,
-        request_rate=shape.request_rate,
-        started_at_unix=outcome.start_wall,
-        summary=summarize(records, outcome.duration_s, options.slo, options.output_len),
-        requests=records,
+    if previous is None or info.prefix_caching is False:
+        return None
+    cache = "has prefix caching on" if info.prefix_caching else "may cache prompt prefixes"
+    return (
+        f"this server {cache} and already got these exact prompts (same --seed "
+        f"{options.seed}, at {previous}): TTFT and throughput will look better than they are; "
+        "use another --seed"
     )
 
 
-def _finish(
-    result: BenchResult, options: Options, has_usage: bool, tokenizer: HfTokenizer | None
-) -> None:
-    """Sweep analysis, the bandwidth ceiling and the warnings that need the numbers."""
-    summaries = [(r.concurrency or 0, r.summary) for r in result.runs]
-    if options.scenario == "sweep" and summaries:
-        slo = options.slo if not options.slo.is_empty() else SWEEP_SLO
-        result.sweep = analyse_sweep(summaries, slo)
-    single = next((s for c, s in summaries if c == 1 and result.config.scenario != "rate"), None)
-    target = result.target
-    if single is not None and single.tpot_ms.mean > 0 and target.decode_ceiling_tokens_per_s:
-        achieved = 1000.0 / single.tpot_ms.mean
-        result.ceiling = Ceiling(
-            gpu=target.gpu or "?",
-            ceiling_tokens_per_s=target.decode_ceiling_tokens_per_s,
-            achieved_tokens_per_s=achieved,
-            share=achieved / target.decode_ceiling_tokens_per_s,
-        )
-    if tokenizer is None:
-        counted = [
-            r.server_prompt_tokens
-            for run in result.runs
-            for r in run.requests
-            if r.server_prompt_tokens is not None
-        ]
-        mean = (
-            f"; the server counted {sum(counted) / len(counted):.0f} on average" if counted else ""
-        )
-        result.warnings.append(
-            f"no tokenizer for {target.model}: prompts are {options.input_len} common words, "
-            f"about one token each{mean}; give --tokenizer PATH for exact lengths"
-        )
-    if not has_usage:
-        source = "the tokenizer" if tokenizer else "streamed chunks (one token each, an estimate)"
-        result.warnings.append(f"the server reports no usage: output tokens counted from {source}")
-    short = sum(r.summary.short_outputs for r in result.runs)
-    completed = sum(r.summary.completed for r in result.runs)
-    if short and target.engine == "ollama":
-        result.warnings.append(
-            "Ollama ignores ignore_eos: its answers end at the model's end of sequence, "
-            "whatever --output-len asks"
-        )
-    if short:
-        average = sum(r.summary.total_output_tokens for r in result.runs) / max(completed, 1)
-        result.warnings.append(
-            f"{short} of {completed} answers stopped before {options.output_len} tokens "
-            f"(mean {average:.0f}); throughput counts the tokens actually streamed"
-        )
+@dataclass
+class _LevelRunner:
+    """Runs the load levels one after the other over one connection pool."""
+
+    options: Options
+    tokenizer: HfTokenizer | None
+    progress: Progress | None
+    on_run: Callable[[Run], None] | None
+
+    async def run_all(
+        self, endpoint: Endpoint, levels: list[LoadShape], collect_text: bool, warnings: list[str]
+    ) -> list[Run]:
+        """Every level's run; a sweep stops at the first level where half the requests fail."""
+        runs: list[Run] = []
+        run_id = "sk" + secrets.token_hex(3)
+        timeout_s = self.options.timeout_s
+        async with StreamingClient(endpoint, timeout_s, collect_text=collect_text) as client:
+            for number, shape in enumerate(levels):
+                run = await self.run_level(client, shape, f"{run_id}-{number}", number)
+                runs.append(run)
+                if self.on_run is not None:
+                    self.on_run(run)
+                if self.ends_sweep(run):
+                    warnings.append(
+                        f"sweep stopped at {shape.users} users: half or more of the requests failed"
+                    )
+                    break
+        return runs
+
+    def ends_sweep(self, run: Run) -> bool:
+        """A sweep goes no higher once half or more of a level's requests failed."""
+        s = run.summary
+        return self.options.scenario == "sweep" and s.failed + s.timed_out >= max(1, s.completed)
+
+    async def run_level(
+        self, client: StreamingClient, shape: LoadShape, run_id: str, number: int
+    ) -> Run:
+        """One level: fresh prompts from the level's own seed, warm connections, no GC pauses."""
+        seed = self.options.seed + number * LEVEL_SEED_STRIDE
+        maker = PromptMaker(self.tokenizer, self.options.input_len, seed)
+        what = f"{shape.users} users" if shape.users else f"{shape.request_rate:g} req/s"
+        await client.warm(connections_needed(shape))
+        progress = self.progress
+        if progress is not None:
+            progress.level(what, shape.num_prompts)
+        with no_gc_pauses():
+            on_done = progress.done if progress is not None else None
+            outcome = await run_load(client, maker, shape, run_id, seed, on_done=on_done)
+        if progress is not None:
+            progress.end()
+        return level_run(outcome, shape, self.options, self.tokenizer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -87,10 +88,30 @@ def _key(source: SecretSource | None) -> str | None:
         raise TargetError(f"API key: {error}") from None
 
 
+Ceiling = Callable[[str], tuple[str | None, float | None]]
+"""A served name's GPU and the planner's decode ceiling (tokens/s) on it; (None, None) if none."""
+
+
 def from_fleet(
     plan: FleetPlan, model: str | None, via: Via = "auto", host_name: str | None = None
 ) -> Resolved:
     """The endpoint to benchmark in a planned fleet (see the module docstring for the order)."""
+    hosts = [h for h in plan.hosts.values() if host_name is None or h.name == host_name]
+    if host_name is not None and not hosts:
+        raise TargetError(f"no host {host_name!r} in fleet {plan.fleet}: {', '.join(plan.hosts)}")
+    ceiling = _ceilings(plan)
+    candidates: list[Resolved] = []
+    if via in ("auto", "gateway"):
+        candidates += _gateways(plan.fleet, hosts, model, ceiling)
+    if not candidates and via in ("auto", "engine"):
+        candidates += _engines(hosts, model, ceiling)
+    if not candidates:
+        what = f"model {model!r}" if model else "any model"
+        raise TargetError(f"fleet {plan.fleet} has no {via} endpoint serving {what}")
+    return candidates[0]
+
+
+def _ceilings(plan: FleetPlan) -> Ceiling:
     ceilings = {
         name: (summary.plan.gpu, summary.plan.decode_tokens_per_s)
         for summary in plan.serves
@@ -103,71 +124,76 @@ def from_fleet(
             return None, None
         return gpu, tokens
 
-    hosts = [h for h in plan.hosts.values() if host_name is None or h.name == host_name]
-    if host_name is not None and not hosts:
-        raise TargetError(f"no host {host_name!r} in fleet {plan.fleet}: {', '.join(plan.hosts)}")
-    candidates: list[Resolved] = []
-    if via in ("auto", "gateway"):
-        for host in hosts:
-            if host.gateway is None:
+    return ceiling
+
+
+def _gateways(
+    fleet: str, hosts: list[HostPlan], model: str | None, ceiling: Ceiling
+) -> list[Resolved]:
+    """Each gateway's first route (to `model` if given), with the gateway's API key."""
+    candidates = []
+    for host in hosts:
+        if host.gateway is None:
+            continue
+        routes = [r for r in host.gateway.routes if model is None or r.model == model]
+        for route in routes[:1]:
+            gpu, tokens = ceiling(route.model)
+            candidates.append(
+                Resolved(
+                    base_url=_reach(host, "0.0.0.0", host.gateway.port, "the gateway"),
+                    model=route.model,
+                    api_key=_key(host.gateway.api_keys),
+                    engine=route.engine if route.engine in ("vllm", "ollama") else "unknown",  # type: ignore[arg-type]
+                    label=f"{fleet} gateway",
+                    host=host.name,
+                    gpu=gpu,
+                    decode_ceiling=tokens,
+                )
+            )
+    return candidates
+
+
+def _engines(hosts: list[HostPlan], model: str | None, ceiling: Ceiling) -> list[Resolved]:
+    """Each vLLM server instance and Ollama host that serves `model` (any model if None)."""
+    candidates = []
+    for host in hosts:
+        for instance in host.vllm:
+            if instance.role != "server":
                 continue
-            routes = [r for r in host.gateway.routes if model is None or r.model == model]
-            for route in routes[:1]:
-                gpu, tokens = ceiling(route.model)
+            if model is not None and model not in instance.served_names:
+                continue
+            name = model or instance.served_names[0]
+            gpu, tokens = ceiling(name)
+            candidates.append(
+                Resolved(
+                    base_url=_reach(host, instance.bind_address, instance.port, "vLLM"),
+                    model=name,
+                    api_key=_key(instance.secret_env.get("VLLM_API_KEY")),
+                    engine="vllm",
+                    label=f"vllm {host.name}",
+                    host=host.name,
+                    gpu=gpu,
+                    decode_ceiling=tokens,
+                )
+            )
+        if host.ollama is not None:
+            tags = [t for t in host.ollama.models if model is None or t == model]
+            if tags:
+                bind, _, port = host.ollama.listen.rpartition(":")
+                gpu, tokens = ceiling(tags[0])
                 candidates.append(
                     Resolved(
-                        base_url=_reach(host, "0.0.0.0", host.gateway.port, "the gateway"),
-                        model=route.model,
-                        api_key=_key(host.gateway.api_keys),
-                        engine=route.engine if route.engine in ("vllm", "ollama") else "unknown",  # type: ignore[arg-type]
-                        label=f"{plan.fleet} gateway",
+                        base_url=_reach(host, bind, int(port), "Ollama"),
+                        model=tags[0],
+                        api_key=None,
+                        engine="ollama",
+                        label=f"ollama {host.name}",
                         host=host.name,
                         gpu=gpu,
                         decode_ceiling=tokens,
                     )
                 )
-    if not candidates and via in ("auto", "engine"):
-        for host in hosts:
-            for instance in host.vllm:
-                if instance.role != "server":
-                    continue
-                if model is not None and model not in instance.served_names:
-                    continue
-                name = model or instance.served_names[0]
-                gpu, tokens = ceiling(name)
-                candidates.append(
-                    Resolved(
-                        base_url=_reach(host, instance.bind_address, instance.port, "vLLM"),
-                        model=name,
-                        api_key=_key(instance.secret_env.get("VLLM_API_KEY")),
-                        engine="vllm",
-                        label=f"vllm {host.name}",
-                        host=host.name,
-                        gpu=gpu,
-                        decode_ceiling=tokens,
-                    )
-                )
-            if host.ollama is not None:
-                tags = [t for t in host.ollama.models if model is None or t == model]
-                if tags:
-                    bind, _, port = host.ollama.listen.rpartition(":")
-                    gpu, tokens = ceiling(tags[0])
-                    candidates.append(
-                        Resolved(
-                            base_url=_reach(host, bind, int(port), "Ollama"),
-                            model=tags[0],
-                            api_key=None,
-                            engine="ollama",
-                            label=f"ollama {host.name}",
-                            host=host.name,
-                            gpu=gpu,
-                            decode_ceiling=tokens,
-                        )
-                    )
-    if not candidates:
-        what = f"model {model!r}" if model else "any model"
-        raise TargetError(f"fleet {plan.fleet} has no {via} endpoint serving {what}")
-    return candidates[0]
+    return candidates
 
 
 def read_key_file(path: Path) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from servekit.bench.options import Options
 from servekit.bench.prompts import HfTokenizer
-from servekit.bench.runner import Options, run_benchmark
+from servekit.bench.runner import run_benchmark
 from servekit.bench.schema import BenchResult
 from servekit.bench.target import Resolved, inspect_server, with_engine
 
