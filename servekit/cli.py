@@ -18,7 +18,7 @@ from servekit.catalog.hf_config import resolve_model
 from servekit.cloud.cli import cloud_app
 from servekit.errors import FleetError
 from servekit.firewall import firewall_lines
-from servekit.inventory import load_plan
+from servekit.inventory import load_fleet_and_plan
 from servekit.placement import FleetPlan
 from servekit.render import UnsafeOutput, render_host, write_tree
 
@@ -201,7 +201,7 @@ def plan(
     """Will it fit? Plan an inventory's fleet, or one model on some GPUs. Offline."""
     if inventory is not None:
         try:
-            _fleet, fleet_plan = load_plan(inventory)
+            _fleet, fleet_plan = load_fleet_and_plan(inventory)
         except FleetError as error:
             raise fail(str(error)) from None
         if as_json:
@@ -239,7 +239,7 @@ def render(
 ) -> None:
     """Write each host's files (configs, units; secrets as placeholders) for review in git."""
     try:
-        _fleet, fleet_plan = load_plan(inventory)
+        _fleet, fleet_plan = load_fleet_and_plan(inventory)
     except FleetError as error:
         raise fail(str(error)) from None
     for name, host in fleet_plan.hosts.items():

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from servekit import nvidia
-from servekit.facts.nvidia import FabricState, InstalledPackage, NvidiaGpus
+from servekit.facts.nvidia import FabricState, NvidiaGpus
+from servekit.facts.nvidia_packages import InstalledPackage
 from servekit.facts.probe import STATUS_PREFIX
-from servekit.inventory import load_plan
+from servekit.inventory import load_fleet_and_plan
 from servekit.nvidia import DriverChoice, Finding, GpuTarget, PolicyError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +124,7 @@ def test_toolkit_and_dcgm() -> None:
 
 
 def test_targets_from_the_example_fleet_and_from_facts() -> None:
-    _fleet, plan = load_plan(ROOT / "inventories/node_8xa100.py")
+    _fleet, plan = load_fleet_and_plan(ROOT / "inventories/node_8xa100.py")
     target = nvidia.target_from_plan(plan.hosts["hgx1"], local=False)
     assert (target.gpu_model, target.gpu_count, target.branch) == ("A100-SXM4-80GB", 8, 580)
     assert target.compute_capability == (8, 0) and target.declared and target.nvidia
