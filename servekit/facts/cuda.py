@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any, Literal, TypedDict
+from typing import Literal
 
 from pyinfra.api.facts import FactBase
 from typing_extensions import override
 
 from servekit.facts.probe import MISSING, STATUS_PREFIX, probe, split_status
-
-
-class CudaCheckResult(TypedDict, total=False):
-    ok: bool
-    error: str | None
-    error_code: int | None
-    devices: int
-    driver_cuda_version: str | None
-    gpus: list[dict[str, Any]]
-    sandbox: Literal["systemd", "none"]  # where the check ran: the engines' sandbox or plain
-    unsandboxed_ok: bool | None  # after a failure in the sandbox: whether CUDA works outside
-
+from servekit.nvidia.shapes import CudaCheckResult
 
 SANDBOX_MARK = "servekit-cuda-sandbox="
 UNSANDBOXED_MARK = "servekit-cuda-unsandboxed"

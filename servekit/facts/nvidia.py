@@ -12,37 +12,25 @@ from __future__ import annotations
 
 import csv
 import re
-from typing import Literal, TypedDict
 
 from pyinfra.api.facts import FactBase
 from typing_extensions import override
 
 from servekit.facts.probe import MISSING, probe, split_status
+from servekit.nvidia.shapes import (
+    FabricGpu,
+    LoadedDriver,
+    PciDevice,
+    PciKind,
+    SmiGpu,
+    SmiGpus,
+    SmiState,
+)
 
 QUERY_FIELDS = (
     "index,name,uuid,memory.total,driver_version,compute_cap,pci.bus_id,persistence_mode,"
     "mig.mode.current"
 )
-
-SmiState = Literal["ok", "missing", "no_driver", "mismatch", "no_devices", "error"]
-
-
-class SmiGpu(TypedDict):
-    index: int
-    name: str
-    uuid: str
-    memory_mib: int | None
-    driver_version: str
-    compute_cap: str | None
-    pci_bus_id: str
-    persistence: bool | None
-    mig: bool | None
-
-
-class SmiGpus(TypedDict):
-    state: SmiState
-    message: str | None
-    gpus: list[SmiGpu]
 
 
 def _value(text: str) -> str | None:
@@ -118,16 +106,6 @@ class NvidiaGpus(FactBase[SmiGpus]):
         return {"state": "ok", "message": None, "gpus": gpus}
 
 
-PciKind = Literal["gpu", "nvswitch", "other"]
-
-
-class PciDevice(TypedDict):
-    slot: str
-    pci_class: str
-    device: str
-    kind: PciKind
-
-
 def _pci_kind(pci_class: str) -> PciKind:
     base = pci_class.lower().removeprefix("0x")[:4]
     if base in ("0300", "0302"):  # VGA compatible / 3D controller
@@ -188,11 +166,6 @@ class NvswitchDevices(FactBase[list[str]]):
         return [line.strip() for line in output if line.strip()]
 
 
-class LoadedDriver(TypedDict):
-    version: str
-    flavour: Literal["open", "proprietary"]
-
-
 class NvidiaDriver(FactBase[LoadedDriver | None]):
     """The loaded kernel driver's version and flavour (/proc/driver/nvidia/version), or None."""
 
@@ -212,12 +185,6 @@ class NvidiaDriver(FactBase[LoadedDriver | None]):
                         "flavour": "open" if open_modules else "proprietary",
                     }
         return None
-
-
-class FabricGpu(TypedDict):
-    bus_id: str
-    state: str | None
-    status: str | None
 
 
 class FabricState(FactBase[list[FabricGpu]]):

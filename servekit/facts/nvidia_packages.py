@@ -4,19 +4,12 @@ apt offers."""
 from __future__ import annotations
 
 import re
-from typing import TypedDict
 
 from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.facts import FactBase
 from typing_extensions import override
 
-
-class InstalledPackage(TypedDict):
-    version: str
-    status: str
-    installed: bool
-    held: bool
-
+from servekit.nvidia.shapes import InstalledPackage
 
 # Names of packages that belong to NVIDIA's driver stack, Canonical's builds of it, CUDA and DCGM.
 PACKAGE_PATTERN = (

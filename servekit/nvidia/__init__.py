@@ -71,6 +71,8 @@ from servekit.nvidia.gpu_target import (
 )
 from servekit.nvidia.host_files import (
     GPU_PATHS,
+    PERSISTENCED_UNIT,
+    PERSISTENCED_USER,
     UNATTENDED_UPGRADES_BLACKLIST,
     GpuFilePaths,
     gpu_files,
@@ -91,6 +93,8 @@ __all__ = [
     "KEYRING_VERSION",
     "NOT_DRIVER_PREFIXES",
     "OPEN_MODULES_FROM",
+    "PERSISTENCED_UNIT",
+    "PERSISTENCED_USER",
     "REPOSITORIES",
     "REPOSITORY_ARCH",
     "SHA256",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from servekit import catalog
-from servekit.facts.nvidia_packages import InstalledPackage
+from servekit.nvidia.shapes import InstalledPackage
 
 Flavour = Literal["open", "proprietary"]
 

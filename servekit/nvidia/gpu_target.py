@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from servekit import catalog
-from servekit.facts.nvidia import SmiGpus
 from servekit.hostplan import HostPlan
 from servekit.nvidia.apt_source import DEFAULT_MIRROR
+from servekit.nvidia.shapes import SmiGpus
 from servekit.spec import Versions
 
 

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from servekit.templating import RenderedFile, render_template
 
+PERSISTENCED_UNIT = "nvidia-persistenced.service"
+PERSISTENCED_USER = "root"
+"""The account nvidia-persistenced runs as (its `--user`)."""
+
 
 @dataclass(frozen=True)
 class GpuFilePaths:
@@ -16,7 +20,7 @@ class GpuFilePaths:
     preferences: str = "/etc/apt/preferences.d/servekit-nvidia-cuda"
     nouveau: str = "/etc/modprobe.d/servekit-blacklist-nouveau.conf"
     unattended_upgrades: str = "/etc/apt/apt.conf.d/51servekit-nvidia"
-    persistenced: str = "/etc/systemd/system/nvidia-persistenced.service.d/servekit.conf"
+    persistenced: str = f"/etc/systemd/system/{PERSISTENCED_UNIT}.d/servekit.conf"
     persistenced_wanted: str = "/etc/systemd/system/multi-user.target.d/servekit-nvidia.conf"
     cuda_profile: str = "/etc/profile.d/servekit-cuda.sh"
 
@@ -61,9 +65,13 @@ def gpu_files(
     ]
     if systemd:
         files += [
-            RenderedFile(paths.persistenced, render_template("nvidia-persistenced.conf.j2")),
             RenderedFile(
-                paths.persistenced_wanted, render_template("nvidia-persistenced-wanted.conf.j2")
+                paths.persistenced,
+                render_template("nvidia-persistenced.conf.j2", user=PERSISTENCED_USER),
+            ),
+            RenderedFile(
+                paths.persistenced_wanted,
+                render_template("nvidia-persistenced-wanted.conf.j2", unit=PERSISTENCED_UNIT),
             ),
         ]
     if cuda_toolkit:

@@ -17,7 +17,7 @@ from servekit import nvidia
 from servekit.credentials import APT_AUTH_FILE
 from servekit.deploys.credentials import mirror_login_files
 from servekit.hostplan import SourcesPlan
-from servekit.nvidia import GPU_PATHS
+from servekit.nvidia.host_files import GPU_PATHS, PERSISTENCED_UNIT
 from servekit.operations import nvidia as ops
 from servekit.operations.gpu_survey import Survey, say
 from servekit.operations.rendered import any_changed, put
@@ -125,14 +125,14 @@ def persistence(found: Survey, rendered: dict[str, RenderedFile]) -> None:
         if found.services_now:
             systemd.service(
                 name="Restart nvidia-persistenced with the new settings",
-                service="nvidia-persistenced.service",
+                service=PERSISTENCED_UNIT,
                 running=None,
                 restarted=True,
                 _if=dropin.did_change,
             )
             systemd.service(
                 name="Start nvidia-persistenced",
-                service="nvidia-persistenced.service",
+                service=PERSISTENCED_UNIT,
                 running=True,
             )
     if found.nvswitch and found.systemd:

@@ -16,10 +16,11 @@ from pyinfra.facts.server import Arch
 
 from servekit import catalog, nvidia
 from servekit.deploys.common import problem
-from servekit.facts.nvidia import LoadedDriver, NvidiaDriver, NvidiaGpus, NvidiaPciDevices, SmiGpus
-from servekit.facts.nvidia_packages import InstalledPackage, NvidiaPackages
+from servekit.facts.nvidia import NvidiaDriver, NvidiaGpus, NvidiaPciDevices
+from servekit.facts.nvidia_packages import NvidiaPackages
 from servekit.facts.system import Kernel, KernelHeaders, OsRelease, SecureBoot
 from servekit.nvidia import DriverChoice, GpuTarget, PolicyError
+from servekit.nvidia.shapes import InstalledPackage, LoadedDriver, SmiGpus
 from servekit.operations.nvidia import nvswitch_present
 
 

@@ -30,11 +30,11 @@ from servekit.facts.nvidia import (
     NvidiaGpus,
     NvidiaPciDevices,
     NvswitchDevices,
-    PciDevice,
 )
 from servekit.facts.nvidia_packages import AptVersions, NvidiaPackages
 from servekit.facts.system import BootId, CudaToolkit
 from servekit.nvidia import DriverChoice, Flavour, GpuTarget
+from servekit.nvidia.shapes import PciDevice
 
 
 @operation()

@@ -8,10 +8,10 @@ import pytest
 
 from servekit import nvidia
 from servekit.facts.nvidia import FabricState, NvidiaGpus
-from servekit.facts.nvidia_packages import InstalledPackage
 from servekit.facts.probe import STATUS_PREFIX
 from servekit.inventory import load_fleet_and_plan
 from servekit.nvidia import DriverChoice, Finding, GpuTarget, PolicyError
+from servekit.nvidia.shapes import InstalledPackage
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests/data/gpu-hosts"
