@@ -14,6 +14,7 @@ from pyinfra.context import host
 from servekit import nvidia
 from servekit.deploys.common import host_plan
 from servekit.facts.nvidia import NvidiaGpus
+from servekit.hostplan import HostPlan
 from servekit.nvidia import GPU_PATHS, GpuTarget, gpu_files
 from servekit.operations import gpu_steps as steps
 from servekit.operations import nvidia as ops
@@ -25,9 +26,8 @@ def is_local() -> bool:
     return issubclass(host.connector_cls, LocalConnector)
 
 
-def gpu_target() -> GpuTarget:
+def gpu_target(plan: HostPlan | None) -> GpuTarget:
     """The fleet's wishes for this host, or, without servekit data, what the facts allow."""
-    plan = host_plan()
     if plan is not None:
         return nvidia.target_from_plan(plan, is_local())
     return nvidia.target_from_facts(host.name, host.get_fact(NvidiaGpus), is_local())
@@ -41,7 +41,8 @@ def gpu_host() -> None:
     persistence mode; optional CUDA toolkit and DCGM; a reboot when the driver changed; then a
     check that GPUs, driver, fabric and CUDA are what vLLM needs.
     """
-    target = gpu_target()
+    plan = host_plan()
+    target = gpu_target(plan)
     for note in target.notes:
         say(note)
     found = survey(target)
@@ -53,7 +54,6 @@ def gpu_host() -> None:
             found.repository_url, nvidia.KEYRING_FILE, target.cuda_toolkit, found.systemd
         )
     }
-    plan = host_plan()
     sources = plan.sources if plan is not None else None
     if found.needs_repository and not steps.repository(found, rendered, sources):
         return

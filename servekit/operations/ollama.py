@@ -90,6 +90,20 @@ def answers(
     + version: the version it must report (`/api/version`) once the new binary runs
     + log_command: a command printing the server's recent log (journalctl, tail)
     + timeout_s: how long to wait
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import ollama
+
+        ollama.answers(
+            name="Wait for Ollama to answer",
+            url="http://127.0.0.1:11434",
+            version="0.32.3",
+            log_command="journalctl -u ollama.service -n 30 --no-pager",
+            _if=restarted.did_change,
+        )
     """
     yield StringCommand(ollama.ready_command(url, version, timeout_s, log_command))
 

@@ -1,4 +1,4 @@
-"""The NVIDIA driver policy (servekit/nvidia.py): names, versions, foreign packages, checks."""
+"""The NVIDIA driver policy (servekit/nvidia/): names, versions, foreign packages, checks."""
 
 from __future__ import annotations
 
