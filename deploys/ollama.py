@@ -9,6 +9,7 @@ Without servekit host data and without a fleet file named, the settings come fro
 inventories/laptop.py; the deploy says where it took them from.
 """
 
-from servekit.deploys.ollama import default_fleet_file, ollama_host
+from servekit.deploys.ollama import ollama_host
+from servekit.fleetfile import default_fleet_file
 
 ollama_host(default_fleet=default_fleet_file(__file__))

@@ -257,10 +257,10 @@ def plan(
 def _plan_inventory(inventory: Path, as_json: bool) -> None:
     """Print the plan of the fleet an inventory file declares (a table, or JSON)."""
     from servekit.errors import FleetError
-    from servekit.inventory import load_plan
+    from servekit.inventory import load_fleet_and_plan
 
     try:
-        _fleet, fleet_plan = load_plan(inventory)
+        _fleet, fleet_plan = load_fleet_and_plan(inventory)
     except FleetError as error:
         raise fail(str(error)) from None
     if as_json:
@@ -276,11 +276,11 @@ def render(
 ) -> None:
     """Write each host's files (configs, units; secrets as placeholders) for review in git."""
     from servekit.errors import FleetError
-    from servekit.inventory import load_plan
+    from servekit.inventory import load_fleet_and_plan
     from servekit.render import UnsafeOutput, render_host, write_tree
 
     try:
-        _fleet, fleet_plan = load_plan(inventory)
+        _fleet, fleet_plan = load_fleet_and_plan(inventory)
     except FleetError as error:
         raise fail(str(error)) from None
     for name, host in fleet_plan.hosts.items():

@@ -162,7 +162,7 @@ def _inventory_problem(path: Path, error: Exception) -> Problem:
     )
 
 
-def load_plan(path: str | Path) -> tuple[Fleet, FleetPlan]:
+def load_fleet_and_plan(path: str | Path) -> tuple[Fleet, FleetPlan]:
     """The fleet an inventory file declares and its plan (cloud addresses when applied)."""
     fleet = load_fleet(path)
     return fleet, plan_fleet(fleet, cloud_addresses(fleet))

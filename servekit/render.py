@@ -11,18 +11,21 @@ import contextlib
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
-from servekit import ollama, systemd
 from servekit.firewall import FIREWALL_RULES as FIREWALL_RULES  # where the firewall lives
 from servekit.firewall import FIREWALL_UNIT as FIREWALL_UNIT
 from servekit.firewall import NFT as NFT
 from servekit.firewall import firewall_files as firewall_files
 from servekit.firewall import firewall_rules as firewall_rules
-from servekit.firewall import needs_firewall, ollama_port
+from servekit.firewall import needs_firewall
 from servekit.hostfacts import HostFacts as HostFacts
 from servekit.hostplan import HostPlan, SecretSource, uses_ray
+from servekit.nvidia import GPU_PATHS as GPU_PATHS  # the GPU host's files live with NVIDIA's policy
+from servekit.nvidia import UNATTENDED_UPGRADES_BLACKLIST as UNATTENDED_UPGRADES_BLACKLIST
+from servekit.nvidia import GpuFilePaths as GpuFilePaths
+from servekit.nvidia import gpu_files as gpu_files
+from servekit.ollama.files import ollama_files as ollama_files  # Ollama's files live with Ollama
 
 # Ray's ports live in servekit.spec next to RAY_PORT (placement claims them); re-exported here.
 from servekit.spec import RAY_FIXED_PORTS as RAY_FIXED_PORTS
@@ -42,127 +45,6 @@ VLLM_USER = LAYOUT.user
 
 def placeholder(source: SecretSource) -> str:
     return f"<secret from {source.describe()}>"
-
-
-def ollama_files(plan: HostPlan, facts: HostFacts) -> list[RenderedFile]:
-    """Ollama's service files: on Linux our unit and its settings drop-in, on macOS the
-    LaunchAgent plist (with `~` resolved to the user's home from the facts)."""
-    settings = plan.ollama
-    if settings is None:
-        return []
-    if plan.os == "macos":
-        home = facts.home or ollama.HOME_PLACEHOLDER
-        layout = ollama.MacLayout(home, settings.version)
-        env = {key: ollama.expand_home(value, home) for key, value in settings.env.items()}
-        plist = render_template(
-            "ollama.plist.j2",
-            label=ollama.LAUNCHD_LABEL,
-            binary=layout.binary,
-            environment=dict(sorted(env.items())),
-            home=home,
-            log=layout.log,
-        )
-        owner = home.rstrip("/").rsplit("/", 1)[-1]
-        return [RenderedFile(layout.plist, plist, "0644", owner, "staff")]
-    models = settings.env.get("OLLAMA_MODELS", f"{ollama.SERVICE_HOME}/models")
-    writable = [ollama.SERVICE_HOME]
-    if not models.startswith(ollama.SERVICE_HOME + "/"):
-        writable.append(models)
-    homes = ("/home/", "/root/", "/run/user/")
-    unit = render_template(
-        "ollama.service.j2",
-        unit=ollama.UNIT,
-        dropin=ollama.DROPIN_FILE,
-        fleet=plan.fleet,
-        user=ollama.SERVICE_USER,
-        home=ollama.SERVICE_HOME,
-        exec_start=[ollama.LINUX_BINARY, "serve"],
-        sandbox=systemd.ollama_sandbox(
-            writable,
-            facts.gpu_device_groups(),
-            # Models kept under a home directory need it visible (and writable) to the service.
-            protect_home="no" if any(f"{p}/".startswith(homes) for p in writable) else "yes",
-            note=systemd.devices_note(facts.char_devices),
-        ),
-        firewall=ollama_port(plan) is not None,
-    )
-    dropin = render_template(
-        "ollama-settings.conf.j2",
-        fleet=plan.fleet,
-        version=settings.version,
-        environment=ollama.environment_lines(settings.env),
-    )
-    return [
-        RenderedFile(ollama.UNIT_FILE, unit, "0644"),
-        RenderedFile(ollama.DROPIN_FILE, dropin, "0644"),
-    ]
-
-
-@dataclass(frozen=True)
-class GpuFilePaths:
-    """Where the GPU deploy writes its files."""
-
-    sources: str = "/etc/apt/sources.list.d/servekit-nvidia-cuda.sources"
-    preferences: str = "/etc/apt/preferences.d/servekit-nvidia-cuda"
-    nouveau: str = "/etc/modprobe.d/servekit-blacklist-nouveau.conf"
-    unattended_upgrades: str = "/etc/apt/apt.conf.d/51servekit-nvidia"
-    persistenced: str = "/etc/systemd/system/nvidia-persistenced.service.d/servekit.conf"
-    persistenced_wanted: str = "/etc/systemd/system/multi-user.target.d/servekit-nvidia.conf"
-    cuda_profile: str = "/etc/profile.d/servekit-cuda.sh"
-
-
-GPU_PATHS = GpuFilePaths()
-
-# Package names unattended-upgrades must leave alone (Python regular expressions, matched at the
-# start of the name): NVIDIA's driver, Canonical's builds of it, Fabric Manager, CUDA, DCGM.
-UNATTENDED_UPGRADES_BLACKLIST = (
-    "nvidia-",
-    "libnvidia-",
-    "cuda-",
-    "libcuda",
-    "libnvcuvid",
-    "libnvoptix",
-    "xserver-xorg-video-nvidia",
-    "libxnvctrl",
-    "firmware-nvidia",
-    "linux-(modules|objects|signatures)-nvidia-",
-    "datacenter-gpu-manager",
-)
-
-
-def gpu_files(
-    repository_url: str, keyring: str, cuda_toolkit: str | None, systemd: bool = True
-) -> list[RenderedFile]:
-    """The files of a GPU host: NVIDIA's repository, nouveau, holds, persistence, CUDA's PATH."""
-    paths = GPU_PATHS
-    files = [
-        RenderedFile(
-            paths.sources,
-            render_template("nvidia-cuda.sources.j2", url=repository_url, keyring=keyring),
-        ),
-        RenderedFile(paths.preferences, render_template("nvidia-cuda.pref.j2")),
-        RenderedFile(paths.nouveau, render_template("blacklist-nouveau.conf.j2")),
-        RenderedFile(
-            paths.unattended_upgrades,
-            render_template(
-                "nvidia-unattended-upgrades.conf.j2", patterns=UNATTENDED_UPGRADES_BLACKLIST
-            ),
-        ),
-    ]
-    if systemd:
-        files += [
-            RenderedFile(paths.persistenced, render_template("nvidia-persistenced.conf.j2")),
-            RenderedFile(
-                paths.persistenced_wanted, render_template("nvidia-persistenced-wanted.conf.j2")
-            ),
-        ]
-    if cuda_toolkit:
-        files.append(
-            RenderedFile(
-                paths.cuda_profile, render_template("cuda-profile.sh.j2", version=cuda_toolkit)
-            )
-        )
-    return files
 
 
 def render_host(

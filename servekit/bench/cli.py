@@ -110,10 +110,10 @@ def _resolve(
 
     path = Path(target)
     if target.endswith(".py") or path.is_file():
-        from servekit.inventory import load_plan
+        from servekit.inventory import load_fleet_and_plan
 
         try:
-            _fleet, plan = load_plan(path)
+            _fleet, plan = load_fleet_and_plan(path)
         except FleetError as error:
             raise _fail(str(error)) from None
         resolved = from_fleet(plan, model, via, host)  # type: ignore[arg-type]

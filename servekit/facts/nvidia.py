@@ -1,4 +1,7 @@
-"""Facts about NVIDIA hardware and software on a host: GPUs, PCI devices, driver, fabric, packages.
+"""Facts about NVIDIA hardware and software on a host: GPUs, PCI devices, NVSwitch, the
+loaded driver and the fabric.
+
+Packages are in `nvidia_packages`, the CUDA check in `cuda`.
 
 Each fact survives the outputs real hosts print when things are broken (no driver loaded, a
 library/module version mismatch, the tool missing) and turns them into a state the deploy can
@@ -8,41 +11,26 @@ explain, instead of failing the host while facts are gathered.
 from __future__ import annotations
 
 import csv
-import json
 import re
-import shlex
-from typing import Any, Literal, TypedDict
 
-from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.facts import FactBase
 from typing_extensions import override
 
-from servekit.facts.probe import MISSING, STATUS_PREFIX, probe, split_status
+from servekit.facts.probe import MISSING, probe, split_status
+from servekit.nvidia.shapes import (
+    FabricGpu,
+    LoadedDriver,
+    PciDevice,
+    PciKind,
+    SmiGpu,
+    SmiGpus,
+    SmiState,
+)
 
 QUERY_FIELDS = (
     "index,name,uuid,memory.total,driver_version,compute_cap,pci.bus_id,persistence_mode,"
     "mig.mode.current"
 )
-
-SmiState = Literal["ok", "missing", "no_driver", "mismatch", "no_devices", "error"]
-
-
-class SmiGpu(TypedDict):
-    index: int
-    name: str
-    uuid: str
-    memory_mib: int | None
-    driver_version: str
-    compute_cap: str | None
-    pci_bus_id: str
-    persistence: bool | None
-    mig: bool | None
-
-
-class SmiGpus(TypedDict):
-    state: SmiState
-    message: str | None
-    gpus: list[SmiGpu]
 
 
 def _value(text: str) -> str | None:
@@ -118,16 +106,6 @@ class NvidiaGpus(FactBase[SmiGpus]):
         return {"state": "ok", "message": None, "gpus": gpus}
 
 
-PciKind = Literal["gpu", "nvswitch", "other"]
-
-
-class PciDevice(TypedDict):
-    slot: str
-    pci_class: str
-    device: str
-    kind: PciKind
-
-
 def _pci_kind(pci_class: str) -> PciKind:
     base = pci_class.lower().removeprefix("0x")[:4]
     if base in ("0300", "0302"):  # VGA compatible / 3D controller
@@ -188,11 +166,6 @@ class NvswitchDevices(FactBase[list[str]]):
         return [line.strip() for line in output if line.strip()]
 
 
-class LoadedDriver(TypedDict):
-    version: str
-    flavour: Literal["open", "proprietary"]
-
-
 class NvidiaDriver(FactBase[LoadedDriver | None]):
     """The loaded kernel driver's version and flavour (/proc/driver/nvidia/version), or None."""
 
@@ -212,12 +185,6 @@ class NvidiaDriver(FactBase[LoadedDriver | None]):
                         "flavour": "open" if open_modules else "proprietary",
                     }
         return None
-
-
-class FabricGpu(TypedDict):
-    bus_id: str
-    state: str | None
-    status: str | None
 
 
 class FabricState(FactBase[list[FabricGpu]]):
@@ -254,156 +221,3 @@ class FabricState(FactBase[list[FabricGpu]]):
                 if key.strip() in ("State", "Status") and not line.startswith("            "):
                     gpus[-1]["state" if key.strip() == "State" else "status"] = _value(value)
         return gpus
-
-
-class InstalledPackage(TypedDict):
-    version: str
-    status: str
-    installed: bool
-    held: bool
-
-
-# Names of packages that belong to NVIDIA's driver stack, Canonical's builds of it, CUDA and DCGM.
-PACKAGE_PATTERN = (
-    r"^(nvidia-|libnvidia-|cuda-|libcuda|libnvcuvid|libnvoptix|xserver-xorg-video-nvidia|"
-    r"libxnvctrl|firmware-nvidia|linux-(modules|objects|signatures)-nvidia-|datacenter-gpu-manager)"
-)
-
-
-class NvidiaPackages(FactBase[dict[str, InstalledPackage]]):
-    """Installed NVIDIA driver, CUDA and DCGM packages: version, dpkg status, and whether held."""
-
-    @override
-    def command(self) -> StringCommand:
-        return StringCommand(
-            "dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\\n' 2>/dev/null",
-            "| grep -E",
-            QuoteString(r"\|" + PACKAGE_PATTERN.removeprefix("^")),
-            "|| true",
-        )
-
-    @staticmethod
-    @override
-    def default() -> dict[str, InstalledPackage]:
-        return {}
-
-    @override
-    def process(self, output: list[str]) -> dict[str, InstalledPackage]:
-        packages: dict[str, InstalledPackage] = {}
-        for line in output:
-            parts = line.split("|")
-            if len(parts) != 3 or len(parts[0].strip()) < 2:
-                continue
-            status, name, version = parts[0].strip(), parts[1].strip(), parts[2].strip()
-            if status[1] in "nc" or not re.match(PACKAGE_PATTERN, name):
-                continue  # not installed, or only its configuration files are left
-            packages[name] = {
-                "version": version,
-                "status": status,
-                "installed": status[1] == "i",
-                "held": status[0] == "h",
-            }
-        return packages
-
-
-class AptVersions(FactBase[list[str]]):
-    """Versions of a package the configured apt repositories offer, newest first (apt-cache)."""
-
-    @override
-    def command(self, package: str) -> StringCommand:
-        return StringCommand("apt-cache madison", QuoteString(package), "2>/dev/null || true")
-
-    @staticmethod
-    @override
-    def default() -> list[str]:
-        return []
-
-    @override
-    def process(self, output: list[str]) -> list[str]:
-        versions: list[str] = []
-        for line in output:
-            parts = [part.strip() for part in line.split("|")]
-            if len(parts) >= 3 and parts[1] and parts[1] not in versions:
-                versions.append(parts[1])
-        return versions
-
-
-class CudaCheckResult(TypedDict, total=False):
-    ok: bool
-    error: str | None
-    error_code: int | None
-    devices: int
-    driver_cuda_version: str | None
-    gpus: list[dict[str, Any]]
-    sandbox: Literal["systemd", "none"]  # where the check ran: the engines' sandbox or plain
-    unsandboxed_ok: bool | None  # after a failure in the sandbox: whether CUDA works outside
-
-
-SANDBOX_MARK = "servekit-cuda-sandbox="
-UNSANDBOXED_MARK = "servekit-cuda-unsandboxed"
-
-
-def cuda_check_command(script: str, run_args: list[str]) -> str:
-    """Run the CUDA check in the engines' sandbox (`systemd-run ...` argv, built from
-    servekit/systemd.py) where systemd runs; if it fails there, run it plainly too, to tell a
-    sandbox that hides the GPUs from a driver that does not work. Without systemd (the
-    recorded H200 host had none), the check runs plainly and says so."""
-    plain = f"python3 {shlex.quote(script)} 2>&1"
-    sandboxed = " ".join(shlex.quote(a) for a in run_args)
-    sandboxed += f' "$(command -v python3)" {shlex.quote(script)} 2>&1'
-    return (
-        f'if ! command -v python3 >/dev/null 2>&1; then echo "{STATUS_PREFIX}{MISSING}"; '
-        "elif [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then "
-        f"echo {SANDBOX_MARK}systemd; {sandboxed}; rc=$?; "
-        f'if [ "$rc" -ne 0 ]; then echo {UNSANDBOXED_MARK}; {plain}; fi; '
-        f'echo "{STATUS_PREFIX}$rc"; '
-        f'else echo {SANDBOX_MARK}none; {plain}; echo "{STATUS_PREFIX}$?"; fi'
-    )
-
-
-def _check_result(lines: list[str], status: str) -> CudaCheckResult:
-    for line in reversed(lines):
-        if line.startswith("{"):
-            try:
-                result: CudaCheckResult = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            return result
-    text = " ".join(line.strip() for line in lines if line.strip())
-    return {"ok": False, "error": f"the CUDA check failed: {text or status}", "error_code": None}
-
-
-class CudaCheck(FactBase[CudaCheckResult]):
-    """The result of servekit's CUDA check (`servekit/cuda_check.py`, uploaded) run by python3,
-    inside the engine units' sandbox when `run_args` (a `systemd-run` argv) are given and the
-    host runs systemd."""
-
-    @override
-    def command(self, script: str, run_args: list[str] | None = None) -> str:
-        if not run_args:
-            return probe("python3", f"python3 {shlex.quote(script)}")
-        return cuda_check_command(script, run_args)
-
-    @staticmethod
-    @override
-    def default() -> CudaCheckResult:
-        return {"ok": False, "error": "python3 is not installed", "error_code": None}
-
-    @override
-    def process(self, output: list[str]) -> CudaCheckResult:
-        lines, status = split_status(output)
-        if status == MISSING:
-            return self.default()
-        sandbox: Literal["systemd", "none"] = "none"
-        if lines and lines[0].startswith(SANDBOX_MARK):
-            sandbox = "systemd" if lines[0] == f"{SANDBOX_MARK}systemd" else "none"
-            lines = lines[1:]
-        outside: list[str] | None = None
-        if UNSANDBOXED_MARK in lines:
-            at = lines.index(UNSANDBOXED_MARK)
-            lines, outside = lines[:at], lines[at + 1 :]
-        result = _check_result(lines, status)
-        result["sandbox"] = sandbox
-        if outside is not None:
-            result["unsandboxed_ok"] = bool(_check_result(outside, "").get("ok"))
-        return result

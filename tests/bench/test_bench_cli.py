@@ -14,7 +14,7 @@ from servekit.bench.compare import PANELS, read_chart_series
 from servekit.bench.schema import SCHEMA, BenchResult
 from servekit.bench.target import TargetError, from_fleet
 from servekit.cli import app
-from servekit.inventory import load_plan
+from servekit.inventory import load_fleet_and_plan
 
 runner = CliRunner()
 
@@ -90,7 +90,7 @@ def test_inventory_endpoint_key_and_bandwidth_ceiling(
     port = free_port()
     inventory = tmp_path / "fleet.py"
     inventory.write_text(INVENTORY.format(port=port, key=str(key)))
-    _fleet, plan = load_plan(inventory)
+    _fleet, plan = load_fleet_and_plan(inventory)
     resolved = from_fleet(plan, None)
     assert resolved.base_url == f"http://127.0.0.1:{port}"
     assert resolved.api_key == "inventory-key" and resolved.engine == "vllm"
@@ -112,10 +112,10 @@ def test_inventory_endpoint_key_and_bandwidth_ceiling(
 
 
 def test_inventory_errors_name_the_fix(tmp_path: Path) -> None:
-    _fleet, plan = load_plan("inventories/prod.py")
+    _fleet, plan = load_fleet_and_plan("inventories/prod.py")
     with pytest.raises(TargetError, match="servekit cloud apply"):
         from_fleet(plan, None)
-    _fleet, plan = load_plan("inventories/laptop.py")
+    _fleet, plan = load_fleet_and_plan("inventories/laptop.py")
     resolved = from_fleet(plan, None)
     assert resolved.base_url == "http://127.0.0.1:11434" and resolved.engine == "ollama"
     assert resolved.decode_ceiling is None  # the planner knows no GPU there

@@ -31,7 +31,7 @@ from vllm_support import (
 )
 
 from servekit import systemd
-from servekit.facts.nvidia import CudaCheck, cuda_check_command
+from servekit.facts.cuda import CudaCheck, cuda_check_command
 
 pytestmark = pytest.mark.hosts
 SERVEKIT = Path(systemd.__file__).resolve().parent

@@ -12,7 +12,7 @@ from typing import Any
 
 from gpu_simhost import GpuBoard, Package, SimHost
 
-from servekit.inventory import load_plan
+from servekit.inventory import load_fleet_and_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED_UBUNTU_2404 = ROOT / "tests/data/gpu-hosts/h200-ubuntu2404/os-release.txt"
@@ -143,7 +143,7 @@ def wrong_branch(release: str, board: GpuBoard) -> SimHost:
 
 
 def plan_data(inventory: str, name: str) -> dict[str, Any]:
-    _fleet, plan = load_plan(ROOT / "inventories" / inventory)
+    _fleet, plan = load_fleet_and_plan(ROOT / "inventories" / inventory)
     return {"servekit": plan.hosts[name].to_host_data()}
 
 

@@ -25,7 +25,7 @@ from gpu_scenarios import (
 )
 from gpu_simhost import Package, Run, SimHost, run_gpu_deploy
 
-import servekit.deploys.nvidia
+import servekit.operations.nvidia
 
 PLANS = Path(__file__).parent / "plans"
 H200 = Path(__file__).resolve().parents[1] / "data/gpu-hosts/h200-ubuntu2404"
@@ -42,7 +42,7 @@ DRIVER_PACKAGES = {
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(servekit.deploys.nvidia, "sleep", lambda seconds: None)
+    monkeypatch.setattr(servekit.operations.nvidia, "sleep", lambda seconds: None)
 
 
 def deploy(sim: SimHost, data: dict[str, Any] | None, name: str = "gpu1") -> Run:

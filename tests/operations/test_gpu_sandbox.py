@@ -14,7 +14,7 @@ import pytest
 from gpu_scenarios import host, one_a100, single_a100_data
 from gpu_simhost import Run, SimHost, run_gpu_deploy
 
-import servekit.deploys.nvidia
+import servekit.operations.nvidia
 from servekit.facts.devices import char_device_groups
 from servekit.placement import plan_fleet
 from servekit.render import HostFacts, render_host
@@ -25,7 +25,7 @@ DATA = Path(__file__).resolve().parents[1] / "data/proc-devices"
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(servekit.deploys.nvidia, "sleep", lambda seconds: None)
+    monkeypatch.setattr(servekit.operations.nvidia, "sleep", lambda seconds: None)
 
 
 def deploy(sim: SimHost, data: dict[str, Any]) -> Run:

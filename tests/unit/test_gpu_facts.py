@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from servekit.facts.cuda import CudaCheck
 from servekit.facts.nvidia import (
-    AptVersions,
-    CudaCheck,
     FabricState,
     NvidiaDriver,
     NvidiaGpus,
-    NvidiaPackages,
     NvidiaPciDevices,
     NvswitchDevices,
 )
+from servekit.facts.nvidia_packages import AptVersions, NvidiaPackages
 from servekit.facts.probe import STATUS_PREFIX
 from servekit.facts.system import BootId, CudaToolkit, KernelHeaders, OsRelease, SecureBoot
 

@@ -1,4 +1,4 @@
-"""The NVIDIA driver policy (servekit/nvidia.py): names, versions, foreign packages, checks."""
+"""The NVIDIA driver policy (servekit/nvidia/): names, versions, foreign packages, checks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from servekit import nvidia
-from servekit.facts.nvidia import FabricState, InstalledPackage, NvidiaGpus
+from servekit.facts.nvidia import FabricState, NvidiaGpus
 from servekit.facts.probe import STATUS_PREFIX
-from servekit.inventory import load_plan
+from servekit.inventory import load_fleet_and_plan
 from servekit.nvidia import DriverChoice, Finding, GpuTarget, PolicyError
+from servekit.nvidia.shapes import InstalledPackage
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests/data/gpu-hosts"
@@ -123,7 +124,7 @@ def test_toolkit_and_dcgm() -> None:
 
 
 def test_targets_from_the_example_fleet_and_from_facts() -> None:
-    _fleet, plan = load_plan(ROOT / "inventories/node_8xa100.py")
+    _fleet, plan = load_fleet_and_plan(ROOT / "inventories/node_8xa100.py")
     target = nvidia.target_from_plan(plan.hosts["hgx1"], local=False)
     assert (target.gpu_model, target.gpu_count, target.branch) == ("A100-SXM4-80GB", 8, 580)
     assert target.compute_capability == (8, 0) and target.declared and target.nvidia

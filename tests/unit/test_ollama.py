@@ -18,6 +18,7 @@ from standins import harness
 
 from servekit import catalog, ollama
 from servekit.ollama import MacLayout, PathEntry
+from servekit.ollama.install import _download_and_verify
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
 AWKS = [awk for awk in ("mawk", "gawk", "original-awk", "awk") if shutil.which(awk)]
@@ -136,7 +137,7 @@ def verify(tmp_path: Path, asset: str, data: bytes, sums: str) -> subprocess.Com
     """Run the install script's verification lines on files already in $tmp (no download)."""
     (tmp_path / asset).write_bytes(data)
     (tmp_path / "sha256sum.txt").write_text(sums)
-    lines = ollama._download_and_verify("http://mirror.invalid/v1", asset, "sha256sum")[2:]
+    lines = _download_and_verify("http://mirror.invalid/v1", asset, "sha256sum")[2:]
     script = "\n".join(["set -e", f"tmp={tmp_path}", *lines, "echo verified"])
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from servekit.deploys.ollama import pick_host_plan
 from servekit.errors import FleetError
+from servekit.fleetfile import pick_host_plan
 from servekit.placement import plan_fleet
 from servekit.spec import Fleet, LocalHost, Serve, SshHost
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from servekit.hostplan import HostPlan
-from servekit.inventory import load_plan
+from servekit.inventory import load_fleet_and_plan
 from servekit.placement import plan_fleet
 from servekit.render import HostFacts, render_host
 from servekit.spec import Fleet, Gpu, HuggingFace, SecretRef, Serve, Sources, SshHost
@@ -41,7 +41,7 @@ def check_vllm_config(config: dict[str, Any]) -> None:
 def all_rendered() -> list[tuple[str, str, str, str]]:
     rendered = []
     for inventory in INVENTORIES:
-        _fleet, plan = load_plan(inventory)
+        _fleet, plan = load_fleet_and_plan(inventory)
         for host in plan.hosts.values():
             for file in render_host(host):
                 rendered.append((inventory.stem, file.path, file.content, file.mode))
@@ -50,7 +50,7 @@ def all_rendered() -> list[tuple[str, str, str, str]]:
 
 @pytest.mark.parametrize("inventory", INVENTORIES, ids=lambda p: p.stem)
 def test_every_rendered_vllm_flag_exists_in_0_33_0(inventory: Path) -> None:
-    _fleet, plan = load_plan(inventory)
+    _fleet, plan = load_fleet_and_plan(inventory)
     configs = [f for h in plan.hosts.values() for f in render_host(h) if f.path.endswith(".yaml")]
     if inventory.stem != "laptop":
         assert configs
@@ -76,7 +76,7 @@ def test_secrets_only_in_0600_env_files() -> None:
 
 
 def test_rendered_config_matches_plan() -> None:
-    _fleet, plan = load_plan(ROOT / "inventories/node_8xa100.py")
+    _fleet, plan = load_fleet_and_plan(ROOT / "inventories/node_8xa100.py")
     files = {f.path: f for f in render_host(plan.hosts["hgx1"])}
     config = yaml.safe_load(files["/etc/vllm/llama-3-1-70b-instruct.yaml"].content)
     assert config["tensor-parallel-size"] == 8
@@ -163,7 +163,7 @@ def test_multinode_replica_flags_and_interfaces() -> None:
 
 
 def test_gpu_hosts_get_the_gpu_files() -> None:
-    _fleet, plan = load_plan(ROOT / "inventories/node_8xa100.py")
+    _fleet, plan = load_fleet_and_plan(ROOT / "inventories/node_8xa100.py")
     files = {f.path: f.content for f in render_host(plan.hosts["hgx1"])}
     sources = files["/etc/apt/sources.list.d/servekit-nvidia-cuda.sources"]
     assert "URIs: <NVIDIA repository for the host's release>" in sources
@@ -175,7 +175,7 @@ def test_gpu_hosts_get_the_gpu_files() -> None:
     repository = "https://mirror.example/cuda/repos/ubuntu2404/x86_64/"
     rendered = render_host(plan.hosts["hgx1"], facts=HostFacts(nvidia_repository=repository))
     assert any(f"URIs: {repository}" in f.content for f in rendered)
-    laptop = load_plan(ROOT / "inventories/laptop.py")[1].hosts["local"]
+    laptop = load_fleet_and_plan(ROOT / "inventories/laptop.py")[1].hosts["local"]
     assert not any("nvidia" in f.path for f in render_host(laptop))
 
 

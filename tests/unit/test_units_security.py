@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from servekit import systemd
-from servekit.facts.nvidia import CudaCheck, cuda_check_command
-from servekit.inventory import load_plan
+from servekit.facts.cuda import CudaCheck, cuda_check_command
+from servekit.inventory import load_fleet_and_plan
 from servekit.placement import plan_fleet
 from servekit.render import HostFacts, RenderedFile, render_host, render_template
 from servekit.spec import (
@@ -63,7 +63,7 @@ def every_unit() -> dict[str, RenderedFile]:
     units: dict[str, RenderedFile] = {}
     seen: set[str] = set()
     plans = [h for inv in sorted((ROOT / "inventories").glob("*.py")) for h in
-             load_plan(inv)[1].hosts.values()]  # fmt: skip
+             load_fleet_and_plan(inv)[1].hosts.values()]  # fmt: skip
     plans += list(plan_fleet(ray_fleet()).hosts.values())
     plans += [plan_fleet(ollama_fleet(d)).hosts["box"] for d in ("/srv/models", "/home/ml/m")]
     for facts_name, facts in [

@@ -1,5 +1,8 @@
 """pyinfra operations for NVIDIA GPU hosts: each reads facts, compares, yields commands or a noop.
 
+The GPU deploy (`servekit.deploys.gpu`) strings them together; the decisions they apply are
+`servekit.nvidia`'s pure policy.
+
 A problem that stops one host (an unsupported release, GPUs missing, a verification failure) is
 reported with `servekit.deploys.common.problem`/`failure` (see there why it is a failing command).
 """
@@ -19,20 +22,19 @@ from pyinfra.facts.server import Which
 
 from servekit import nvidia, systemd
 from servekit.deploys.common import Commands, failure
+from servekit.facts.cuda import CudaCheck
 from servekit.facts.devices import CharDevices
 from servekit.facts.nvidia import (
-    AptVersions,
-    CudaCheck,
     FabricState,
     NvidiaDriver,
     NvidiaGpus,
-    NvidiaPackages,
     NvidiaPciDevices,
     NvswitchDevices,
-    PciDevice,
 )
+from servekit.facts.nvidia_packages import AptVersions, NvidiaPackages
 from servekit.facts.system import BootId, CudaToolkit
 from servekit.nvidia import DriverChoice, Flavour, GpuTarget
+from servekit.nvidia.shapes import PciDevice
 
 
 @operation()
@@ -46,6 +48,19 @@ def cuda_keyring(url: str, sha256: str | Exception) -> Commands:
     + url: the .deb's URL (fetched with apt's own downloader, so no curl or wget is needed)
     + sha256: the digest the .deb must have (servekit's catalog pin, or the host's override),
       or why there is none (the step then stops the host)
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.cuda_keyring(
+            name="Install NVIDIA's repository key (cuda-keyring)",
+            url="https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/"
+            "cuda-keyring_1.1-1_all.deb",
+            sha256=servekit.nvidia.keyring_sha256("ubuntu2404", "x86_64"),
+        )
     """
     installed = host.get_fact(NvidiaPackages).get(nvidia.KEYRING_PACKAGE)
     if installed and installed["installed"]:
@@ -68,6 +83,17 @@ def apt_knows(packages: list[str]) -> Commands:
     interrupted between writing the repository and `apt-get update`).
 
     + packages: packages the following operations install
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.apt_knows(
+            name="Make sure apt knows the packages to install",
+            packages=["cuda-drivers-570", "nvidia-fabricmanager-570"],
+        )
     """
     unknown = [p for p in packages if not host.get_fact(AptVersions, package=p)]
     if not unknown:
@@ -85,6 +111,19 @@ def other_drivers_removed(branch: int, flavour: Flavour, directory: str) -> Comm
     + branch: the driver branch to keep
     + flavour: the kernel module flavour to keep (`open` or `proprietary`)
     + directory: NVIDIA's repository directory for the release (`ubuntu2404`, ...)
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.other_drivers_removed(
+            name="Remove NVIDIA drivers of other branches or sources",
+            branch=570,
+            flavour="open",
+            directory="ubuntu2404",
+        )
     """
     installed = host.get_fact(NvidiaPackages)
     foreign = nvidia.foreign_packages(installed, DriverChoice(branch, flavour, directory))
@@ -119,6 +158,19 @@ def fabric_manager(branch: int, flavour: Flavour, directory: str) -> Commands:
     + branch: the driver branch
     + flavour: the driver's kernel module flavour
     + directory: NVIDIA's repository directory for the release
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.fabric_manager(
+            name="Install Fabric Manager and NSCQ at the driver's version",
+            branch=570,
+            flavour="open",
+            directory="ubuntu2404",
+        )
     """
     choice = DriverChoice(branch, flavour, directory)
     driver = driver_version(choice)
@@ -162,6 +214,18 @@ def driver_held(branch: int, also: list[str] | None = None) -> Commands:
 
     + branch: the driver branch
     + also: packages this deploy installs, held even before they show as installed
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.driver_held(
+            name="Hold the NVIDIA driver packages",
+            branch=570,
+            also=["nvidia-fabricmanager-570", "libnvidia-nscq-570"],
+        )
     """
     installed = host.get_fact(NvidiaPackages)
     packages = set(nvidia.branch_packages(installed, branch)) | set(also or [])
@@ -177,6 +241,14 @@ def persistence_mode() -> Commands:
     """
     Turn persistence mode on with `nvidia-smi -pm 1` where no systemd runs nvidia-persistenced
     (it lasts until the next reboot).
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.persistence_mode(name="Turn persistence mode on")
     """
     smi = host.get_fact(NvidiaGpus)
     off = [str(g["index"]) for g in smi["gpus"] if g["persistence"] is False]
@@ -188,7 +260,18 @@ def persistence_mode() -> Commands:
 
 @operation()
 def initramfs_updated() -> Commands:
-    """Rebuild the initramfs (so nouveau's blacklist applies at boot), where initramfs-tools is."""
+    """
+    Rebuild the initramfs (so nouveau's blacklist applies at boot), where initramfs-tools is.
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nouveau = files.put(src=..., dest="/etc/modprobe.d/servekit-blacklist-nouveau.conf")
+        nvidia.initramfs_updated(name="Rebuild the initramfs", _if=nouveau.did_change)
+    """
     if not host.get_fact(Which, command="update-initramfs"):
         host.noop("no initramfs-tools on this host: nothing to rebuild")
         return
@@ -206,6 +289,18 @@ def rebooted(reason: str, timeout: int = 600, interval: int = 2) -> Commands:
     + reason: why the host reboots (shown in the log)
     + timeout: seconds to wait for the host to come back
     + interval: seconds between connection attempts
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.rebooted(
+            name="Reboot to load the new driver",
+            reason="the NVIDIA driver changed",
+            _if=driver_changed,
+        )
     """
     before: list[str | None] = []
 
@@ -243,6 +338,18 @@ def verified(target: GpuTarget, script: str) -> Commands:
 
     + target: what the fleet declares for this host
     + script: the uploaded CUDA check (servekit/cuda_check.py)
+
+    **Example:**
+
+    .. code:: python
+
+        from servekit.operations import nvidia
+
+        nvidia.verified(
+            name="Verify GPUs, driver, fabric and CUDA",
+            target=servekit.nvidia.target_from_plan(plan, local=False),
+            script="/usr/local/lib/servekit/cuda_check.py",
+        )
     """
     smi = host.get_fact(NvidiaGpus)
     nvswitch = nvswitch_present()

@@ -47,7 +47,7 @@ def agent(label: str, plist: str, reload: bool = False) -> Commands:
 
     .. code:: python
 
-        from servekit.deploys import launchd
+        from servekit.operations import launchd
 
         plist = files.put(src=..., dest="/Users/me/Library/LaunchAgents/com.example.x.plist")
         launchd.agent(label="com.example.x", plist=plist_path)
