@@ -19,7 +19,7 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import FunctionCommand, QuoteString, StringCommand
 from pyinfra.context import host, state
 
-from servekit.deploys.host_scripts import script
+from servekit.host_scripts import script
 from servekit.facts.vllm import HostState
 from servekit.render import RenderedFile
 

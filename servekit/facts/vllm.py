@@ -17,7 +17,7 @@ from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.facts import FactBase
 from typing_extensions import override
 
-from servekit.deploys.host_scripts import script
+from servekit.host_scripts import script
 
 NO_PYTHON = '{"python": null}'
 

@@ -19,7 +19,7 @@ import pytest
 from servekit import catalog, credentials, nvidia, ollama
 from servekit.deploys import pyenv
 from servekit.deploys.credentials import write_command
-from servekit.deploys.host_scripts import fetch_weights
+from servekit.host_scripts import fetch_weights
 from servekit.render import RenderedFile, UnsafeOutput, gpu_files, render_template, write_tree
 from servekit.spec import SecretRef, Sources
 
