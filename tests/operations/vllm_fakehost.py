@@ -17,7 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
 
-import servekit.deploys.vllm as vllm_deploy
+from servekit.deploys.vllm import vllm_host
 from servekit.hostplan import HostPlan
 
 
@@ -112,7 +112,7 @@ def run_vllm_deploy(
     # check_for_changes=False: as the CLI with -y, operations run once, at execute time
     state = State(inventory=inventory, config=Config(), check_for_changes=False)
     connect_all(state)
-    add_deploy(state, vllm_deploy.vllm_host)
+    add_deploy(state, vllm_host)
     try:
         run_ops(state)
     except PyinfraError as error:  # every host failed

@@ -1,0 +1,1 @@
+"""Reusable pyinfra operations servekit deploys are made of (each diffs facts, yields commands)."""
