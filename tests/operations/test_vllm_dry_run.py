@@ -27,9 +27,7 @@ def listed(caplog: pytest.LogCaptureFixture, host: str) -> list[str]:
     lines = [ANSI.sub("", r.getMessage()) for r in caplog.records]
     prefix = f"[@fake/{host}]"
     return [
-        line.split(" will ", 1)[1]
-        for line in lines
-        if line.startswith(prefix) and " will " in line
+        line.split(" will ", 1)[1] for line in lines if line.startswith(prefix) and " will " in line
     ]
 
 
