@@ -14,7 +14,7 @@ from pyinfra.facts.files import File, Sha256File
 
 from servekit import credentials, shell
 from servekit.hostplan import SourcesPlan
-from servekit.operations.common import Commands, failure
+from servekit.operations.common import Commands, problem
 
 
 def write_command(path: str, owner: str | None) -> str:
@@ -77,7 +77,7 @@ def mirror_login_files(
         ref = sources.mirror_credentials if sources is not None else None
         logins = credentials.read(ref.model_dump()) if ref is not None else None
     except credentials.CredentialsError as error:
-        _stop(name="Mirror credentials", message=str(error), **become)
+        problem(name="Mirror credentials", message=str(error), **become)
         return None
     if logins is None:
         return False
@@ -95,12 +95,3 @@ def mirror_login_files(
             **become,
         )
     return True
-
-
-@operation(is_idempotent=False)
-def _stop(message: str) -> Commands:
-    """Stop this host: the mirror credentials cannot be used.
-
-    + message: why
-    """
-    yield failure(f"servekit: {host.name}: {message}")
