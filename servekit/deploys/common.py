@@ -1,45 +1,14 @@
-"""Small pieces the deploys share: the command type of operations, and stopping one host with a
-message.
-
-A problem that stops one host is a command that prints the problem and fails, so pyinfra stops
-that host and reports why while the others carry on; raising from an operation would stop every
-host.
-"""
+"""What the deploys share: reading this host's typed plan (and, re-exported for the deploys
+that import them from here, the operation helpers of `servekit.operations.common`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import TypeVar
-
-from pyinfra.api.command import PyinfraCommand, QuoteString, StringCommand
-from pyinfra.api.operation import operation
 from pyinfra.context import host
 
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
+from servekit.operations.common import Commands, each, failure, problem
 
-Commands = Generator[PyinfraCommand | str, None, None]
-T = TypeVar("T")
-
-
-def each(items: Iterable[T]) -> Iterator[T]:
-    """`host.loop`, typed: operations called in a loop keep one order on every host."""
-    loop: Callable[[Iterable[T]], Iterator[T]] = host.loop
-    yield from loop(items)
-
-
-def failure(message: str) -> StringCommand:
-    """A command that prints `message` to stderr and fails."""
-    return StringCommand("printf '%s\\n'", QuoteString(message), ">&2", "&&", "false")
-
-
-@operation(is_idempotent=False)
-def problem(message: str) -> Commands:
-    """
-    Stop this host with a message (what is wrong and what to do).
-
-    + message: the explanation printed as the host's error
-    """
-    yield failure(f"servekit: {host.name}: {message}")
+__all__ = ["Commands", "each", "failure", "host_plan", "problem"]
 
 
 def host_plan() -> HostPlan | None:

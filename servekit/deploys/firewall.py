@@ -1,190 +1,16 @@
-"""The firewall of vLLM hosts and exposed Ollama hosts: an nftables table of servekit's own,
-loaded by a systemd unit that the engines require.
-
-`servekit-firewall.service` loads `/etc/servekit/firewall.nft` (rendered by `servekit.firewall`,
-so `servekit render` shows it) at boot, before the engines, which `Requires=` it: if the rules do
-not load, no engine starts unprotected. It replaces only the table `inet servekit`: rules of ufw,
-Docker or the distribution stay untouched. See `servekit.firewall` for what the rules admit.
-
-New rules are loaded "commit confirmed": the host saves its current table and rules file, arms
-`servekit-firewall-rollback.timer` (the previous rules come back by themselves 60 s later), loads
-the new rules with `systemctl reload` (a restart would restart the engines that require the
-unit), and then the control machine opens a fresh SSH connection with the host's connection
-settings. Only that connection disarms the timer; when it fails, the run fails for the host
-saying so, and the host restores the previous rules on its own. A run with nothing to change
-runs no command here beyond the shared state read.
-"""
+"""The firewall deploy: servekit's nftables table on hosts with vLLM processes or an exposed
+Ollama (the operations are in `servekit.operations.firewall`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pyinfra import logger
-from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.api.deploy import deploy
-from pyinfra.api.operation import operation
-from pyinfra.context import host
 
-from servekit.deploys.common import Commands
-from servekit.deploys.hoststate import (
-    apply_files,
-    connector_arguments,
-    differs,
-    file_entry,
-    stale,
-    view,
-)
-from servekit.firewall import (
-    FIREWALL_RULES,
-    FIREWALL_UNIT,
-    NFT,
-    PREVIOUS_RULES,
-    PREVIOUS_TABLE,
-    ROLLBACK_AFTER_S,
-    ROLLBACK_DIR,
-    ROLLBACK_UNIT,
-    TABLE,
-    firewall_files,
-    needs_firewall,
-)
+from servekit.deploys.common import host_plan
+from servekit.firewall import needs_firewall
 from servekit.hostplan import HostPlan
-
-UNIT_FILE = f"/etc/systemd/system/{FIREWALL_UNIT}.service"
-
-
-def firewall_spec(plan: HostPlan) -> dict[str, Any]:
-    return {
-        "packages": ["nftables"],
-        "paths": [f.path for f in firewall_files(plan)],
-        "units": [f"{FIREWALL_UNIT}.service"],
-    }
-
-
-def save_previous() -> str:
-    """Keep what the rollback restores: the live table (or its absence) and the rules file."""
-    return (
-        f"install -d -m 0700 {ROLLBACK_DIR} && "
-        f"{{ printf 'table {TABLE} {{}}\\ndelete table {TABLE}\\n'; "
-        f"{NFT} list table {TABLE} 2>/dev/null || true; }} > {PREVIOUS_TABLE} && "
-        f"if [ -e {FIREWALL_RULES} ]; then cp -p {FIREWALL_RULES} {PREVIOUS_RULES}; "
-        f"else rm -f {PREVIOUS_RULES}; fi"
-    )
-
-
-LOAD = (
-    f"systemctl restart {ROLLBACK_UNIT}.timer && systemctl enable --quiet {FIREWALL_UNIT} && "
-    f"systemctl reload-or-restart {FIREWALL_UNIT}"
-)
-"""Arm the rollback, then load the new rules (reload: the engines that require the unit stay)."""
-DISARM = f"systemctl stop {ROLLBACK_UNIT}.timer"
-
-
-def _where(host: Any) -> str:
-    address = host.data.get("ssh_hostname") or host.name
-    return f"{address} port {host.data.get('ssh_port') or 22}"
-
-
-def _fresh_connection(
-    state: Any, host: Any, connector: dict[str, Any], command: str
-) -> tuple[bool, str]:
-    """Open a new connection to the host with its connection settings (a new TCP connection
-    for SSH) and run `command` through it. Returns (worked, why not)."""
-    fresh = type(host.connector)(state, host)
-    try:
-        fresh.connect()
-        ok, output = fresh.run_shell_command(StringCommand(command), **connector)
-        if not ok:
-            return False, "; ".join(line.line for line in output.combined_lines) or command
-        return True, ""
-    except Exception as error:
-        return False, f"{type(error).__name__}: {error}"
-    finally:
-        client = getattr(fresh, "client", None)
-        if client is not None:
-            client.close()
-
-
-def _commit(state: Any, host: Any, connector: dict[str, Any]) -> bool:
-    """Arm the rollback and load the rules over the deploy's connection, then confirm them over
-    a fresh one; report clearly when that is impossible."""
-    promise = f"the host restores the previous firewall rules within {ROLLBACK_AFTER_S} s by itself"
-    try:
-        loaded, _output = host.run_shell_command(
-            StringCommand(LOAD), print_output=True, **connector
-        )
-        lost = ""
-    except Exception as error:  # the deploy's own connection may be what the rules cut
-        loaded, lost = False, f"{type(error).__name__}: {error}"
-    if loaded:
-        confirmed, why = _fresh_connection(state, host, connector, DISARM)
-        if confirmed:
-            return True
-        message = (
-            f"after loading the new firewall rules, a new SSH connection to {_where(host)} "
-            f"failed ({why}); {promise}. The rules cut SSH (is the SSH port forwarded to a "
-            f"protected port?): check {FIREWALL_RULES}, then run the deploy again"
-        )
-    else:
-        # Rules nft refused change nothing live; the timer still puts the previous file back.
-        reachable, why = _fresh_connection(state, host, connector, "true")
-        if reachable:
-            message = (
-                f"the new firewall rules did not load ({lost or 'output above'}); {promise}. "
-                f"Check {FIREWALL_RULES} with `nft -c -f`, then run the deploy again"
-            )
-        else:
-            message = (
-                f"the SSH connection broke while loading the new firewall rules "
-                f"({lost or 'no answer'}) and a new SSH connection to {_where(host)} "
-                f"failed ({why}); {promise}. "
-                f"The rules cut SSH (is the SSH port forwarded to a protected port?): check "
-                f"{FIREWALL_RULES}, then run the deploy again"
-            )
-    logger.error(f"{host.print_prefix}servekit: {host.name}: {message}")
-    return False
-
-
-@operation()
-def nftables_package(spec: dict[str, Any]) -> Commands:
-    """
-    Install nftables (apt lists refreshed first) unless it is installed.
-
-    + spec: what to read from the host (shared with the deploy that calls this)
-    """
-    state = view(spec)
-    if (state.get("packages") or {}).get("nftables"):
-        host.noop("nftables is installed")
-        return
-    yield (
-        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        "apt-get install -y -q --no-install-recommends nftables"
-    )
-    stale()
-
-
-@operation()
-def rules(plan: HostPlan, spec: dict[str, Any]) -> Commands:
-    """
-    Write the rules and their units where they differ, and load them "commit confirmed" when
-    they changed or are not loaded.
-
-    + plan: the host's plan (which ports, which addresses)
-    + spec: what to read from the host (shared with the deploy that calls this)
-    """
-    state = view(spec)
-    files = firewall_files(plan)
-    changed = [f for f in files if differs(f, state["paths"].get(f.path))]
-    unit = (state.get("units") or {}).get(f"{FIREWALL_UNIT}.service", {})
-    loaded = unit.get("ActiveState") == "active" and unit.get("UnitFileState") == "enabled"
-    if not changed and loaded:
-        host.noop("firewall rules are loaded")
-        return
-    yield save_previous()
-    if changed:
-        groups = [{"files": [file_entry(f) for f in changed], "backup": None}]
-        yield apply_files({"groups": groups, "daemon_reload": True})
-    yield FunctionCommand(_commit, (connector_arguments(),), {})
-    stale()
+from servekit.operations.firewall import firewall_spec, nftables_package, rules
 
 
 def firewall_ops(plan: HostPlan, spec: dict[str, Any] | None = None, **arguments: Any) -> None:
@@ -198,9 +24,6 @@ def firewall_ops(plan: HostPlan, spec: dict[str, Any] | None = None, **arguments
 @deploy("servekit firewall")
 def firewall_host() -> None:
     """Converge the firewall of a host with vLLM processes or an exposed Ollama."""
-    data = host.data.get("servekit")
-    if data is None:
-        return
-    plan = HostPlan.from_host_data(data)
-    if needs_firewall(plan):
+    plan = host_plan()
+    if plan is not None and needs_firewall(plan):
         firewall_ops(plan)

@@ -10,7 +10,7 @@ import pytest
 from hostbench import FileServer, PackageIndex, build_wheel
 from hostbench.plugin import HostFactory
 
-from servekit.deploys import pyenv
+from servekit import pyenv
 
 pytestmark = pytest.mark.hosts
 

@@ -13,14 +13,16 @@ import pytest
 import yaml
 from vllm_fakehost import Captured, bare_state, run_vllm_deploy, smi_rows
 
-import servekit.deploys.vllm as vllm_deploy
-from servekit import catalog
-from servekit.deploys import pyenv
-from servekit.hostplan import HostPlan, SecretSource
+from servekit import catalog, pyenv
+from servekit import secrets as secret_store
+from servekit.hostplan import HostPlan, SecretSource, SourcesPlan
 from servekit.inventory import load_fleet
+from servekit.operations.vllm_work import APT_PACKAGES, host_work
 from servekit.placement import NodeAddress, plan_fleet
 from servekit.render import HostFacts, render_host
 from servekit.spec import Fleet
+from servekit.vllm_builds import DriverTooOld, choose_build
+from servekit.vllm_layout import LAYOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = "580.95.05"
@@ -32,7 +34,7 @@ def fake_secret(source: SecretSource) -> str:
 
 @pytest.fixture(autouse=True)
 def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vllm_deploy, "read_secret", fake_secret)
+    monkeypatch.setattr(secret_store, "read_secret", fake_secret)
 
 
 def plans_of(inventory: str, **serve_changes: Any) -> dict[str, HostPlan]:
@@ -141,27 +143,25 @@ def test_prod_one_replica_across_two_nodes_tp8_pp2() -> None:
 
 def converged(plan: HostPlan) -> dict[str, Any]:
     """The state of a host the deploy already converged."""
-    work = vllm_deploy.host_work(plan)
+    work = host_work(plan)
     state = bare_state()
-    state["packages"] = dict.fromkeys(vllm_deploy.APT_PACKAGES, True)
+    state["packages"] = dict.fromkeys(APT_PACKAGES, True)
     state["user"] = {"home": "/var/lib/vllm", "shell": "/usr/sbin/nologin", "uid": 999}
-    for path, user, group, mode in vllm_deploy.DIRECTORIES:
+    for path, user, group, mode in LAYOUT.directories():
         state["paths"][path] = {"type": "dir", "user": user, "group": group, "mode": mode}
     for file in render_host(plan, secret=fake_secret, facts=HostFacts()):
         digest = hashlib.sha256(file.content.encode()).hexdigest()
         state["paths"][file.path] = {"type": "file", "sha256": digest, "mode": file.mode,
                                      "user": file.user, "group": file.group}  # fmt: skip
-    state["paths"][vllm_deploy.CURRENT_LINK] = {"type": "link", "target": work.venv}
+    state["paths"][LAYOUT.current_link] = {"type": "link", "target": work.venv}
     for location in work.weights:
         if location.marker:
             state["paths"][location.marker] = {"type": "file", "sha256": "x"}
     state["read"] = {
-        f"{work.venv}/{vllm_deploy.VENV_MARKER}": json.dumps(
+        LAYOUT.venv_marker_of(work.venv): json.dumps(
             {"vllm": work.version, "requirements": list(work.requirements)}
         ),
-        f"{vllm_deploy.TOOLS_VENV}/{vllm_deploy.VENV_MARKER}": json.dumps(
-            {"requirements": list(work.tools)}
-        ),
+        LAYOUT.venv_marker_of(LAYOUT.tools_venv): json.dumps({"requirements": list(work.tools)}),
     }
     state["run"] = {"uv": [0, f"uv {pyenv.UV_VERSION} (x86_64-unknown-linux-gnu)"]}
     state["units"] = {
@@ -231,8 +231,8 @@ def test_no_driver_stops_the_host_with_the_fix() -> None:
 
 
 def test_choose_build_names_the_alternatives() -> None:
-    with pytest.raises(vllm_deploy.DriverTooOld, match="upgrade the driver") as refused:
-        vllm_deploy.choose_build("0.33.0", {}, "470.256.02")
+    with pytest.raises(DriverTooOld, match="upgrade the driver") as refused:
+        choose_build("0.33.0", SourcesPlan(), "470.256.02")
     assert "CUDA 13.0 build, needs driver >= 580.65.06" in str(refused.value)
     assert "CUDA 12.9 build, needs driver >= 525.60.13" in str(refused.value)
     branches = [b for b, info in catalog.driver_branches().items() if info.max_cuda >= "13.0"]
@@ -258,9 +258,13 @@ def test_a_mirror_login_reaches_uv_and_pip_through_netrc_only(tmp_path: Path) ->
     netrc = tmp_path / "netrc"
     netrc.write_text("machine pypi.example login alice password s3cr3t-P4ss\n")
     netrc.chmod(0o600)
-    plans = plans_of("single_a100.py")
-    for plan in plans.values():
-        plan.sources["mirror_credentials"] = {"file": str(netrc), "env": None}
+    login = SecretSource(file=str(netrc), env=None)
+    plans = {
+        name: plan.model_copy(
+            update={"sources": plan.sources.model_copy(update={"mirror_credentials": login})}
+        )
+        for name, plan in plans_of("single_a100.py").items()
+    }
     (run,) = deploy(plans, "A100-SXM4-80GB").values()
     assert not run.failed, run
     (written,) = run.stdin_of(r"umask 077 && mkdir -p /etc/servekit && .* /etc/servekit/netrc")

@@ -17,7 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
 
-import servekit.deploys.vllm as vllm_deploy
+from servekit.deploys.vllm import vllm_host
 from servekit.hostplan import HostPlan
 
 
@@ -84,8 +84,12 @@ def run_vllm_deploy(
     plans: dict[str, HostPlan],
     states: dict[str, dict[str, Any]],
     smi: dict[str, list[str]],
+    dry: bool = False,
 ) -> dict[str, Captured]:
-    """Run `vllm_host()` on one fake host per plan; return what each was asked to run."""
+    """Run `vllm_host()` on one fake host per plan; return what each was asked to run.
+
+    `dry`: as `pyinfra --dry`, only the change-detection pass (operations run up to their first
+    command, nothing executes) instead of `-y`'s single execution pass."""
     captured = {name: Captured() for name in plans}
     hosts = []
     for name, plan in plans.items():
@@ -110,13 +114,14 @@ def run_vllm_deploy(
     for host in inventory:
         host.connector_cls = RecordingConnector
     # check_for_changes=False: as the CLI with -y, operations run once, at execute time
-    state = State(inventory=inventory, config=Config(), check_for_changes=False)
+    state = State(inventory=inventory, config=Config(), check_for_changes=dry)
     connect_all(state)
-    add_deploy(state, vllm_deploy.vllm_host)
-    try:
-        run_ops(state)
-    except PyinfraError as error:  # every host failed
-        assert "No hosts remaining" in str(error)
+    add_deploy(state, vllm_host)
+    if not dry:
+        try:
+            run_ops(state)
+        except PyinfraError as error:  # every host failed
+            assert "No hosts remaining" in str(error)
     for host in inventory:
         captured[host.name.removeprefix("@fake/")].failed = host in state.failed_hosts
     disconnect_all(state)

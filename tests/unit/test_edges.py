@@ -16,10 +16,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from servekit import catalog, credentials, nvidia, ollama
-from servekit.deploys import pyenv
-from servekit.deploys.credentials import write_command
-from servekit.deploys.host_scripts import fetch_weights
+from servekit import catalog, credentials, nvidia, ollama, pyenv
+from servekit.host_scripts import fetch_weights
+from servekit.operations.credentials import write_command
 from servekit.render import RenderedFile, UnsafeOutput, gpu_files, render_template, write_tree
 from servekit.spec import SecretRef, Sources
 

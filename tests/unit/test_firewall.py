@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from servekit.cli import app
-from servekit.deploys.firewall import LOAD, save_previous
 from servekit.errors import FleetError
 from servekit.firewall import (
     FirewallError,
@@ -30,6 +29,7 @@ from servekit.firewall import (
     without,
 )
 from servekit.hostplan import HostPlan
+from servekit.operations.firewall import LOAD, save_previous
 from servekit.placement import plan_fleet
 from servekit.render import render_host
 from servekit.spec import (

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from servekit import secrets as secret_store
 from servekit import systemd
-from servekit.deploys import vllm as vllm_deploy
 from servekit.facts.devices import PROC_DEVICES, CharDevices, char_device_groups
+from servekit.operations.vllm_work import desired_files, host_work
 from servekit.placement import plan_fleet
 from servekit.render import HostFacts, render_host
 from servekit.spec import Fleet, Gpu, HuggingFace, SecretRef, Serve, Sources, SshHost
@@ -131,14 +132,14 @@ def test_the_fact_reads_proc_devices_and_survives_its_absence() -> None:
 def test_the_vllm_deploy_renders_with_the_hosts_proc_devices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(vllm_deploy, "read_secret", lambda source: "secret")
-    work = vllm_deploy.host_work(plan())
+    monkeypatch.setattr(secret_store, "read_secret", lambda source: "secret")
+    work = host_work(plan())
     assert PROC_DEVICES in work.spec()["read"]
     state = {"read": {PROC_DEVICES: (DATA / "branch-535.txt").read_text()}, "interfaces": {}}
-    files = vllm_deploy.desired_files(work, state)
+    files = desired_files(work, state)
     (unit,) = [f.content for path, f in files.items() if path.startswith("/etc/systemd/system/v")]
     assert "DeviceAllow=char-nvidia-frontend rw" in device_lines(unit)
     assert "DeviceAllow=char-nvidia rw" not in device_lines(unit)
-    unreadable = vllm_deploy.desired_files(work, {"read": {}, "interfaces": {}})
+    unreadable = desired_files(work, {"read": {}, "interfaces": {}})
     (unit,) = [f.content for p, f in unreadable.items() if p.startswith("/etc/systemd/system/v")]
     assert "DeviceAllow=char-nvidia rw" in device_lines(unit)  # the default set

@@ -37,8 +37,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from servekit import nvidia, ollama
-from servekit.deploys import pyenv
+from servekit import nvidia, ollama, pyenv
 from servekit.errors import FleetError
 from servekit.hostplan import HostPlan
 from servekit.placement import plan_fleet

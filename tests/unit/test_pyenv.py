@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from servekit.deploys import pyenv
+from servekit import pyenv
 
 LOCAL_INDEX = "http://10.0.0.5:8080/simple/"
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit import nvidia, ollama, shell
-from servekit.deploys import pyenv
+from servekit import nvidia, ollama, pyenv, shell
 
 PWNED = "PWNED"
 INJECTIONS = [

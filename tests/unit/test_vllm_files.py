@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from servekit.cli import app
-from servekit.deploys.vllm import _python_ok, builds, host_work
 from servekit.hostplan import HfWeights, HostPlan, LocalWeights, S3Weights, SourcesPlan
+from servekit.operations.vllm_work import host_work
 from servekit.placement import plan_fleet
 from servekit.render import firewall_rules, render_host
 from servekit.spec import (
@@ -27,6 +27,8 @@ from servekit.spec import (
     Sources,
     SshHost,
 )
+from servekit.vllm_builds import builds
+from servekit.vllm_builds import python_satisfies as _python_ok
 from servekit.weights import locate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from servekit.deploys import vllm as deploy
 from servekit.hostplan import VLLM_CONFIG_DIR, VLLM_HOME, VLLM_VENVS
 from servekit.vllm_layout import LAYOUT
 from servekit.weights import HF_HOME, MARKERS_DIR, MODELS_DIR
+
+# The paths the vLLM deploy used before the layout owned them (its module constants, verbatim).
+CURRENT_LINK = "/opt/vllm/current"
+PREVIOUS_LINK = "/opt/vllm/previous"
+ROLLBACK_DIR = "/var/lib/servekit/rollback"
+VLLM_USER = "vllm"
+DIRECTORIES = (
+    (VLLM_HOME, VLLM_USER, VLLM_USER, "0750"),
+    (HF_HOME, VLLM_USER, VLLM_USER, "0750"),
+    (f"{VLLM_HOME}/cache", VLLM_USER, VLLM_USER, "0750"),
+    (f"{VLLM_HOME}/cache/vllm", VLLM_USER, VLLM_USER, "0750"),
+    (f"{VLLM_HOME}/cache/triton", VLLM_USER, VLLM_USER, "0750"),
+    (MODELS_DIR, VLLM_USER, VLLM_USER, "0750"),
+    (MARKERS_DIR, VLLM_USER, VLLM_USER, "0750"),
+    (VLLM_CONFIG_DIR, "root", VLLM_USER, "0750"),
+    ("/opt/vllm", "root", "root", "0755"),
+    (VLLM_VENVS, "root", "root", "0755"),
+    (ROLLBACK_DIR, "root", "root", "0700"),
+)
 
 
 def test_layout_matches_the_paths_hosts_already_have() -> None:
@@ -19,12 +37,12 @@ def test_layout_matches_the_paths_hosts_already_have() -> None:
         MODELS_DIR,
         MARKERS_DIR,
     )
-    assert LAYOUT.directories() == deploy.DIRECTORIES
+    assert LAYOUT.directories() == DIRECTORIES
     assert (LAYOUT.current_link, LAYOUT.previous_link) == (
-        deploy.CURRENT_LINK,
-        deploy.PREVIOUS_LINK,
+        CURRENT_LINK,
+        PREVIOUS_LINK,
     )
-    assert LAYOUT.rollback_copy("vllm-chat-0") == f"{deploy.ROLLBACK_DIR}/vllm-chat-0"
+    assert LAYOUT.rollback_copy("vllm-chat-0") == f"{ROLLBACK_DIR}/vllm-chat-0"
 
 
 def test_unit_files_name_what_pruning_removes() -> None:

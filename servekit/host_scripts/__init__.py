@@ -1,4 +1,4 @@
-"""Small stdlib-only Python programs that deploys run on hosts (`python3 -c`), one round trip each.
+"""Small stdlib-only Python programs operations run on hosts (`python3 -c`), one round trip each.
 
 They are data, not modules of servekit: `script(name)` returns a program's text. Inputs come as a
 JSON argument (no secrets) or as JSON on standard input (secrets: never in argv, logs or files

@@ -1,11 +1,13 @@
-"""Shared machinery of servekit's operations: the host's state read once, and commands that run
-servekit's host programs (with secrets on standard input, progress shown as it comes).
+"""Shared machinery of servekit's operations: the host's state read once, what a dry run
+lists, and commands that run servekit's host programs (secrets on standard input, progress shown
+as it comes).
 
 pyinfra runs each operation at execute time, one after another on a host and in lock-step across
 hosts. Reading a fact per file, unit and marker would cost a round trip each; instead the first
-operation that needs the host's state reads all of it with one `HostState` fact, and every
-operation that changes the host marks that reading stale, so the next one reads again. A run
-that changes nothing therefore costs one command per host.
+operation that needs the host's state reads all of it with one `HostState` fact, kept in this
+run's record (`servekit.operations.runstate`), and every operation that changes the host marks
+that reading stale, so the next one reads again. A run that changes nothing therefore costs one
+command per host.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any, cast
+from typing import Any
 
+from pyinfra import logger
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import FunctionCommand, QuoteString, StringCommand
-from pyinfra.context import host, state
+from pyinfra.context import host
 
-from servekit.deploys.host_scripts import script
 from servekit.facts.vllm import HostState
+from servekit.host_scripts import script
+from servekit.operations.runstate import this_host
 from servekit.render import RenderedFile
 
 EMPTY_STATE: dict[str, Any] = {
@@ -29,31 +33,31 @@ EMPTY_STATE: dict[str, Any] = {
 }  # fmt: skip
 """What a host without python3 reports (the packages step installs it)."""
 
-_views: dict[tuple[int, str, bool], dict[str, dict[str, Any]]] = {}
-
-
-def run_key() -> tuple[int, str]:
-    """This pyinfra run and host (for state kept between one host's operations)."""
-    return (id(cast(Any, state)._get_module()), host.name)
-
-
-def _key() -> tuple[int, str, bool]:
-    return (*run_key(), bool(state.is_executing))
-
 
 def view(spec: dict[str, Any]) -> dict[str, Any]:
     """The host's state for `spec` (see `inspect_host.py`), read at most once until it changes."""
     text = json.dumps(spec, sort_keys=True)
-    cached = _views.setdefault(_key(), {})
-    if text not in cached:
+    views = this_host().views
+    if text not in views:
         found = host.get_fact(HostState, spec=text)
-        cached[text] = {**EMPTY_STATE, **found}
-    return cached[text]
+        views[text] = {**EMPTY_STATE, **found}
+    return views[text]
 
 
 def stale() -> None:
     """The host changed: the next `view()` reads it again."""
-    _views.pop(_key(), None)
+    this_host().views.clear()
+
+
+def announce(*changes: str) -> None:
+    """Say, per host, what an operation is about to change ("write /etc/vllm/x.yaml", "restart
+    vllm-x.service"), in the pass that only detects changes: the listing of `pyinfra --dry` and
+    of the confirmation prompt. Call it before the operation's first command (that pass stops
+    there); the execution pass adds nothing to pyinfra's own output."""
+    if host.state.is_executing:
+        return
+    for change in changes:
+        host.log(f"will {change}", logger.info)
 
 
 def connector_arguments() -> dict[str, Any]:

@@ -1,24 +1,24 @@
 """How vLLM processes are (re)started across a fleet: who goes in which wave, and what happened.
 
-Each replica (one served model's copy, on one or several nodes) gets a status from the state of
-its processes: `ok` (nothing to do), `start` (not running, or still loading: start it or wait for
-it, all such replicas at once) or `roll` (running with an older configuration or venv: restart
-it, health-gated, one replica at a time). Replicas to roll go in waves by replica index, so
-replica 0 of every model first, then replica 1, ...; if one fails it returns to its previous
-files, the rollout stops (later waves are left running as they are) and the run fails with a
-report.
+Each process (a vLLM unit on a host) gets a status from the host's state: `ok` (nothing to do),
+`fresh` (its files are new and it is not running), `down` (not running or not enabled), `loading`
+(running, `/health` not answering yet) or `changed` (running with older files or venv). A
+replica (one served model's copy, on one or several nodes) with a `changed` process rolls in
+wave r + 1 (r: its replica index), health-gated, so replica 0 of every model first, then replica
+1, ...; a replica with any other status than `ok` starts in wave 0, together with every other
+such replica. If a rolling replica fails it returns to its previous files, the rollout stops
+(later waves are left running as they are) and the run fails with a report.
 
 pyinfra executes an operation on every host before the next operation starts, so a wave's
 operations (write files, restart workers, restart servers and wait, roll back) see every host's
-outcome of the wave before. The registry lives in this process, one per pyinfra run.
+outcome of the wave before. One `Rollout` per pyinfra run and pass is kept by
+`servekit.operations.runstate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
-
-from pyinfra.context import state
+from typing import Literal
 
 Status = Literal["ok", "fresh", "changed", "down", "loading"]
 
@@ -38,6 +38,8 @@ class Process:
 
 @dataclass
 class Replica:
+    """One copy of a served model (its processes on one or several hosts) and how it went."""
+
     serve: str
     replica: int
     processes: list[Process] = field(default_factory=list)
@@ -61,6 +63,8 @@ class Replica:
 
 @dataclass
 class Rollout:
+    """Every replica of the fleet in one pyinfra run, and why the rollout stopped, if it did."""
+
     replicas: dict[tuple[str, int], Replica] = field(default_factory=dict)
     stopped_by: str | None = None
     reports: dict[str, list[str]] = field(default_factory=dict)
@@ -79,12 +83,3 @@ class Rollout:
 
     def report(self, host: str, line: str) -> None:
         self.reports.setdefault(host, []).append(line)
-
-
-_rollouts: dict[tuple[int, bool], Rollout] = {}
-
-
-def current() -> Rollout:
-    """This pyinfra run's registry (one for the change-detection pass, one for execution)."""
-    key = (id(cast(Any, state)._get_module()), bool(state.is_executing))
-    return _rollouts.setdefault(key, Rollout())
