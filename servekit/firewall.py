@@ -8,7 +8,7 @@ set. Host names were resolved when the fleet was planned (`servekit.placement`),
 looked up at boot. The host's SSH port is never in a protected set: it is taken out when the
 sets are built, and rendering refuses a rule set that would still match it.
 
-Loading is "commit confirmed" (`servekit.deploys.firewall`): the previous table is saved, a
+Loading is "commit confirmed" (`servekit.operations.firewall`): the previous table is saved, a
 timer that restores it in 60 s is armed, the new rules are loaded, and only a fresh SSH
 connection from the control machine disarms the timer.
 """

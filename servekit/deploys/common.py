@@ -1,14 +1,10 @@
-"""What the deploys share: reading this host's typed plan (and, re-exported for the deploys
-that import them from here, the operation helpers of `servekit.operations.common`)."""
+"""What the deploys share: reading this host's typed plan."""
 
 from __future__ import annotations
 
 from pyinfra.context import host
 
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
-from servekit.operations.common import Commands, each, failure, problem
-
-__all__ = ["Commands", "each", "failure", "host_plan", "problem"]
 
 
 def host_plan() -> HostPlan | None:

@@ -20,8 +20,8 @@ from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 from pyinfra.facts.server import Kernel
 
-from servekit.deploys.common import problem
 from servekit.fleetfile import find_host_plan
+from servekit.operations.common import problem
 from servekit.operations.ollama import release_source_problem
 from servekit.operations.ollama_linux import linux_service
 from servekit.operations.ollama_macos import macos_agent

@@ -9,7 +9,7 @@ whose plan (`servekit.deploys.common.host_plan`) has vLLM processes it converges
    the host's driver runs (refused, naming the alternatives, when the driver is too old);
 4. the weights, downloaded as the service user before anything starts (Hugging Face or S3), or
    checked (a local path);
-5. the firewall (`servekit.deploys.firewall`);
+5. the firewall (`servekit.operations.firewall`);
 6. for Ray-backed replicas: the Ray head, then the Ray workers, then a wait until `ray status`
    lists every node;
 7. units servekit wrote earlier that the plan no longer has are stopped and removed;
@@ -39,9 +39,9 @@ from pyinfra.context import host
 from servekit import secrets
 from servekit.credentials import NETRC_FILE
 from servekit.deploys.common import host_plan
-from servekit.deploys.firewall import firewall_ops
 from servekit.operations.common import each, problem
 from servekit.operations.credentials import mirror_login_files
+from servekit.operations.firewall import firewall_ops
 from servekit.operations.ray import ray_cluster, ray_nodes
 from servekit.operations.vllm_install import packages, service_user, tools_venv, uv_tool, vllm_venv
 from servekit.operations.vllm_rollback import finish, roll_back

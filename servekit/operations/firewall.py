@@ -200,3 +200,11 @@ def rules(plan: HostPlan, spec: dict[str, Any]) -> Commands:
         yield apply_files({"groups": groups, "daemon_reload": True})
     yield FunctionCommand(_commit, (connector_arguments(),), {})
     stale()
+
+
+def firewall_ops(plan: HostPlan, spec: dict[str, Any] | None = None, **arguments: Any) -> None:
+    """The firewall's operations, for a deploy to call (inside another deploy: pass its `spec`
+    to share one read; `arguments` are pyinfra's global arguments such as `_sudo`)."""
+    spec = spec or firewall_spec(plan)
+    nftables_package(name="Install nftables", spec=spec, **arguments)
+    rules(name="Load the servekit firewall", plan=plan, spec=spec, **arguments)

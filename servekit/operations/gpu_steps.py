@@ -15,10 +15,10 @@ from pyinfra.operations import apt, files, python, systemd
 
 from servekit import nvidia
 from servekit.credentials import APT_AUTH_FILE
-from servekit.deploys.credentials import mirror_login_files
 from servekit.hostplan import SourcesPlan
 from servekit.nvidia.host_files import GPU_PATHS, PERSISTENCED_UNIT
 from servekit.operations import nvidia as ops
+from servekit.operations.credentials import mirror_login_files
 from servekit.operations.gpu_survey import Survey, say
 from servekit.operations.rendered import any_changed, put
 from servekit.templating import RenderedFile

@@ -15,12 +15,12 @@ from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Arch
 
 from servekit import catalog, nvidia
-from servekit.deploys.common import problem
 from servekit.facts.nvidia import NvidiaDriver, NvidiaGpus, NvidiaPciDevices
 from servekit.facts.nvidia_packages import NvidiaPackages
 from servekit.facts.system import Kernel, KernelHeaders, OsRelease, SecureBoot
 from servekit.nvidia import DriverChoice, GpuTarget, PolicyError
 from servekit.nvidia.shapes import InstalledPackage, LoadedDriver, SmiGpus
+from servekit.operations.common import problem
 from servekit.operations.nvidia import nvswitch_present
 
 

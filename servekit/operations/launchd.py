@@ -15,8 +15,8 @@ from pyinfra.api.command import StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from servekit.deploys.common import Commands, failure
 from servekit.facts.macos import LaunchAgent
+from servekit.operations.common import Commands, failure
 
 BOOTSTRAP_TRIES = 10
 """`bootstrap` right after `bootout` can fail while launchd still tears the old job down."""

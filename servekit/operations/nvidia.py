@@ -4,7 +4,8 @@ The GPU deploy (`servekit.deploys.gpu`) strings them together; the decisions the
 `servekit.nvidia`'s pure policy.
 
 A problem that stops one host (an unsupported release, GPUs missing, a verification failure) is
-reported with `servekit.deploys.common.problem`/`failure` (see there why it is a failing command).
+reported with `servekit.operations.common.problem`/`failure` (see there why it is a failing
+command).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pyinfra.facts.apt import noninteractive_apt
 from pyinfra.facts.server import Which
 
 from servekit import nvidia, systemd
-from servekit.deploys.common import Commands, failure
 from servekit.facts.cuda import CudaCheck
 from servekit.facts.devices import CharDevices
 from servekit.facts.nvidia import (
@@ -35,6 +35,7 @@ from servekit.facts.nvidia_packages import AptVersions, NvidiaPackages
 from servekit.facts.system import BootId, CudaToolkit
 from servekit.nvidia import DriverChoice, Flavour, GpuTarget
 from servekit.nvidia.shapes import PciDevice
+from servekit.operations.common import Commands, failure
 
 
 @operation()

@@ -22,10 +22,10 @@ from pyinfra.api.state import State
 from pyinfra.context import host
 
 from servekit import ollama
-from servekit.deploys.common import Commands, failure
 from servekit.facts.ollama import OllamaModels, OllamaVersion
 from servekit.hostplan import OllamaHost
 from servekit.ollama import MacLayout, ReleaseError, System
+from servekit.operations.common import Commands, failure
 
 SAFE_URL = re.compile(r"^https?://[^\s\"'`$\\]+$")
 

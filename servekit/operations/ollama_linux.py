@@ -20,14 +20,14 @@ from pyinfra.operations import apt, files, server, systemd
 
 from servekit import ollama
 from servekit.credentials import NETRC_FILE
-from servekit.deploys.common import each, problem
-from servekit.deploys.credentials import mirror_login_files
-from servekit.deploys.firewall import firewall_ops
 from servekit.facts.ollama import DirectoryPath
 from servekit.firewall import needs_firewall
 from servekit.hostplan import HostPlan, OllamaHost
 from servekit.ollama import PathEntry
 from servekit.ollama.files import ollama_files
+from servekit.operations.common import each, problem
+from servekit.operations.credentials import mirror_login_files
+from servekit.operations.firewall import firewall_ops
 from servekit.operations.ollama import answer_and_sync, release
 from servekit.operations.rendered import any_changed, put
 from servekit.render import HostFacts

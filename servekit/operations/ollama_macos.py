@@ -16,11 +16,11 @@ from pyinfra.operations import files, server
 
 from servekit import ollama
 from servekit.credentials import MAC_NETRC
-from servekit.deploys.common import each, problem
-from servekit.deploys.credentials import mirror_login_files
 from servekit.facts.macos import Homebrew, LaunchAgent, OllamaApp
 from servekit.hostplan import HostPlan, OllamaHost
 from servekit.ollama.files import ollama_files
+from servekit.operations.common import each, problem
+from servekit.operations.credentials import mirror_login_files
 from servekit.operations.launchd import agent
 from servekit.operations.ollama import answer_and_sync, release
 from servekit.operations.rendered import any_changed, put

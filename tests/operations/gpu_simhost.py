@@ -383,7 +383,7 @@ class SimHost:
             self.files.pop("/tmp/downloaded-keyring")
             return False, [shlex.split(command.split("printf '%s\\n' ", 1)[1].split(" >&2")[0])[0]]
         if command.startswith("umask 077 && mkdir -p "):
-            # servekit.deploys.credentials.write_command: the content is on standard input
+            # servekit.operations.credentials.write_command: the content is on standard input
             path = shlex.split(command.rsplit(' && mv -f "$tmp" ', 1)[1])[0]
             assert self.stdin is not None, command
             self.files[path], self.modes[path] = self.stdin, 0o600

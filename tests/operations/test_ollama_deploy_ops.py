@@ -55,7 +55,7 @@ class Step:
         return [c.get_raw_value() for c in self.commands if isinstance(c, StringCommand)]
 
     def message(self) -> str:
-        """The text a failing step prints (servekit.deploys.common.failure)."""
+        """The text a failing step prints (servekit.operations.common.failure)."""
         (command,) = self.shell()
         return shlex.split(command)[2]
 
@@ -202,7 +202,7 @@ def tags(models: list[str]) -> str:
 
 
 FAILS = re.compile(r"^printf '%s\\n' .* >&2 && false$", re.DOTALL)
-"""A command that stops the host with a message (servekit.deploys.common.failure) fails."""
+"""A command that stops the host with a message (servekit.operations.common.failure) fails."""
 PULL_OK = [f"{m}: success" for m in MODELS]
 
 
