@@ -9,6 +9,7 @@ from pyinfra.api.facts import FactBase
 from typing_extensions import override
 
 from servekit.facts.probe import split_status
+from servekit.nvidia.shapes import Toolkit
 
 
 class Release(TypedDict):
@@ -112,11 +113,6 @@ class SecureBoot(FactBase[SecureBootState]):
                 if "is already enrolled" in answer:
                     state["enrolled_keys"].append(path)
         return state
-
-
-class Toolkit(TypedDict):
-    version: str
-    build: str
 
 
 class CudaToolkit(FactBase[Toolkit | None]):

@@ -4,15 +4,11 @@ each finding with its meaning and fix."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from servekit import catalog
 from servekit.nvidia.driver_packages import toolkit_package
 from servekit.nvidia.gpu_target import GpuTarget, MinimumDriver
-from servekit.nvidia.shapes import CudaCheckResult, FabricGpu, SmiGpus
-
-if TYPE_CHECKING:  # the shape of a fact's result only: the policy never imports the facts
-    from servekit.facts.system import Toolkit
+from servekit.nvidia.shapes import CudaCheckResult, FabricGpu, SmiGpus, Toolkit
 
 FABRIC_DONE = "Completed"
 CUDA_SYSTEM_NOT_READY = 802

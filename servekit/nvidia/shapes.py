@@ -63,3 +63,10 @@ class CudaCheckResult(TypedDict, total=False):
     gpus: list[dict[str, Any]]
     sandbox: Literal["systemd", "none"]  # where the check ran: the engines' sandbox or plain
     unsandboxed_ok: bool | None  # after a failure in the sandbox: whether CUDA works outside
+
+
+class Toolkit(TypedDict):
+    """A CUDA toolkit's nvcc: the release and the build it reports."""
+
+    version: str
+    build: str

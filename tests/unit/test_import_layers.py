@@ -6,7 +6,8 @@ The layers, bottom to top (ARCHITECTURE.md draws the same picture):
 0. base: typed fields, errors, quoting (shell, systemd), templates, catalogs, secrets
 1. schema: the fleet spec
 2. plan: planner, placement, the host plan and what follows from it without a host (layouts,
-   firewall rules, rendered files, NVIDIA and Ollama policy)
+   firewall rules, rendered files, NVIDIA and Ollama policy), and the cloud state file that
+   gives cloud machines their addresses
 3. facts: pyinfra facts (what a host says), and the programs uploaded to hosts
 4. operations: reusable pyinfra operations
 5. deploys: the @deploy entry points, reading inventories and fleet files
@@ -43,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "servekit.templating",
             "servekit.catalog",
             "servekit.cuda_check",
+            "servekit.pyenv",
         ),
     ),
     ("schema", ("servekit.spec", "servekit.secrets", "servekit.localhost")),
@@ -57,6 +59,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "servekit.vllm_layout",
             "servekit.vllm_files",
             "servekit.vllm_builds",
+            "servekit.vllm_rollout",
+            "servekit.cloudstate",
             "servekit.weights",
             "servekit.hostfacts",
             "servekit.render",
