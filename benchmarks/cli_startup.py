@@ -9,8 +9,8 @@ that talk to servers and clouds.
 Each command runs `--repeats` times in a fresh process, both as the installed console script
 (next to this Python) and as `python -m servekit.cli`; its CPU time (user + system) is given
 beside the wall time, as it moves less when other work shares the machine. The imports are
-measured with
-`python -X importtime` and summed per top-level package (the time spent in its own modules).
+measured with `python -X importtime` and summed per top-level package (the time spent in its
+own modules).
 
     .venv/bin/python benchmarks/cli_startup.py [--repeats 10] [--top 12] [--check]
 
