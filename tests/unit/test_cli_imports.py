@@ -19,12 +19,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 WATCHED = ("aiohttp", "httpx", "boto3", "botocore", "paramiko", "pyinfra")
 
-# On branch h12-cli, servekit/cloud/cli.py still imports botocore at the top, and through the
-# cloud modules boto3, paramiko and the inventory (whose model catalog imports httpx); branch
-# h12-cloud moves those imports into its commands. Empty this set when both are merged: these
-# cases are strict xfails, so they fail the run (XPASS) until then.
-AWAITING_CLOUD_CLI = {"boto3", "botocore", "paramiko", "httpx"}
-
 COMMANDS = {
     "import servekit.cli": "import servekit.cli",
     "servekit --help": "from servekit.cli import app\napp(['--help'], prog_name='servekit')",
@@ -61,10 +55,7 @@ def cases() -> list[object]:
         for module in WATCHED:
             if command.startswith("servekit plan") and module == "httpx":
                 continue  # the model catalog's Hugging Face client: planning may read configs
-            marks = []
-            if module in AWAITING_CLOUD_CLI:
-                marks.append(pytest.mark.xfail(strict=True, reason="servekit/cloud/cli.py"))
-            found.append(pytest.param(command, module, marks=marks, id=f"{command}-{module}"))
+            found.append(pytest.param(command, module, id=f"{command}-{module}"))
     return found
 
 
