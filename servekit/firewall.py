@@ -49,7 +49,6 @@ SETS = {
 }
 """The named sets of the table: the fleet's own hosts per family, an exposed Ollama's clients per
 family, the protected ports, and the Ollama port."""
-LOOPBACK = ("127.0.0.1", "::1")
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Named sets: `type ipv4_addr` / `ipv6_addr` / `inet_service`, `flags interval` for port ranges,

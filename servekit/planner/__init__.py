@@ -1,7 +1,7 @@
 """Capacity planning: will a model fit, with which parallelism and quantization, for how many
 concurrent requests, and how fast can one stream decode at best. Pure functions, no I/O.
 
-Formulas (vLLM's memory model; see shared/reference/vllm.md §5):
+Formulas (vLLM's memory model):
 - weights = params x bytes/param (bf16/fp16 2, fp8 1, AWQ int4 ~0.52 on the quantized linear
   layers; embeddings and an untied head stay 16-bit for AWQ and FP8), split over TP x PP GPUs;
 - KV bytes/token = 2 x layers x KV heads x head dim x bytes of the KV dtype; per GPU the layers are

@@ -2,8 +2,8 @@
 
 An inventory file builds a `Fleet`; `servekit plan`, `servekit cloud` and the pyinfra deploys all
 read it. Validation here is structural (names, references, security rules), and every value that
-reaches a shell, a path, a unit, nftables, apt or a URL has a type from servekit/fields.py; no
-string anywhere holds a control character. Planning (servekit/placement.py) then checks that each
+reaches a shell, a path, a unit, nftables, apt or a URL has a type from `servekit.fields`; no
+string anywhere holds a control character. Planning (`servekit.placement`) then checks that each
 model fits its hardware and places ports (never the SSH port, never inside another service's
 range, never below 1024 for an engine); secrets are checked when pyinfra loads the inventory
 (servekit/inventory.py). Every error names the field (at its position: `serve[1].port`), the fix,

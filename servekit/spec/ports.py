@@ -14,6 +14,6 @@ RAY_FIXED_PORTS = {
 }
 RAY_WORKER_PORTS = (10002, 19999)
 """Ray's ports are pinned so that the firewall can admit them from the replica's nodes only; a
-Ray-backed replica claims all of them on each of its hosts (servekit/placement.py)."""
+Ray-backed replica claims all of them on each of its hosts (`servekit.placement`)."""
 NODE_EXPORTER_PORT = 9100
 DCGM_EXPORTER_PORT = 9400
