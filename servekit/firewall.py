@@ -1,5 +1,6 @@
-"""The firewall policy of a host, from its plan: which ports it protects, who may reach them, and
-the nftables text that says so (servekit's one nftables quoting layer).
+"""The nftables rules of a host's firewall, from the firewall plan placement made
+(`HostPlan.firewall`: which ports it protects, who may reach them): servekit's one nftables quoting
+layer, and the units that load the rules and roll them back.
 
 Only typed values reach the rules: addresses are `ipaddress` objects sorted into one named set
 per family (`admitted4`/`admitted6` for the fleet's own hosts, `clients4`/`clients6` for an
@@ -22,9 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from servekit import systemd
-from servekit.hostplan import HostPlan, ray_unit, uses_ray
+from servekit.hostplan import FirewallPlan, HostPlan, ray_unit, uses_ray
 from servekit.ollama import UNIT as OLLAMA_UNIT
-from servekit.spec import RAY_FIXED_PORTS, RAY_PORT, RAY_WORKER_PORTS
 from servekit.templating import RenderedFile, render_template
 
 if TYPE_CHECKING:
@@ -39,7 +39,16 @@ PREVIOUS_TABLE = f"{ROLLBACK_DIR}/previous.nft"
 PREVIOUS_RULES = f"{ROLLBACK_DIR}/previous-firewall.nft"
 ROLLBACK_AFTER_S = 60
 TABLE = "inet servekit"
-LOOPBACK = ("127.0.0.1", "::1")
+SETS = {
+    "admitted4": "admitted4",
+    "admitted6": "admitted6",
+    "clients4": "clients4",
+    "clients6": "clients6",
+    "protected": "protected",
+    "ollama": "ollama",
+}
+"""The named sets of the table: the fleet's own hosts per family, an exposed Ollama's clients per
+family, the protected ports, and the Ollama port."""
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Named sets: `type ipv4_addr` / `ipv6_addr` / `inet_service`, `flags interval` for port ranges,
@@ -135,55 +144,30 @@ class FirewallRules:
 
 
 def needs_firewall(plan: HostPlan) -> bool:
-    """Whether servekit writes a firewall on this host: vLLM processes, or an Ollama that
-    listens beyond loopback (Linux only: nftables)."""
-    if plan.os != "linux":
-        return False
-    return bool(plan.vllm) or bool(ollama_port(plan))
+    """Whether servekit writes a firewall on this host (placement decided: vLLM processes, or an
+    Ollama that listens beyond loopback; Linux only)."""
+    return plan.firewall is not None
 
 
 def ollama_port(plan: HostPlan) -> int | None:
-    """The port of an Ollama that listens beyond loopback, else None."""
-    if plan.ollama is None:
+    """The port of an Ollama that listens beyond loopback (behind the firewall), else None."""
+    if plan.firewall is None or not plan.firewall.ollama_ports:
         return None
-    listen = plan.ollama.listen.removeprefix("http://")
-    address, _, port = listen.rpartition(":")
-    if address.strip("[]") in ("localhost", *LOOPBACK):
-        return None
-    return int(port)
+    return plan.firewall.ollama_ports[0]
 
 
 def firewall_rules(plan: HostPlan) -> FirewallRules:
-    """What `servekit-firewall` enforces on the host.
-
-    An engine bound to all interfaces has no gateway in front: its clients come from anywhere
-    and its API key guards `/v1`, so its port stays open (and `/metrics`, `/health` with it: put
-    a gateway in front to close them). Otherwise the engine port (API, `/metrics`, `/health`)
-    admits only the gateway and monitoring hosts. Cluster ports (vLLM's master port, Ray's
-    ports) admit only the other nodes of the replica (and those hosts). An exposed Ollama's port
-    admits them and the declared `OllamaSettings.clients`.
-    """
-    engine: set[int] = set()
-    opened: set[int] = set()
-    cluster: set[str] = set()
-    for instance in plan.vllm:
-        if instance.role == "server":
-            (opened if instance.bind_address == "0.0.0.0" else engine).add(instance.port)
-        if instance.nnodes > 1:
-            if uses_ray(instance):
-                cluster |= {str(RAY_PORT), *(str(p) for p in RAY_FIXED_PORTS.values())}
-                cluster.add(f"{RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}")
-            elif instance.master_port:
-                cluster.add(str(instance.master_port))
-    port = ollama_port(plan)
+    """What `servekit-firewall` enforces on the host: its firewall plan (none: nothing
+    protected), the host's SSH port taken out of every protected set."""
+    firewall = plan.firewall or FirewallPlan()
     return FirewallRules(
         ssh_port=plan.ssh_port,
-        engine_ports=sorted(engine),
-        cluster_ports=sorted(cluster, key=lambda p: int(p.split("-")[0])),
-        open_ports=sorted(opened),
-        ollama_ports=[port] if port else [],
-        admitted=[str(a) for a in _addresses(plan.firewall_allow)],
-        clients=[str(a) for a in _addresses(plan.ollama_clients)] if port else [],
+        engine_ports=list(firewall.engine_ports),
+        cluster_ports=list(firewall.cluster_ports),
+        open_ports=list(firewall.open_ports),
+        ollama_ports=list(firewall.ollama_ports),
+        admitted=[str(a) for a in _addresses(firewall.admitted)],
+        clients=[str(a) for a in _addresses(firewall.clients)] if firewall.ollama_ports else [],
     )
 
 
@@ -221,12 +205,15 @@ def render_rules(plan: HostPlan) -> str:
         "firewall.nft.j2",
         host=plan.name,
         fleet=plan.fleet,
+        table=TABLE,
+        sets=SETS,
+        unit=FIREWALL_UNIT,
         ssh_port=rules.ssh_port,
         engine_ports=rules.engine_ports,
         cluster_ports=rules.cluster_ports,
         open_ports=rules.open_ports,
         ollama_ports=rules.ollama_ports,
-        names=plan.firewall_names,
+        names=plan.firewall.names if plan.firewall else {},
         admitted4=nft_elements(rules.family(rules.admitted, 4)),
         admitted6=nft_elements(rules.family(rules.admitted, 6)),
         clients4=nft_elements(rules.family(rules.clients, 4)),
@@ -242,6 +229,8 @@ def firewall_files(plan: HostPlan) -> list[RenderedFile]:
     rollback unit and timer of a "commit confirmed" load."""
     unit = render_template(
         "servekit-firewall.service.j2",
+        unit=FIREWALL_UNIT,
+        table=TABLE,
         rules_file=FIREWALL_RULES,
         nft=NFT,
         before=engine_units(plan),
@@ -249,6 +238,7 @@ def firewall_files(plan: HostPlan) -> list[RenderedFile]:
     )
     rollback = render_template(
         "servekit-firewall-rollback.service.j2",
+        unit=ROLLBACK_UNIT,
         nft=NFT,
         table=TABLE,
         previous_table=PREVIOUS_TABLE,
@@ -273,11 +263,11 @@ def firewall_lines(fleet_plan: FleetPlan) -> list[str]:
     addresses admitted to them, host names shown with the addresses they resolved to."""
     lines = []
     for plan in fleet_plan.hosts.values():
-        if not needs_firewall(plan):
+        if plan.firewall is None:
             continue
         rules = firewall_rules(plan)
         ports = ", ".join(str(p) for p in rules.protected) or "none"
-        names = {a: n for n, found in plan.firewall_names.items() for a in found}
+        names = {a: n for n, found in plan.firewall.names.items() for a in found}
 
         def shown(addresses: list[str], names: dict[str, str] = names) -> str:
             return ", ".join(f"{a} ({names[a]})" if a in names else a for a in addresses)

@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from servekit.planner import ModelPlan
 
@@ -205,6 +205,41 @@ class MonitoringHost(Plain):
     jobs: list[ScrapeJob]
 
 
+PortSpan = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}(-[0-9]{1,5})?$")]
+"""A port or an inclusive range of ports, as nftables writes it (`8000`, `10002-19999`)."""
+
+
+class FirewallPlan(Plain):
+    """servekit's firewall on one host (Linux, with vLLM processes or an Ollama listening beyond
+    loopback): the TCP ports it protects by service and the addresses it admits to them.
+
+    Loopback is always admitted; the host's SSH port (`HostPlan.ssh_port`) is never matched. Host
+    names were resolved when the fleet was planned: `names` keeps them for `servekit plan`.
+    """
+
+    engine_ports: list[int] = Field(
+        default_factory=list, description="engine API, /metrics, /health: admitted addresses only"
+    )
+    cluster_ports: list[PortSpan] = Field(
+        default_factory=list, description="between the nodes of a replica (vLLM master, Ray)"
+    )
+    open_ports: list[int] = Field(
+        default_factory=list, description="engines without a gateway: every client, API key only"
+    )
+    ollama_ports: list[int] = Field(
+        default_factory=list, description="an exposed Ollama: admitted addresses and clients"
+    )
+    admitted: list[IpLiteral] = Field(
+        default_factory=list, description="addresses admitted to engine, metrics and cluster ports"
+    )
+    clients: list[IpLiteral] = Field(
+        default_factory=list, description="addresses admitted to an exposed Ollama, besides those"
+    )
+    names: dict[str, list[IpLiteral]] = Field(
+        default_factory=dict, description="host names behind those addresses, resolved at plan time"
+    )
+
+
 class HostPlan(Plain):
     """Everything servekit decided for one host."""
 
@@ -226,18 +261,25 @@ class HostPlan(Plain):
     gateway: GatewayHost | None = None
     monitoring: MonitoringHost | None = None
     ssh_port: int = Field(22, ge=1, le=65535, description="the port the firewall never matches")
-    firewall_allow: list[IpLiteral] = Field(
-        default_factory=list, description="addresses admitted to engine, metrics and cluster ports"
-    )
-    ollama_clients: list[IpLiteral] = Field(
-        default_factory=list, description="addresses admitted to an exposed Ollama, besides those"
-    )
-    firewall_names: dict[str, list[IpLiteral]] = Field(
-        default_factory=dict, description="host names behind those addresses, resolved at plan time"
-    )
+    firewall: FirewallPlan | None = Field(None, description="None: servekit writes no firewall")
     versions: VersionsPlan
     sources: SourcesPlan
     gpu_setup: GpuSetupPlan
+
+    @property
+    def firewall_allow(self) -> list[str]:
+        """Addresses admitted to the engine, metrics and cluster ports (besides loopback)."""
+        return list(self.firewall.admitted) if self.firewall else []
+
+    @property
+    def ollama_clients(self) -> list[str]:
+        """Addresses admitted to an exposed Ollama, besides the admitted ones."""
+        return list(self.firewall.clients) if self.firewall else []
+
+    @property
+    def firewall_names(self) -> dict[str, list[str]]:
+        """Host names behind the admitted addresses, resolved at plan time."""
+        return dict(self.firewall.names) if self.firewall else {}
 
     def to_host_data(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -47,9 +47,26 @@ class SecretError(RuntimeError):
         super().__init__(f"{message}; fix: {fix}" if fix else message)
 
 
+def _create_hint(shown: str) -> str:
+    return f"create it: (umask 077; printf '%s\\n' VALUE > {shown})"
+
+
 def _file_lines(path: Path, structured: bool = False) -> list[str]:
-    shown = str(path)
-    create = f"create it: (umask 077; printf '%s\\n' VALUE > {shown})"
+    """The lines of a secret file, after every check of the module docstring."""
+    data = _read_checked(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError(
+            f"secret file {path} is not UTF-8 text", _create_hint(str(path))
+        ) from None
+    return _secret_lines(str(path), text, structured)
+
+
+def _read_checked(path: Path) -> bytes:
+    """The bytes of a regular file owned by this user, 0600 or 0400, at most MAX_SECRET_BYTES;
+    the file opened is the file checked (a swap between the two is refused)."""
+    shown, create = str(path), _create_hint(str(path))
     try:
         before = os.stat(path)  # follows a symlink: its target is what is checked
     except OSError as error:
@@ -65,37 +82,8 @@ def _file_lines(path: Path, structured: bool = False) -> list[str]:
     except OSError as error:
         raise SecretError(f"cannot read secret file {shown}: {error.strerror}", create) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (
-            before.st_dev,
-            before.st_ino,
-        ):
-            raise SecretError(f"secret file {shown} changed while read", "read it again")
-        if info.st_uid != os.geteuid():
-            raise SecretError(
-                f"secret file {shown} belongs to uid {info.st_uid}, not to you (uid "
-                f"{os.geteuid()})",
-                f"chown $(id -u) {shown}, or keep the secret in a file of your own",
-            )
-        mode = stat.S_IMODE(info.st_mode)
-        if mode not in ALLOWED_MODES:
-            raise SecretError(
-                f"secret file {shown} has mode {mode:04o}; only 0600 or 0400 keep it from being "
-                "read by others",
-                f"chmod 600 {shown}",
-            )
-        if info.st_size > MAX_SECRET_BYTES:
-            raise SecretError(
-                f"secret file {shown} is larger than {MAX_SECRET_BYTES // 1024} KiB "
-                f"({info.st_size} bytes): more than a secret",
-                "point the SecretRef at the file that holds only the secret",
-            )
-        data = b""
-        while len(data) <= MAX_SECRET_BYTES:
-            chunk = os.read(fd, MAX_SECRET_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
+        _check_open_file(shown, os.fstat(fd), before)
+        data = _read_capped(fd)
     finally:
         os.close(fd)
     if len(data) > MAX_SECRET_BYTES:
@@ -103,15 +91,55 @@ def _file_lines(path: Path, structured: bool = False) -> list[str]:
             f"secret file {shown} is larger than {MAX_SECRET_BYTES // 1024} KiB",
             "point the SecretRef at the file that holds only the secret",
         )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SecretError(f"secret file {shown} is not UTF-8 text", create) from None
+    return data
+
+
+def _check_open_file(shown: str, info: os.stat_result, before: os.stat_result) -> None:
+    """The opened file is the one checked, is ours, private, and small enough for a secret."""
+    if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (
+        before.st_dev,
+        before.st_ino,
+    ):
+        raise SecretError(f"secret file {shown} changed while read", "read it again")
+    if info.st_uid != os.geteuid():
+        raise SecretError(
+            f"secret file {shown} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})",
+            f"chown $(id -u) {shown}, or keep the secret in a file of your own",
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode not in ALLOWED_MODES:
+        raise SecretError(
+            f"secret file {shown} has mode {mode:04o}; only 0600 or 0400 keep it from being "
+            "read by others",
+            f"chmod 600 {shown}",
+        )
+    if info.st_size > MAX_SECRET_BYTES:
+        raise SecretError(
+            f"secret file {shown} is larger than {MAX_SECRET_BYTES // 1024} KiB "
+            f"({info.st_size} bytes): more than a secret",
+            "point the SecretRef at the file that holds only the secret",
+        )
+
+
+def _read_capped(fd: int) -> bytes:
+    """At most MAX_SECRET_BYTES + 1 bytes (one more tells a file that grew too large)."""
+    data = b""
+    while len(data) <= MAX_SECRET_BYTES:
+        chunk = os.read(fd, MAX_SECRET_BYTES + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _secret_lines(shown: str, text: str, structured: bool) -> list[str]:
+    """The non-empty, non-comment lines; the first line must hold the secret, and no line a
+    control character."""
     lines = [line.strip() for line in text.split("\n")]
     if structured:  # a file with its own syntax (a netrc): its comments are its own
         lines = [line for line in lines if line and not line.startswith("#")] or [""]
     if not lines[0]:
-        raise SecretError(f"secret file {shown} has an empty first line", create)
+        raise SecretError(f"secret file {shown} has an empty first line", _create_hint(shown))
     if lines[0].startswith("#"):
         raise SecretError(
             f"the first line of secret file {shown} is a comment; the secret would be the comment",

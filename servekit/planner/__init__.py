@@ -1,0 +1,35 @@
+"""Capacity planning: will a model fit, with which parallelism and quantization, for how many
+concurrent requests, and how fast can one stream decode at best. Pure functions, no I/O.
+
+Formulas (vLLM's memory model):
+- weights = params x bytes/param (bf16/fp16 2, fp8 1, AWQ int4 ~0.52 on the quantized linear
+  layers; embeddings and an untied head stay 16-bit for AWQ and FP8), split over TP x PP GPUs;
+- KV bytes/token = 2 x layers x KV heads x head dim x bytes of the KV dtype; per GPU the layers are
+  split by PP and the KV heads by TP while TP <= KV heads (replicated beyond);
+- KV capacity per GPU = gpu_memory_utilization x memory - weights - runtime reserve; tokens =
+  capacity / per-GPU KV bytes per token; worst-case concurrency = tokens / max_model_len;
+- decode ceiling (one stream) = memory bandwidth x TP / bytes read per token (weights only).
+"""
+
+from servekit.planner.flags import MultiNode as MultiNode
+from servekit.planner.flags import vllm_flags as vllm_flags
+from servekit.planner.model import APPLE_GPU_SHARE as APPLE_GPU_SHARE
+from servekit.planner.model import AWQ_BYTES_PER_PARAM as AWQ_BYTES_PER_PARAM
+from servekit.planner.model import DEFAULT_MAX_BATCHED_TOKENS as DEFAULT_MAX_BATCHED_TOKENS
+from servekit.planner.model import GB as GB
+from servekit.planner.model import GIB as GIB
+from servekit.planner.model import MIN_DEFAULT_CONTEXT as MIN_DEFAULT_CONTEXT
+from servekit.planner.model import OLLAMA_OVERHEAD_BYTES as OLLAMA_OVERHEAD_BYTES
+from servekit.planner.model import ModelPlan as ModelPlan
+from servekit.planner.model import PlanRefused as PlanRefused
+from servekit.planner.model import Quantization as Quantization
+from servekit.planner.model import Request as Request
+from servekit.planner.model import decode_ceiling as decode_ceiling
+from servekit.planner.model import kv_bytes_per_token as kv_bytes_per_token
+from servekit.planner.model import kv_bytes_per_token_per_gpu as kv_bytes_per_token_per_gpu
+from servekit.planner.model import runtime_reserve_bytes as runtime_reserve_bytes
+from servekit.planner.model import tensor_parallel_ok as tensor_parallel_ok
+from servekit.planner.model import weights_bytes as weights_bytes
+from servekit.planner.ollama import ollama_context as ollama_context
+from servekit.planner.ollama import plan_ollama as plan_ollama
+from servekit.planner.vllm import plan_vllm as plan_vllm

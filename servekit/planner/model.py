@@ -1,0 +1,151 @@
+"""What a plan is (`ModelPlan`), what was asked (`Request`), why one is refused (`PlanRefused`),
+and the memory arithmetic every engine's plan uses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from servekit.catalog import GpuInfo, ModelInfo
+
+GIB = 2**30
+GB = 10**9
+AWQ_BYTES_PER_PARAM = 0.52
+DEFAULT_MAX_BATCHED_TOKENS = 8192
+MIN_DEFAULT_CONTEXT = 4096
+APPLE_GPU_SHARE = 0.75
+OLLAMA_OVERHEAD_BYTES = GIB // 2
+
+Quantization = str  # "none" | "fp8" | "awq"
+
+
+class PlanRefused(ValueError):
+    """The model cannot be served this way; `alternatives` are concrete ways that would work."""
+
+    def __init__(self, reason: str, alternatives: list[str], field: str = "model") -> None:
+        self.reason = reason
+        self.alternatives = alternatives
+        self.field = field  # the Serve field the refusal is about
+        text = reason
+        if alternatives:
+            text += ": " + ", or ".join(alternatives)
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for; None / 'auto' lets the planner choose."""
+
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    quantization: str = "auto"
+    kv_cache_dtype: str = "auto"
+    gpu_memory_utilization: float = 0.92
+    tensor_parallel: int | None = None
+    pipeline_parallel: int | None = None
+
+
+class ModelPlan(BaseModel):
+    """The plan for one served model on one replica's hardware (the `--json` object)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    checkpoint: str
+    engine: str
+    gpu: str
+    gpus: int
+    nodes: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    quantization: str | None
+    quantization_flag: str | None = None
+    dtype: str
+    kv_cache_dtype: str
+    max_model_len: int
+    gpu_memory_utilization: float
+    weights_gib: float
+    weights_gib_per_gpu: float
+    kv_bytes_per_token: int
+    kv_cache_gib_per_gpu: float
+    kv_cache_tokens: int
+    max_concurrency: float
+    decode_tokens_per_s: float
+    fits: bool = True
+    notes: tuple[str, ...] = ()
+
+
+def weights_bytes(model: ModelInfo, quantization: Quantization = "none") -> int:
+    """Bytes of the checkpoint's weights in the given quantization."""
+    if quantization == "none":
+        return 2 * model.params
+    linear = model.params - model.embedding_params
+    per_param = AWQ_BYTES_PER_PARAM if quantization == "awq" else 1.0
+    return int(linear * per_param + 2 * model.embedding_params)
+
+
+def kv_bytes_per_token(model: ModelInfo, kv_dtype_bytes: int = 2) -> int:
+    """KV cache bytes for one token across all layers (the textbook formula)."""
+    return 2 * model.layers * model.kv_heads * model.head_dim * kv_dtype_bytes
+
+
+def kv_bytes_per_token_per_gpu(
+    model: ModelInfo, tensor_parallel: int, pipeline_parallel: int, kv_dtype_bytes: int = 2
+) -> float:
+    """KV bytes/token one GPU holds: layers split by PP, KV heads by TP (replicated beyond)."""
+    layers = math.ceil(model.layers / pipeline_parallel)
+    heads = max(model.kv_heads / tensor_parallel, 1.0)
+    return 2 * layers * heads * model.head_dim * kv_dtype_bytes
+
+
+def tensor_parallel_ok(model: ModelInfo, tensor_parallel: int) -> bool:
+    """vLLM's rule: TP divides the attention heads, and divides or is a multiple of the KV heads."""
+    return model.attention_heads % tensor_parallel == 0 and (
+        model.kv_heads % tensor_parallel == 0 or tensor_parallel % model.kv_heads == 0
+    )
+
+
+def runtime_reserve_bytes(model: ModelInfo, tensor_parallel: int) -> int:
+    """Memory vLLM keeps outside weights and KV cache per GPU: CUDA context and non-torch memory,
+    the profiled activation peak at the default batch, CUDA graphs, and NCCL buffers under TP.
+    An estimate: compare with vLLM's 'GPU KV cache size' log line on a real host."""
+    activation = (
+        DEFAULT_MAX_BATCHED_TOKENS
+        * (2 * model.intermediate_size // tensor_parallel + 4 * model.hidden_size)
+        * 2
+    )
+    nccl = GIB // 2 if tensor_parallel > 1 else 0
+    return GIB // 2 + activation + GIB // 2 + nccl
+
+
+def decode_ceiling(
+    model: ModelInfo, gpu: GpuInfo, quantization: Quantization, tensor_parallel: int
+) -> float:
+    """Upper bound on one stream's tokens/s: bandwidth x TP / weight bytes read per token."""
+    read = weights_bytes(model, quantization) * model.decode_params / model.params
+    return gpu.bandwidth_gbps * GB * tensor_parallel / read
+
+
+def _dtype_bytes(kv_cache_dtype: str) -> int:
+    return 1 if kv_cache_dtype == "fp8" else 2
+
+
+def _usable_bytes(gpu: GpuInfo, utilization: float) -> float:
+    assert gpu.memory_bytes is not None
+    return utilization * gpu.memory_bytes
+
+
+def _gib(value: float) -> float:
+    return round(value / GIB, 2)
+
+
+def _checkpoint(model: ModelInfo, quantization: Quantization) -> tuple[str, str | None]:
+    """The repository to load and the --quantization flag vLLM needs for it (None: from config)."""
+    if quantization == "awq":
+        assert model.awq is not None
+        return model.awq, None
+    if quantization == "fp8":
+        return (model.fp8, None) if model.fp8 else (model.hf_id, "fp8")
+    return model.hf_id, None

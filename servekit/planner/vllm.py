@@ -1,0 +1,267 @@
+"""Planning a model on vLLM: the parallel layout, the quantization and the context that fit one
+replica's GPUs, or a refusal with concrete alternatives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from servekit.catalog import GpuInfo, ModelInfo
+from servekit.planner.model import (
+    MIN_DEFAULT_CONTEXT,
+    ModelPlan,
+    PlanRefused,
+    Quantization,
+    Request,
+    _checkpoint,
+    _dtype_bytes,
+    _gib,
+    _usable_bytes,
+    decode_ceiling,
+    kv_bytes_per_token,
+    kv_bytes_per_token_per_gpu,
+    runtime_reserve_bytes,
+    tensor_parallel_ok,
+    weights_bytes,
+)
+
+
+def _parallel_layouts(model: ModelInfo, gpus: int, nodes: int) -> list[tuple[int, int]]:
+    """(TP, PP) layouts over `gpus` per node x `nodes`: TP a power of two dividing the heads and
+    at most one node's GPUs, PP filling the rest; largest TP first."""
+    total = gpus * nodes
+    layouts = []
+    tp = 1
+    while tp <= gpus:
+        if gpus % tp == 0 and tensor_parallel_ok(model, tp) and total // tp <= model.layers:
+            layouts.append((tp, total // tp))
+        tp *= 2
+    return sorted(layouts, reverse=True)
+
+
+def _quantizations(model: ModelInfo, gpu: GpuInfo, request: Request) -> list[Quantization]:
+    if request.quantization != "auto":
+        return [request.quantization]
+    if request.dtype != "auto":
+        return ["none"]
+    options = ["none"]
+    if gpu.fp8:
+        options.append("fp8")
+    elif model.awq:
+        options.append("awq")
+    return options
+
+
+@dataclass(frozen=True)
+class _Fit:
+    tp: int
+    pp: int
+    quantization: Quantization
+    weights: int
+    weights_per_gpu: float
+    kv_per_gpu: float
+    kv_tokens: int
+
+
+def _fit(
+    model: ModelInfo, gpu: GpuInfo, tp: int, pp: int, quantization: Quantization, request: Request
+) -> _Fit:
+    weights = weights_bytes(model, quantization)
+    per_gpu = weights / (tp * pp)
+    free = _usable_bytes(gpu, request.gpu_memory_utilization) - per_gpu
+    free -= runtime_reserve_bytes(model, tp)
+    per_token = kv_bytes_per_token_per_gpu(model, tp, pp, _dtype_bytes(request.kv_cache_dtype))
+    tokens = int(max(free, 0) // per_token)
+    return _Fit(tp, pp, quantization, weights, per_gpu, max(free, 0), tokens)
+
+
+def _context(model: ModelInfo, fit: _Fit, request: Request) -> int | None:
+    """The max model length this fit serves, or None when it serves too little."""
+    if request.max_model_len is not None:
+        return request.max_model_len if fit.kv_tokens >= request.max_model_len else None
+    if fit.kv_tokens >= model.max_context:
+        return model.max_context
+    rounded = fit.kv_tokens // 1024 * 1024
+    return rounded if rounded >= MIN_DEFAULT_CONTEXT else None
+
+
+def plan_vllm(
+    model: ModelInfo, gpu: GpuInfo, gpus: int, nodes: int = 1, request: Request | None = None
+) -> ModelPlan:
+    """Plan one vLLM replica over `gpus` GPUs per node on `nodes` nodes; PlanRefused if it
+    cannot work, naming concrete alternatives."""
+    request = request or Request()
+    if gpu.apple or gpu.memory_bytes is None:
+        raise PlanRefused(f"vLLM needs NVIDIA GPUs, not {gpu.name}", ["serve it with Ollama"])
+    if request.quantization == "awq" and not model.awq:
+        raise PlanRefused(
+            f"no AWQ checkpoint of {model.name} is in the catalog",
+            ["use quantization='fp8'"]
+            if gpu.fp8
+            else [
+                "use quantization='auto' (16-bit on more GPUs)",
+                "FP8 on Ada or Hopper GPUs (quantization='fp8')",
+            ],
+        )
+    if request.max_model_len and request.max_model_len > model.max_context:
+        raise PlanRefused(
+            f"max_model_len={request.max_model_len} is beyond {model.name}'s context of "
+            f"{model.max_context} tokens (vLLM refuses it)",
+            [f"max_model_len={model.max_context} or less"],
+            field="max_model_len",
+        )
+    layouts = _explicit_layout(model, gpus, nodes, request) or _parallel_layouts(model, gpus, nodes)
+    if not layouts:
+        raise PlanRefused(
+            f"no tensor-parallel size fits {model.name} ({model.attention_heads} attention heads, "
+            f"{model.kv_heads} KV heads) on {gpus} GPUs per node",
+            [f"use gpus_per_replica={tp}" for tp in _valid_tps(model, 8)[-2:]],
+        )
+    notes: list[str] = []
+    for quantization in _quantizations(model, gpu, request):
+        for tp, pp in layouts:
+            fit = _fit(model, gpu, tp, pp, quantization, request)
+            context = _context(model, fit, request)
+            if context is None:
+                continue
+            if quantization != "none":
+                notes.append(
+                    f"{quantization.upper()} chosen: {model.name} in 16-bit needs "
+                    f"{_gib(weights_bytes(model))} GiB of weights"
+                )
+            if request.max_model_len is None and context < model.max_context:
+                notes.append(
+                    f"max_model_len {context} (the model allows {model.max_context}; "
+                    "the KV cache holds no more)"
+                )
+            if model.sliding_window:
+                notes.append("sliding-window layers: vLLM holds more tokens than planned")
+            return _plan(model, gpu, fit, context, gpus, nodes, request, notes)
+    raise _refusal(model, gpu, gpus, nodes, request)
+
+
+def _explicit_layout(
+    model: ModelInfo, gpus: int, nodes: int, request: Request
+) -> list[tuple[int, int]]:
+    if request.tensor_parallel is None and request.pipeline_parallel is None:
+        return []
+    total = gpus * nodes
+    declared = "tensor_parallel" if request.tensor_parallel else "pipeline_parallel"
+    if (request.tensor_parallel or 1) * (request.pipeline_parallel or 1) > total:
+        raise PlanRefused(
+            f"tensor_parallel x pipeline_parallel = {request.tensor_parallel or 1} x "
+            f"{request.pipeline_parallel or 1} needs more GPUs than a replica has: {total} "
+            f"({gpus} per node x {nodes} nodes)",
+            [f"use tensor_parallel={gpus}, pipeline_parallel={nodes}", "declare more GPUs"],
+            field=declared,
+        )
+    tp = request.tensor_parallel or total // (request.pipeline_parallel or 1)
+    pp = request.pipeline_parallel or total // tp
+    if tp * pp != total:
+        raise PlanRefused(
+            f"tensor_parallel x pipeline_parallel = {tp} x {pp} = {tp * pp}, but a replica has "
+            f"{total} GPUs ({gpus} per node x {nodes} nodes)",
+            [
+                f"set gpus_per_replica={tp * pp // nodes}"
+                if (tp * pp) % nodes == 0
+                else f"use tensor_parallel={gpus}, pipeline_parallel={nodes}"
+            ],
+            field=declared,
+        )
+    if not tensor_parallel_ok(model, tp):
+        raise PlanRefused(
+            f"tensor_parallel={tp} does not divide {model.name}'s {model.attention_heads} "
+            f"attention heads and {model.kv_heads} KV heads",
+            [f"tensor_parallel={t}" for t in _valid_tps(model, total)[-2:]],
+            field="tensor_parallel",
+        )
+    if pp > model.layers:
+        raise PlanRefused(
+            f"pipeline_parallel={pp} exceeds {model.layers} layers",
+            [f"pipeline_parallel={model.layers} or less"],
+            field="pipeline_parallel",
+        )
+    return [(tp, pp)]
+
+
+def _valid_tps(model: ModelInfo, limit: int) -> list[int]:
+    return [t for t in (1, 2, 4, 8, 16) if t <= limit and tensor_parallel_ok(model, t)]
+
+
+def _plan(
+    model: ModelInfo,
+    gpu: GpuInfo,
+    fit: _Fit,
+    context: int,
+    gpus: int,
+    nodes: int,
+    request: Request,
+    notes: list[str],
+) -> ModelPlan:
+    checkpoint, flag = _checkpoint(model, fit.quantization)
+    kv_dtype = request.kv_cache_dtype
+    return ModelPlan(
+        model=model.name,
+        checkpoint=checkpoint,
+        engine="vllm",
+        gpu=gpu.name,
+        gpus=gpus * nodes,
+        nodes=nodes,
+        tensor_parallel=fit.tp,
+        pipeline_parallel=fit.pp,
+        quantization=None if fit.quantization == "none" else fit.quantization,
+        quantization_flag=flag,
+        dtype=request.dtype,
+        kv_cache_dtype=kv_dtype,
+        max_model_len=context,
+        gpu_memory_utilization=request.gpu_memory_utilization,
+        weights_gib=_gib(fit.weights),
+        weights_gib_per_gpu=_gib(fit.weights_per_gpu),
+        kv_bytes_per_token=kv_bytes_per_token(model, _dtype_bytes(kv_dtype)),
+        kv_cache_gib_per_gpu=_gib(fit.kv_per_gpu),
+        kv_cache_tokens=fit.kv_tokens,
+        max_concurrency=round(fit.kv_tokens / context, 2),
+        decode_tokens_per_s=round(decode_ceiling(model, gpu, fit.quantization, fit.tp), 1),
+        notes=tuple(notes),
+    )
+
+
+def _refusal(
+    model: ModelInfo, gpu: GpuInfo, gpus: int, nodes: int, request: Request
+) -> PlanRefused:
+    total = gpus * nodes
+    weights = weights_bytes(
+        model, "none" if request.quantization == "auto" else request.quantization
+    )
+    usable = _usable_bytes(gpu, request.gpu_memory_utilization)
+    where = f"{total} x {gpu.name}" if total > 1 else f"one {gpu.name}"
+    reason = (
+        f"{model.name} needs {_gib(weights)} GiB of weights"
+        + (f" plus {request.max_model_len} tokens of KV cache" if request.max_model_len else "")
+        + f"; {where} {'hold' if total > 1 else 'holds'} {_gib(usable * total)} GiB at "
+        f"gpu_memory_utilization {request.gpu_memory_utilization}"
+    )
+    alternatives = []
+    quantizations = ["none"] if request.quantization == "auto" else [request.quantization]
+    for more in (2, 4, 8, 16, 32):
+        per_node = min(more, 8)
+        more_nodes = max(1, more // 8)
+        if more <= total:
+            continue
+        for tp, pp in _parallel_layouts(model, per_node, more_nodes):
+            fit = _fit(model, gpu, tp, pp, quantizations[0], request)
+            if _context(model, fit, request):
+                layout = f"TP={tp}" + (f" x PP={pp}" if pp > 1 else "")
+                alternatives.append(
+                    f"use {layout} on {more} GPUs"
+                    + (f" ({more_nodes} nodes of 8)" if more_nodes > 1 else "")
+                )
+                break
+        if alternatives:
+            break
+    if model.awq and request.quantization in ("auto", "none"):
+        alternatives.append(f"the AWQ variant ({_gib(weights_bytes(model, 'awq'))} GiB)")
+    if gpu.fp8 and request.quantization in ("auto", "none"):
+        alternatives.append(f"FP8 ({_gib(weights_bytes(model, 'fp8'))} GiB)")
+    if request.max_model_len and request.max_model_len > MIN_DEFAULT_CONTEXT:
+        alternatives.append("a smaller max_model_len")
+    return PlanRefused(reason, alternatives)
