@@ -17,10 +17,6 @@ from servekit.planner import ModelPlan
 
 HOST_DATA_KEY = "servekit"
 
-VLLM_HOME = "/var/lib/vllm"
-VLLM_CONFIG_DIR = "/etc/vllm"
-VLLM_VENVS = "/opt/vllm/venvs"
-
 
 def ip_literal(value: str) -> str:
     """One IPv4 or IPv6 address (no name, prefix, port or list), in its normal written form:

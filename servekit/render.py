@@ -37,10 +37,6 @@ from servekit.vllm_files import SecretResolver, ray_files, vllm_files
 from servekit.vllm_files import engine_sandbox as engine_sandbox
 from servekit.vllm_files import ray_args as ray_args
 from servekit.vllm_files import vllm_paths as vllm_paths
-from servekit.vllm_layout import LAYOUT
-
-VLLM_USER = LAYOUT.user
-"""The account vLLM and Ray run as (the layout's; kept here for the deploys that import it)."""
 
 
 def placeholder(source: SecretSource) -> str:

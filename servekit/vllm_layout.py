@@ -48,6 +48,19 @@ class VllmLayout:
         return f"{self.home}/huggingface"
 
     @property
+    def hf_hub(self) -> str:
+        """The Hugging Face Hub cache (`$HF_HOME/hub`) vLLM reads offline."""
+        return f"{self.hf_home}/hub"
+
+    @property
+    def vllm_cache(self) -> str:
+        return f"{self.home}/cache/vllm"
+
+    @property
+    def triton_cache(self) -> str:
+        return f"{self.home}/cache/triton"
+
+    @property
     def models_dir(self) -> str:
         """Checkpoints copied from S3."""
         return f"{self.home}/models"
@@ -67,6 +80,14 @@ class VllmLayout:
 
     def venv_marker_of(self, venv: str) -> str:
         return f"{venv}/{self.venv_marker}"
+
+    def managed_globs(self) -> list[str]:
+        """Where units and venvs servekit may have written earlier are found (for pruning)."""
+        return [
+            f"{self.unit_dir}/vllm-*.service",
+            f"{self.unit_dir}/ray-*.service",
+            f"{self.venvs}/*/{self.venv_marker}",
+        ]
 
     def config_file(self, instance: VllmInstance) -> str:
         return f"{self.config_dir}/{vllm_instance_name(instance)}.yaml"
@@ -105,8 +126,8 @@ class VllmLayout:
             (self.home, user, user, "0750"),
             (self.hf_home, user, user, "0750"),
             (f"{self.home}/cache", user, user, "0750"),
-            (f"{self.home}/cache/vllm", user, user, "0750"),
-            (f"{self.home}/cache/triton", user, user, "0750"),
+            (self.vllm_cache, user, user, "0750"),
+            (self.triton_cache, user, user, "0750"),
             (self.models_dir, user, user, "0750"),
             (self.markers_dir, user, user, "0750"),
             (self.config_dir, "root", user, "0750"),

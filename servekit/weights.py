@@ -20,10 +20,6 @@ from typing import Literal
 from servekit.hostplan import HfWeights, S3Weights, WeightsPlan
 from servekit.vllm_layout import LAYOUT
 
-HF_HOME = LAYOUT.hf_home
-MODELS_DIR = LAYOUT.models_dir
-MARKERS_DIR = LAYOUT.markers_dir
-
 Kind = Literal["huggingface", "s3", "local"]
 
 
@@ -55,11 +51,11 @@ def locate(weights: WeightsPlan, checkpoint: str, revision: str | None) -> Weigh
     """Where `checkpoint` lives on a host for the fleet's weights source
     (`HostPlan.sources.weights`)."""
     if isinstance(weights, HfWeights):
-        marker = f"{MARKERS_DIR}/hf--{_slug(checkpoint)}--{_slug(revision or 'main')}.json"
+        marker = f"{LAYOUT.markers_dir}/hf--{_slug(checkpoint)}--{_slug(revision or 'main')}.json"
         return WeightsLocation("huggingface", checkpoint, revision, checkpoint, None, marker)
     if isinstance(weights, S3Weights):
-        directory = f"{MODELS_DIR}/{checkpoint}"
-        marker = f"{MARKERS_DIR}/s3--{_slug(checkpoint)}.json"
+        directory = f"{LAYOUT.models_dir}/{checkpoint}"
+        marker = f"{LAYOUT.markers_dir}/s3--{_slug(checkpoint)}.json"
         return WeightsLocation("s3", checkpoint, None, directory, directory, marker)
     directory = f"{weights.path.rstrip('/')}/{checkpoint}"
     return WeightsLocation("local", checkpoint, None, directory, directory, None)

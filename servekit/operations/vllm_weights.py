@@ -38,7 +38,7 @@ def weights_job(plan: HostPlan, location: WeightsLocation) -> dict[str, Any]:
     if isinstance(source, HfWeights):
         job["hf"] = {
             "endpoint": source.endpoint,
-            "cache_dir": f"{LAYOUT.hf_home}/hub",
+            "cache_dir": LAYOUT.hf_hub,
             "token": secrets.read_secret(source.token) if source.token else None,
         }
     elif isinstance(source, S3Weights):

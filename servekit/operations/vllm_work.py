@@ -83,11 +83,7 @@ class HostWork:
                 LAYOUT.venv_marker_of(LAYOUT.tools_venv),
                 PROC_DEVICES,
             ],
-            "globs": [
-                f"{LAYOUT.unit_dir}/vllm-*.service",
-                f"{LAYOUT.unit_dir}/ray-*.service",
-                f"{LAYOUT.venvs}/*/{LAYOUT.venv_marker}",
-            ],
+            "globs": LAYOUT.managed_globs(),
             "run": {"uv": f"{pyenv.uv_binary()} --version 2>/dev/null"},
             "units": self.units(),
             "health": {i.unit: self.health_url(i) for i in self.servers},

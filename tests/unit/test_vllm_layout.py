@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from servekit.hostplan import VLLM_CONFIG_DIR, VLLM_HOME, VLLM_VENVS
 from servekit.vllm_layout import LAYOUT
-from servekit.weights import HF_HOME, MARKERS_DIR, MODELS_DIR
 
-# The paths the vLLM deploy used before the layout owned them (its module constants, verbatim).
+# The paths the vLLM deploy used before the layout owned them (the module constants, verbatim).
+VLLM_HOME = "/var/lib/vllm"
+VLLM_CONFIG_DIR = "/etc/vllm"
+VLLM_VENVS = "/opt/vllm/venvs"
+HF_HOME = f"{VLLM_HOME}/huggingface"
+MODELS_DIR = f"{VLLM_HOME}/models"
+MARKERS_DIR = f"{VLLM_HOME}/weights"
 CURRENT_LINK = "/opt/vllm/current"
 PREVIOUS_LINK = "/opt/vllm/previous"
 ROLLBACK_DIR = "/var/lib/servekit/rollback"
