@@ -165,12 +165,12 @@ def _problem(error: ErrorDetails, prefix: str, known_fields: dict[str, list[str]
         parent_fields = known_fields.get(field_path(loc[:-1]), [])
         close = difflib.get_close_matches(name, parent_fields, n=1)
         message = f"unknown field {name!r}"
-        fix = f"did you mean {close[0]!r}?" if close else "remove it (see servekit/spec.py)"
+        fix = f"did you mean {close[0]!r}?" if close else "remove it (see servekit/spec/)"
     if " | fix: " in message:
         message, fix = message.split(" | fix: ", 1)
     if kind.endswith("_type") and not fix:
         fix = f"give a {kind.removesuffix('_type').replace('string', 'text')} value"
-    return Problem(path, message, fix or "correct the value (servekit/spec.py gives its type)")
+    return Problem(path, message, fix or "correct the value (servekit/spec/ gives its type)")
 
 
 def from_validation_error(

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from servekit import systemd
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,10 @@ def templates_dir() -> Path:
 @cache
 def environment() -> jinja2.Environment:
     """Templates with systemd's quoting as filters: every unit value from a plan goes through
-    one of them (servekit/systemd.py)."""
+    one of them (servekit/systemd.py). jinja2 loads with the first file rendered, not with
+    every command."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         undefined=jinja2.StrictUndefined,

@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from servekit.catalog import CatalogError, ModelInfo
 
 
@@ -84,6 +82,8 @@ def _from_cache(model_id: str) -> dict[str, Any] | None:
 def _from_hub(model_id: str, endpoint: str, token: str | None) -> dict[str, Any] | None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = f"{endpoint.rstrip('/')}/{model_id}/resolve/main/config.json"
+    import httpx  # only when the Hub is asked: an offline plan never loads it
+
     try:
         response = httpx.get(url, headers=headers, timeout=5.0, follow_redirects=True)
     except httpx.HTTPError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from servekit.errors import FleetError
-from servekit.hostplan import GpuSetupPlan, HostPlan, SourcesPlan, VersionsPlan
+from servekit.hostplan import GpuSetupPlan, HostPlan, VersionsPlan
 from servekit.placement.firewall import firewall_plan
 from servekit.placement.ollama import ollama_host, plan_ollama
 from servekit.placement.services import gateway_plan, monitoring_plan
@@ -108,6 +108,6 @@ def host_plan(state: PlacementState, name: str) -> HostPlan:
         ssh_port=machine.ssh_port if isinstance(machine, SshHost) else 22,
         firewall=firewall_plan(state, name, ollama),
         versions=VersionsPlan.model_validate(fleet.versions.model_dump(mode="json")),
-        sources=SourcesPlan.model_validate(fleet.sources.model_dump(mode="json")),
+        sources=state.sources,
         gpu_setup=GpuSetupPlan.model_validate(fleet.gpu_setup.model_dump(mode="json")),
     )

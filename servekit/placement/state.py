@@ -16,7 +16,7 @@ from servekit import catalog, planner
 from servekit.catalog import ModelInfo
 from servekit.catalog.hf_config import resolve_model
 from servekit.errors import Problem
-from servekit.hostplan import HostPlan, SecretSource, VllmInstance
+from servekit.hostplan import HostPlan, SecretSource, SourcesPlan, VllmInstance
 from servekit.placement.ports import PortClaim, port_problems, service_claims
 from servekit.spec import AwsNodeGroup, Fleet, Gpu, LocalHost, SecretRef, SshHost
 
@@ -114,6 +114,8 @@ class PlacementState:
         resolve_name: NameResolver = resolve_host_name,
     ) -> None:
         self.fleet = fleet
+        self.sources = SourcesPlan.model_validate(fleet.sources.model_dump(mode="json"))
+        """The fleet's sources as every host plan carries them (typed once, read everywhere)."""
         self.resolve = resolve
         self.resolve_name = resolve_name
         self.resolved: dict[str, list[str]] = {}

@@ -10,7 +10,7 @@ from typing import Literal
 from servekit import catalog, planner
 from servekit.catalog import GpuInfo, ModelInfo
 from servekit.errors import Problem
-from servekit.hostplan import SecretSource, SourcesPlan, VllmInstance
+from servekit.hostplan import HfWeights, SecretSource, VllmInstance
 from servekit.placement.state import PlacementState, ServeSummary, secret_source
 from servekit.spec import (
     RAY_FIXED_PORTS,
@@ -242,11 +242,7 @@ def _node_process(state: PlacementState, replica: Replica, rank: int, host: str)
     if rank > 0:
         role = "ray-worker" if replica.serve.distributed_backend == "ray" else "worker"
     bind = state.bind_address(host)
-    weights = locate(
-        SourcesPlan.model_validate(state.fleet.sources.model_dump(mode="json")).weights,
-        replica.plan.checkpoint,
-        replica.serve.revision,
-    )
+    weights = locate(state.sources.weights, replica.plan.checkpoint, replica.serve.revision)
     flags = planner.vllm_flags(
         replica.plan,
         served_names=replica.served_names,
@@ -323,9 +319,9 @@ def _secret_env(state: PlacementState) -> dict[str, SecretSource]:
     secrets = {}
     if (key := secret_source(state.fleet.engine_api_key)) is not None:
         secrets["VLLM_API_KEY"] = key
-    token = secret_source(getattr(state.fleet.sources.weights, "token", None))
-    if token is not None:
-        secrets["HF_TOKEN"] = token
+    weights = state.sources.weights
+    if isinstance(weights, HfWeights) and weights.token is not None:
+        secrets["HF_TOKEN"] = weights.token
     return secrets
 
 

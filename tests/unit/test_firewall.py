@@ -168,7 +168,8 @@ def test_the_plan_refuses_non_addresses_even_when_built_by_hand() -> None:
     data = plan.to_host_data()
     for bad in ("10.0.0.9, 0.0.0.0/0", "10.0.0.0/8", "gw.example.com"):
         with pytest.raises(ValueError):
-            HostPlan.model_validate({**data, "firewall_allow": [bad]})
+            HostPlan.model_validate({**data, "firewall": {**data["firewall"], "admitted": [bad]}})
+    assert HostPlan.model_validate(data).firewall is not None  # the unchanged plan loads
 
 
 def test_set_elements_come_from_typed_values_only() -> None:

@@ -391,7 +391,7 @@ def test_invalid_fleet_names_field_and_fix(
 ) -> None:
     with pytest.raises(FleetError) as caught:
         built = build()
-        # A Spec built on its own carries its problems and raises when used (servekit/spec.py).
+        # A Spec built on its own carries its problems and raises when used (servekit/spec/base.py).
         if isinstance(built, Spec):
             built.check()
     problems = caught.value.problems
