@@ -8,7 +8,9 @@ The tests share one host and run in order; each starts from what the one before 
 
 from __future__ import annotations
 
+import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +18,11 @@ from pathlib import Path
 import pytest
 from hostbench import BenchHost, PackageIndex, PyinfraRun, build_wheel
 from hostbench.plugin import HostFactory
+from hostbench.pyinfra_run import PYINFRA
 from standins import build as standin_build
 from standins.build import build_vllm_wheel
 from vllm_support import (
+    DEPLOY,
     deploy,
     fake_gpus,
     http,
@@ -180,6 +184,28 @@ def test_second_run_changes_nothing(single: Single) -> None:
     assert run.changes() == {}, run
     totals = run.report["results"]["totals"]  # host-operations: all without change
     assert totals["no_change"] == totals["hosts"] > 0 and totals["success"] == 0
+
+
+def test_a_dry_run_lists_the_files_and_units_it_would_change(single: Single) -> None:
+    """`pyinfra INVENTORY deploys/vllm.py --dry`: each host lists the files it would write and
+    the units it would restart, and nothing on the host changes."""
+    before = (single.pid(SMALL), single.host.run("cat /etc/vllm/small.yaml").stdout)
+    inventory = single.fleet(small_extra=", max_num_seqs=64")
+    done = subprocess.run(
+        [str(PYINFRA), str(inventory), str(DEPLOY), "--dry"],
+        cwd=inventory.parent,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    said = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+    assert done.returncode == 0, said[-3000:]
+    host = re.escape(single.host.name)
+    assert re.search(rf"\[{host}\]\s+will write /etc/vllm/small\.yaml", said), said[-3000:]
+    assert re.search(rf"\[{host}\]\s+will restart vllm-small\.service", said), said[-3000:]
+    assert "/etc/vllm/chat-0.yaml" not in said and "vllm-chat-0.service" not in said
+    assert (single.pid(SMALL), single.host.run("cat /etc/vllm/small.yaml").stdout) == before
 
 
 def test_config_change_restarts_only_the_affected_unit(single: Single) -> None:
