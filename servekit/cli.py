@@ -167,13 +167,17 @@ def _add_host_rows(table: Table, host: HostPlan) -> list[str]:
 
 
 def _print_fleet_notes(fleet_plan: FleetPlan, notes: list[str]) -> None:
-    """Planner notes (each once), the firewall's rules and the fleet's cloud cost."""
+    """Planner notes (each once), the firewall's rules, the gateway and the fleet's cloud cost."""
     from servekit.firewall import firewall_lines
+    from servekit.gateway.haproxy import gateway_lines
 
     for note in dict.fromkeys(notes):
         out.print(f"  note: {note}", highlight=False)
     for line in firewall_lines(fleet_plan):
         out.print(f"  {line}", highlight=False, markup=False)
+    for host in fleet_plan.hosts.values():
+        for line in gateway_lines(host) if host.gateway else []:
+            out.print(f"  {line}", highlight=False, markup=False)
     if fleet_plan.cost_usd_hour is not None:
         hourly = fleet_plan.cost_usd_hour
         out.print(f"  cloud cost: ${hourly:,.2f}/h, ${hourly * 24:,.2f}/day (on-demand list price)")

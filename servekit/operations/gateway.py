@@ -1,0 +1,202 @@
+"""The gateway on its host, in named steps: Debian's `haproxy` package, servekit's directory
+(0750 root:haproxy), the configuration and key maps (0640 root:haproxy), Debian's own
+`haproxy.service` enabled and running, and a reload only after a file changed.
+
+A configuration HAProxy refuses never replaces a working one: the new files are staged beside
+the old ones, moved into place, checked with `haproxy -c`, and the previous files are put back
+when the check fails (the host stops with where HAProxy found the error, never the line itself:
+the configuration holds the engines' key). The reload is Debian's (`systemctl reload haproxy`:
+a new worker takes new connections, the old one finishes its streams), so it drops nothing.
+
+The files hold secrets (the engine key, the clients' key hashes): their content travels on
+standard input and is never shown, not even as a diff in `--dry` (which names the files only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pyinfra.api.command import StringCommand
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Directory, File, Sha256File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+from servekit.gateway.layout import GATEWAY
+from servekit.operations.common import Commands
+from servekit.operations.hoststate import announce
+from servekit.shell import quote as q
+from servekit.templating import RenderedFile
+
+PACKAGE = "haproxy"
+STAGED = ".servekit-new"
+"""Suffix of a file written but not yet in place."""
+KEPT = ".servekit-old"
+"""Suffix of the previous file while the new configuration is checked."""
+
+
+@operation()
+def haproxy_package() -> Commands:
+    """
+    Install Debian's `haproxy` (apt lists refreshed first), unless it is installed.
+
+    **Example:**
+
+    .. code:: python
+
+        haproxy_package(name="Install HAProxy")
+    """
+    installed = host.get_fact(DebPackages) or {}
+    if PACKAGE in installed:
+        host.noop(f"{PACKAGE} is installed")
+        return
+    announce(f"install the Debian package {PACKAGE}")
+    yield (
+        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
+        f"apt-get install -y -q --no-install-recommends {PACKAGE}"
+    )
+
+
+@operation()
+def gateway_directory() -> Commands:
+    """
+    Create servekit's gateway directory (key maps): 0750, root:haproxy.
+
+    **Example:**
+
+    .. code:: python
+
+        gateway_directory(name="Create /etc/haproxy/servekit")
+    """
+    path = GATEWAY.directory
+    info = host.get_fact(Directory, path=path)
+    if info and (info.get("user"), info.get("group"), info.get("mode")) == (
+        "root",
+        GATEWAY.group,
+        750,
+    ):
+        host.noop(f"{path} exists (0750 root:{GATEWAY.group})")
+        return
+    announce(f"create {path} (0750 root:{GATEWAY.group})")
+    yield f"install -d -m 0750 -o root -g {q(GATEWAY.group)} {q(path)}"
+
+
+def file_differs(rendered: RenderedFile) -> bool:
+    """Whether the host's file differs from `rendered` (content, mode or owner)."""
+    current = host.get_fact(File, path=rendered.path)
+    if not current:
+        return True
+    if (current.get("mode"), current.get("user"), current.get("group")) != (
+        int(rendered.mode.lstrip("0") or "0"),
+        rendered.user,
+        rendered.group,
+    ):
+        return True
+    digest = hashlib.sha256(rendered.content.encode()).hexdigest()
+    return bool(host.get_fact(Sha256File, path=rendered.path) != digest)
+
+
+def stage_command(rendered: RenderedFile) -> str:
+    """Shell: standard input into `PATH.servekit-new` with the file's mode and owner, never
+    readable beyond them (umask 077 until chmod)."""
+    staged = rendered.path + STAGED
+    return (
+        f"umask 077 && cat > {q(staged)} && chown {q(rendered.user)}:{q(rendered.group)} "
+        f"{q(staged)} && chmod {q(rendered.mode)} {q(staged)}"
+    )
+
+
+def swap_and_check_command(paths: list[str], config: str) -> str:
+    """Shell: keep each current file as `PATH.servekit-old`, move the staged ones in, check the
+    configuration; on success drop the kept files, else put them back (a file new in this run
+    is removed) and fail naming where HAProxy found the error (file and line, not the line)."""
+    keep = " && ".join(
+        f"{{ if [ -e {q(p)} ]; then cp -p {q(p)} {q(p + KEPT)}; else rm -f {q(p + KEPT)}; fi; }}"
+        for p in paths
+    )
+    move = " && ".join(f"mv -f {q(p + STAGED)} {q(p)}" for p in paths)
+    drop = " ".join(q(p + KEPT) for p in paths)
+    restore = "; ".join(
+        f"if [ -e {q(p + KEPT)} ]; then mv -f {q(p + KEPT)} {q(p)}; else rm -f {q(p)}; fi"
+        for p in paths
+    )
+    where = (
+        f"haproxy -c -f {q(config)} 2>&1 | grep -o 'parsing \\[[^]]*\\]' | sort -u | tr '\\n' ' '"
+    )
+    return (
+        f"{keep} && {move} && if haproxy -c -q -f {q(config)} >/dev/null 2>&1; "
+        f"then rm -f {drop}; else where=$({where}); {restore}; "
+        "printf '%s\\n' \"servekit: HAProxy refused the new gateway configuration "
+        "(${where:-see haproxy -c}); the previous files are back in place and the running "
+        'gateway keeps its configuration" >&2; false; fi'
+    )
+
+
+@operation()
+def gateway_config(files: list[RenderedFile]) -> Commands:
+    """
+    Write the gateway's files where they differ (staged, then moved in), and check the result
+    with `haproxy -c` before anything reloads: a refused configuration is rolled back and stops
+    this host. Contents travel on standard input and are never shown.
+
+    + files: the rendered gateway files (`servekit.gateway.haproxy.gateway_files`)
+
+    **Example:**
+
+    .. code:: python
+
+        config = gateway_config(name="Write the gateway configuration", files=files)
+    """
+    changed = [f for f in files if file_differs(f)]
+    if not changed:
+        host.noop(f"the gateway's {len(files)} files are written")
+        return
+    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
+    for rendered in changed:
+        yield StringCommand(stage_command(rendered), _stdin=rendered.content)
+    yield swap_and_check_command([f.path for f in changed], GATEWAY.config)
+
+
+@operation()
+def gateway_service() -> Commands:
+    """
+    Enable and start Debian's `haproxy.service` (nothing when it is enabled and running).
+
+    **Example:**
+
+    .. code:: python
+
+        gateway_service(name="Enable and start haproxy.service")
+    """
+    unit = f"{GATEWAY.service}.service"
+    running = (host.get_fact(SystemdStatus) or {}).get(unit)
+    enabled = _enabled(unit)
+    if running and enabled:
+        host.noop(f"{unit} is enabled and running")
+        return
+    if not enabled:
+        announce(f"enable {unit}")
+        yield f"systemctl enable {q(unit)}"
+    if not running:
+        announce(f"start {unit}")
+        yield f"systemctl start {q(unit)}"
+
+
+def _enabled(unit: str) -> bool:
+    return bool((host.get_fact(SystemdEnabled) or {}).get(unit))
+
+
+@operation(is_idempotent=False)
+def gateway_reload() -> Commands:
+    """
+    Reload `haproxy.service` (hitless: in-flight requests and streams finish on the old
+    worker). Call it with `_if=` the configuration step's change.
+
+    **Example:**
+
+    .. code:: python
+
+        gateway_reload(name="Reload HAProxy", _if=any_changed(config))
+    """
+    yield f"systemctl reload {q(GATEWAY.service + '.service')}"

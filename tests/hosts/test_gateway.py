@@ -1,0 +1,198 @@
+"""The gateway deploy on a fleet of test hosts over real SSH: two stand-in vLLM replicas on `a`
+and `b`, HAProxy from the Debian mirror on `g`, clients on this machine (which the engines'
+firewall does not admit). Keys: `alice` (no limits) and `ci` (only `chat`, a few requests a
+minute). The tests run in order on the same hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostbench import BenchHost, PackageIndex, PyinfraRun, run_pyinfra
+from hostbench.plugin import HostFactory
+from standins.build import build_vllm_wheel
+from vllm_support import ROOT, deploy, fake_gpus, http, put_model, secret, ssh_host, write_fleet
+
+pytestmark = pytest.mark.hosts
+
+GATEWAY_DEPLOY = ROOT / "deploys" / "gateway.py"
+ALICE = "sk-alice-0123456789abcdef"
+CI = "sk-ci-0123456789abcdef"
+BOB = "sk-bob-0123456789abcdef"
+KEYS = f"# name key [models=...] [rpm=N] [concurrent=N]\nalice {ALICE}\nci {CI} models=chat rpm=4\n"
+SERVE = (
+    'Serve(name="chat", model="llama-3.1-8b-instruct", replicas=2, '
+    'served_names=["chat", "assistant"])'
+)
+
+
+@dataclass
+class Fleet:
+    a: BenchHost
+    b: BenchHost
+    g: BenchHost
+    index: PackageIndex
+    workdir: Path
+    keys: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = secret(self.workdir, "clients.keys", KEYS)
+
+    def inventory(self) -> Path:
+        engine = secret(self.workdir, "engine.key", "sk-fleet-engine-0123456789")
+        fleet = f"""Fleet(
+    name="gw",
+    machines=[{ssh_host(self.a)}, {ssh_host(self.b)},
+              SshHost(name={self.g.name!r}, address={self.g.address!r}, ssh_user='root',
+                      ssh_key={str(self.g.ssh_key)!r})],
+    serve=[{SERVE}],
+    gateway=Gateway(host={self.g.name!r}, api_keys=SecretRef(file={str(self.keys)!r})),
+    engine_api_key=SecretRef(file={str(engine)!r}),
+    sources=Sources(python_index={self.index.url!r}, weights=LocalPath(path="/srv/models")),
+)"""
+        return write_fleet(self.workdir / "inventory" / "gw.py", fleet)
+
+    def gateway(self) -> PyinfraRun:
+        return run_pyinfra(self.inventory(), GATEWAY_DEPLOY, timeout=900)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.g.address}:8080{path}"
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    test_hosts: HostFactory, package_index: PackageIndex, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    workdir = tmp_path_factory.mktemp("gateway")
+    package_index.add(build_vllm_wheel(workdir / "wheels"))
+    a, b, g = test_hosts(3)
+    for host in (a, b):
+        fake_gpus(host)
+        put_model(host, "meta-llama/Llama-3.1-8B-Instruct")
+    yield Fleet(a, b, g, package_index, workdir)
+
+
+def post(
+    url: str, key: str | None, body: dict[str, Any], timeout: float = 30
+) -> tuple[int | None, str]:
+    """(status, body) of a JSON POST from this machine."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return None, str(error)
+
+
+def chat(model: str = "chat", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
+
+
+def error_of(body: str) -> dict[str, Any]:
+    error: dict[str, Any] = json.loads(body)["error"]
+    return error
+
+
+def test_deploy_the_engines_then_the_gateway(fleet: Fleet) -> None:
+    deploy(fleet.inventory()).check()
+    run = fleet.gateway().check()
+    changed = run.changes()
+    assert set(changed["servekit gateway | Write the gateway configuration"]) == {fleet.g.name}
+    assert fleet.a.name not in str(changed) and fleet.b.name not in str(changed)
+    stat = fleet.g.run("stat -c '%a %U %G' /etc/haproxy/haproxy.cfg /etc/haproxy/servekit")
+    assert stat.stdout.split("\n")[:2] == ["640 root haproxy", "750 root haproxy"]
+    # the clients' keys are on the host only as hashes, and nowhere in the deploy's output
+    found = fleet.g.run(f"grep -rl -e {ALICE} -e {CI} /etc/haproxy", check=False)
+    assert found.returncode == 1, found.stdout
+    assert ALICE not in run.stdout + run.stderr and CI not in run.stdout + run.stderr
+    active = fleet.g.run("systemctl is-active haproxy; systemctl is-enabled haproxy").stdout
+    assert active.split() == ["active", "enabled"]
+
+
+def test_a_valid_key_reaches_the_replicas(fleet: Fleet) -> None:
+    status, body = post(fleet.url("/v1/chat/completions"), ALICE, chat())
+    assert status == 200, body
+    assert json.loads(body)["choices"][0]["message"]["content"]
+    status, body = post(fleet.url("/v1/chat/completions"), ALICE, chat(stream=True, max_tokens=5))
+    assert status == 200, body
+    assert body.rstrip().endswith("data: [DONE]") and body.count("data: {") >= 5
+    status, body = http(fleet.url("/v1/models"), ALICE)
+    assert status == 200, body
+    listed = json.loads(body)
+    assert listed["object"] == "list"
+    assert {m["id"] for m in listed["data"]} == {"chat", "assistant"}
+
+
+def test_errors_clients_see(fleet: Fleet) -> None:
+    for key in (None, "sk-wrong-0123456789abcdef"):
+        status, body = post(fleet.url("/v1/chat/completions"), key, chat())
+        assert status == 401, body
+        assert error_of(body)["message"]
+    status, body = post(fleet.url("/v1/chat/completions"), CI, chat("assistant"))
+    assert status == 403, body
+    assert "assistant" in error_of(body)["message"]
+    statuses = [post(fleet.url("/v1/chat/completions"), CI, chat())[0] for _ in range(6)]
+    assert statuses[0] == 200 and statuses[-1] == 429, statuses
+    assert set(statuses) == {200, 429}, statuses
+    status, body = post(fleet.url("/v1/chat/completions"), CI, chat())
+    assert status == 429 and error_of(body)["message"], body
+    # alice has no limit
+    assert post(fleet.url("/v1/chat/completions"), ALICE, chat())[0] == 200
+
+
+def test_engines_turn_away_everyone_but_the_gateway(fleet: Fleet) -> None:
+    for host in (fleet.a, fleet.b):
+        status, detail = http(f"http://{host.address}:8000/health", timeout=3)
+        assert status is None, (status, detail)
+
+
+def test_a_second_run_changes_nothing(fleet: Fleet) -> None:
+    run = fleet.gateway().check()
+    assert run.changes() == {}, run
+
+
+def test_a_new_key_works_after_the_next_run_and_streams_survive_it(fleet: Fleet) -> None:
+    lines: list[str] = []
+
+    def stream() -> None:
+        request = urllib.request.Request(
+            fleet.url("/v1/chat/completions"),
+            data=json.dumps(chat(stream=True, max_tokens=12000, ignore_eos=True)).encode(),
+            method="POST",
+        )
+        request.add_header("Content-Type", "application/json")
+        request.add_header("Authorization", f"Bearer {ALICE}")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            for raw in response:
+                lines.append(raw.decode())
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    time.sleep(2)
+    assert lines, "the stream had not started"
+    assert post(fleet.url("/v1/chat/completions"), BOB, chat())[0] == 401
+    fleet.keys.write_text(KEYS + f"bob {BOB}\n")
+    run = fleet.gateway().check()
+    assert fleet.g.name in run.changes()["servekit gateway | Reload HAProxy"], run
+    assert reader.is_alive(), "the stream ended before the run did: make it longer"
+    status, body = post(fleet.url("/v1/chat/completions"), BOB, chat())
+    assert status == 200, body
+    reader.join(timeout=120)
+    assert not reader.is_alive()
+    assert lines[-1].strip() == "data: [DONE]" or "data: [DONE]" in "".join(lines[-3:])
+    tokens = sum(1 for line in lines if line.startswith("data: {"))
+    assert tokens >= 12000, tokens
