@@ -66,6 +66,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "servekit.render",
             "servekit.nvidia",
             "servekit.ollama",
+            "servekit.gateway",
         ),
     ),
     ("facts", ("servekit.facts", "servekit.host_scripts")),
