@@ -66,10 +66,13 @@ def read_secrets(gateway: GatewayHost) -> tuple[list[ApiKey], str | None] | None
     served = {route.model for route in gateway.routes}
     try:
         lines = secrets.load_secret(gateway.api_keys, structured=True)
-        keys = parse_keys(lines, gateway.api_keys.describe(), served)
+        keys = parse_keys(lines, served)
         engine = gateway.engine_api_key
         engine_key = secrets.read_secret(engine) if engine is not None else None
-    except (SecretError, KeysError) as error:
+    except KeysError as error:
+        problem(name="Read the gateway's keys", message=f"{gateway.api_keys.describe()}: {error}")
+        return None
+    except SecretError as error:
         problem(name="Read the gateway's keys", message=str(error))
         return None
     return keys, engine_key
