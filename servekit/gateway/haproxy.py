@@ -75,6 +75,14 @@ def server_address(upstream: str) -> str:
     return f"[{address}]:{int(port)}" if address.version == 6 else f"{address}:{int(port)}"
 
 
+def bind_address(value: str) -> str:
+    """`*` (every address) or one IP address, as HAProxy's `bind` takes it."""
+    if value == "*":
+        return value
+    address = ipaddress.ip_address(value)
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -161,6 +169,7 @@ def haproxy_config(plan: HostPlan, engine_key: str | None, layout: GatewayLayout
     return env.get_template("haproxy.cfg.j2").render(
         fleet=plan.fleet,
         layout=layout,
+        bind=bind_address(layout.bind_address),
         port=int(gateway.port),
         pools=pools(gateway.routes),
         engine_key=engine_key,
