@@ -43,7 +43,7 @@ def gateway_plan(**fleet: object) -> HostPlan:
         ],
         gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENT_KEYS")),
         engine_api_key=SecretRef(env="ENGINE_KEY"),
-        **fleet,  # type: ignore[arg-type]
+        **fleet,
     )
     return plan_fleet(declared).hosts["gw"]
 
