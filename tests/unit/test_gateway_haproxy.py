@@ -197,6 +197,22 @@ def test_an_unknown_model_or_route_gets_404_json(gw: Gw) -> None:
     assert status == 404 and body["error"]["code"] == "unknown_url"
 
 
+def test_a_large_body_routes_when_model_is_within_the_buffer_413_else(gw: Gw) -> None:
+    words = "w " * 150_000  # 300 KB: beyond HAProxy's buffer
+    status, body = gw.post("/v1/completions", {"model": "model-a", "prompt": words})
+    assert status == 400 and "maximum context length" in body["error"]["message"]  # upstream's
+    status, body = gw.post("/v1/completions", {"prompt": words, "model": "model-a"})
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    status, body = gw.post("/v1/completions", {"prompt": "w " * 100_000, "model": "model-a"})
+    assert status == 400 and "maximum context length" in body["error"]["message"]
+
+
+def test_metrics_are_served_to_loopback_without_a_key(gw: Gw) -> None:
+    status, _headers, data = h.request(gw.port, "GET", "/metrics")
+    assert status == 200
+    assert b"haproxy_backend_active_servers" in data and b'proxy="pool1"' in data
+
+
 def test_over_the_keys_rpm_gets_429(gw: Gw) -> None:
     statuses = [gw.post("/v1/completions", {"model": "model-a", "prompt": "x", "max_tokens": 1},
                         key="limited")[0] for _ in range(4)]  # fmt: skip
