@@ -236,7 +236,7 @@ def gateway_lines(plan: HostPlan) -> list[str]:
     gateway = plan.gateway
     if gateway is None:
         return []
-    host = plan.cluster_address or plan.address or plan.name
+    host = plan.address or plan.cluster_address or f"<{plan.name}>"
     lines = [f"gateway: http://{host}:{gateway.port}/v1 (HAProxy, one key per client)"]
     for pool in pools(gateway.routes):
         replicas = len(pool.servers)

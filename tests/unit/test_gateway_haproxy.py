@@ -170,7 +170,14 @@ def test_models_lists_the_union_of_served_names(gw: Gw) -> None:
     assert [m["id"] for m in body["data"]] == ["model-a", "model-b"]
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer sk-wrong-0123456789abcdef", "sk-x"])
+def test_the_bearer_scheme_is_case_insensitive(gw: Gw) -> None:
+    headers = {"Authorization": f"bearer {KEYS['alice']}"}
+    assert h.request(gw.port, "GET", "/v1/models", headers=headers)[0] == 200
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer sk-wrong-0123456789abcdef", "sk-x", f"Basic {KEYS['alice']}"]
+)
 def test_no_key_or_a_wrong_key_gets_401_json(gw: Gw, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     for method, path, body in [("POST", "/v1/chat/completions", chat("model-a")),
