@@ -52,10 +52,11 @@ def _option(number: int, word: str, served: set[str], seen: dict[str, str]) -> N
     if field in seen:
         raise _fail(number, f"field {field} given twice")
     if field == "models":
-        names = value.split(",")
-        unknown = sorted({n for n in names if n not in served})
-        if not value or unknown:
-            shown = ", ".join(repr(n) for n in unknown[:3]) or "an empty list"
+        if not value:
+            raise _fail(number, "field models: an empty list")
+        unknown = sorted({n for n in value.split(",") if n not in served})
+        if unknown:
+            shown = ", ".join(repr(n) for n in unknown[:3])
             raise _fail(number, f"field models: {shown} not served by the fleet")
     elif not LIMIT.fullmatch(value):
         raise _fail(number, f"field {field}: a whole number from 1")
