@@ -6,7 +6,10 @@ minute). The tests run in order on the same hosts.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import subprocess
 import threading
 import time
 import urllib.error
@@ -19,6 +22,7 @@ from typing import Any
 import pytest
 from hostbench import BenchHost, PackageIndex, PyinfraRun, run_pyinfra
 from hostbench.plugin import HostFactory
+from hostbench.pyinfra_run import PYINFRA
 from standins.build import build_vllm_wheel
 from vllm_support import ROOT, deploy, fake_gpus, http, put_model, secret, ssh_host, write_fleet
 
@@ -173,6 +177,44 @@ def test_engines_turn_away_everyone_but_the_gateway(fleet: Fleet) -> None:
 def test_a_second_run_changes_nothing(fleet: Fleet) -> None:
     run = fleet.gateway().check()
     assert run.changes() == {}, run
+
+
+def test_a_bad_keys_file_stops_only_the_gateway_host_and_shows_no_key(fleet: Fleet) -> None:
+    fleet.keys.write_text(KEYS + f"bob {BOB} models=nope\n")
+    try:
+        run = fleet.gateway()
+    finally:
+        fleet.keys.write_text(KEYS)
+    assert run.returncode != 0
+    assert run.errors() == {"servekit gateway | Read the gateway's keys": [fleet.g.name]}, run
+    output = run.stdout + run.stderr
+    # (the line number counts key lines: load_secret drops comments before parse_keys sees them)
+    assert "nope" in output and "line " in output, run
+    assert BOB not in output and ALICE not in output and CI not in output
+    # the gateway still answers with its previous keys
+    assert post(fleet.url("/v1/chat/completions"), ALICE, chat())[0] == 200
+
+
+def test_dry_names_the_files_it_would_write_never_their_content(fleet: Fleet) -> None:
+    fleet.keys.write_text(KEYS + f"bob {BOB}\n")
+    try:
+        inventory = fleet.inventory()
+        run = subprocess.run(
+            [str(PYINFRA), str(inventory), str(GATEWAY_DEPLOY), "--dry"],
+            cwd=inventory.parent,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        fleet.keys.write_text(KEYS)
+    output = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
+    assert run.returncode == 0, output[-3000:]
+    assert re.search(rf"\[{fleet.g.name}\]\s+will write /etc/haproxy/servekit/", output), output
+    assert "will write /etc/haproxy/haproxy.cfg" not in output  # its content is the same
+    assert BOB not in output and hashlib.sha256(BOB.encode()).hexdigest() not in output
+    assert post(fleet.url("/v1/chat/completions"), BOB, chat())[0] == 401
 
 
 def test_a_new_key_works_after_the_next_run_and_streams_survive_it(fleet: Fleet) -> None:
