@@ -54,15 +54,19 @@ class Gw:
         status, _headers, data = h.request(self.port, "POST", path, body, headers, timeout=20)
         return status, json.loads(data)
 
-    def servers(self) -> dict[str, str]:
-        """`backend/server` -> status, from HAProxy's runtime API."""
+    def runtime(self, command: str) -> str:
+        """One command on HAProxy's runtime API socket."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(self.socket))
-            sock.sendall(b"show stat\n")
+            sock.sendall(command.encode() + b"\n")
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
-        rows = csv.reader(data.decode().removeprefix("# ").splitlines())
+        return data.decode()
+
+    def servers(self) -> dict[str, str]:
+        """`backend/server` -> status, from HAProxy's runtime API."""
+        rows = csv.reader(self.runtime("show stat").removeprefix("# ").splitlines())
         header = next(rows)
         return {
             f"{row[0]}/{row[1]}": row[header.index("status")]
@@ -113,19 +117,32 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
     for file in gateway_files(plan_with(routes, port), keys, ENGINE, layout):
         Path(file.path).parent.mkdir(parents=True, exist_ok=True)
         Path(file.path).write_text(file.content)
-    proxy = h.Proc([haproxy, "-f", layout.config, "-db"], h.vllm_env(), root, "haproxy")
+    proxy: h.Proc | None = None
     try:
         for p in (a1, a2, b1):
             h.wait_http(p, "/health", timeout=20)
-        deadline = time.monotonic() + 10
-        while not h.port_open(port) and time.monotonic() < deadline:
-            assert proxy.popen.poll() is None, proxy.stderr
-            time.sleep(0.05)
-        yield Gw(port, Path(layout.runtime_socket), proxy, upstreams)
+        proxy = h.Proc([haproxy, "-f", layout.config, "-db"], h.vllm_env(), root, "haproxy")
+        gateway = Gw(port, Path(layout.runtime_socket), proxy, upstreams)
+        wait_up(gateway, {"pool1/replica1", "pool1/replica2", "pool2/replica1"})
+        yield gateway
     finally:
-        proxy.stop()
+        if proxy is not None:
+            proxy.stop()
         for upstream in upstreams.values():
             upstream.stop()
+
+
+def wait_up(gateway: Gw, live: set[str]) -> None:
+    """Until HAProxy listens and its first health checks found these replicas UP."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert gateway.haproxy.popen.poll() is None, gateway.haproxy.stderr
+        if h.port_open(gateway.port) and gateway.socket.exists():
+            up = {name for name, status in gateway.servers().items() if status == "UP"}
+            if live <= up:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"replicas not UP: {gateway.servers()}\n{gateway.haproxy.stderr}")
 
 
 def chat(model: str, max_tokens: int = 4, **extra: object) -> dict[str, Any]:
@@ -239,7 +256,12 @@ def test_over_the_keys_concurrency_gets_429_and_frees_when_done(gw: Gw) -> None:
 
     slow = threading.Thread(target=slow_request)
     slow.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while "key=single" not in (table := gw.runtime("show table key_limits")) or (
+        "conn_cur=1" not in table
+    ):
+        assert time.monotonic() < deadline, table
+        time.sleep(0.05)
     status, body = gw.post("/v1/chat/completions", chat("model-a"), key="single")
     slow.join(20)
     assert results == [200]
