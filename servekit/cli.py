@@ -176,11 +176,7 @@ def _print_fleet_notes(fleet_plan: FleetPlan, notes: list[str]) -> None:
     for line in firewall_lines(fleet_plan):
         out.print(f"  {line}", highlight=False, markup=False)
     for host in fleet_plan.hosts.values():
-        try:
-            lines = gateway_lines(host)
-        except ValueError as error:  # a replica without an address yet (cloud, before apply)
-            lines = [f"gateway: {error}"]
-        for line in lines:
+        for line in gateway_lines(host):
             out.print(f"  {line}", highlight=False, markup=False)
     if fleet_plan.cost_usd_hour is not None:
         hourly = fleet_plan.cost_usd_hour

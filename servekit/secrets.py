@@ -228,7 +228,8 @@ def fleet_secret_problems(fleet: BaseModel) -> list[Problem]:
     for field, ref in secret_refs(fleet, ""):
         # S3 credentials: two lines, access key id then secret (the deploy reads both).
         needed = 2 if field.endswith("weights.credentials") else 1
-        structured = field.endswith("mirror_credentials")  # a netrc: comments of its own
+        # a netrc and the gateway's keys file: files with comments of their own
+        structured = field.endswith(("mirror_credentials", "gateway.api_keys"))
         key = (ref.file, ref.env, needed)
         if key not in seen:
             seen[key] = _failure(ref, needed, structured)

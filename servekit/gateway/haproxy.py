@@ -232,16 +232,28 @@ def gateway_files(
 
 
 def gateway_lines(plan: HostPlan) -> list[str]:
-    """What `servekit plan` shows of the gateway: its URL and each pool (never a key)."""
+    """What `servekit plan` shows of the gateway: its URL and each pool (never a key). Replicas
+    are shown as planned, also those whose address comes at `servekit cloud apply`."""
     gateway = plan.gateway
     if gateway is None:
         return []
     host = plan.address or plan.cluster_address or f"<{plan.name}>"
     lines = [f"gateway: http://{host}:{gateway.port}/v1 (HAProxy, one key per client)"]
-    for pool in pools(gateway.routes):
-        replicas = len(pool.servers)
+    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for route in gateway.routes:
+        grouped.setdefault((route.engine, tuple(route.upstreams)), []).append(route.model)
+    for (engine, upstreams), models in grouped.items():
+        count = len(upstreams)
         lines.append(
-            f"  {', '.join(pool.models)}: {pool.engine}, {replicas} "
-            f"replica{'s' if replicas != 1 else ''} ({', '.join(s.address for s in pool.servers)})"
+            f"  {', '.join(models)}: {engine}, {count} replica{'s' if count != 1 else ''} "
+            f"({', '.join(_shown(u) for u in upstreams)})"
         )
     return lines
+
+
+def _shown(upstream: str) -> str:
+    """An upstream as HAProxy will write it, or as planned when it has no address yet."""
+    try:
+        return server_address(upstream)
+    except ValueError:
+        return upstream

@@ -165,6 +165,9 @@ def test_fleet_problems_name_each_broken_secret(
     secret(tmp_path / "engine")
     secret(tmp_path / "clients")
     assert fleet_secret_problems(fleet_with(tmp_path)) == []
+    # the gateway's keys file has comments of its own: one may come first
+    secret(tmp_path / "clients", "# name key [models=a,b]\nalice sk-alice-0123456789abcdef\n")
+    assert fleet_secret_problems(fleet_with(tmp_path)) == []
 
 
 def test_pyinfra_groups_names_the_broken_secret_and_the_inventory_line(
