@@ -8,10 +8,10 @@ core 0. Each part runs the rendered config and the same plus `option http-no-del
 1. Added TTFT: closed loops of 16, 256 and 1,000 streams (`--levels`) against the stand-in vLLM
    (fixed TTFT and token interval), straight and through the gateway, alternately: the difference
    of TTFT p50 and p99. Goal: at most 2 ms p50 and 5 ms p99 added at 256 streams.
-2. Ceiling: closed loops of short non-streamed completions against benchmarks/zero_delay_server.py
-   (plus `GET /health`). Client and upstream share core 0 and may be what limits the rate, so the
-   ceiling is requests / HAProxy's CPU seconds (utime + stime, /proc/<pid>/stat): one core of
-   HAProxy at 100 %. Goal: at least 3,000 requests/s.
+2. Ceiling: aiohttp closed loops of `max_tokens` 1, `stream` false completions (which
+   benchmarks/zero_delay_server.py, plus a `GET /health`, answers as a one-token stream). Client
+   and upstream share core 0 and may be what limits the rate, so the ceiling is requests /
+   HAProxy's CPU seconds (utime + stime, /proc/<pid>/stat). Goal: at least 3,000 requests/s.
 3. HAProxy's CPU time per streamed token over a streaming run (64 tokens a request).
 
     .venv/bin/python benchmarks/gateway.py [--quick] [--levels 16 256 1000] [--json]
