@@ -3,7 +3,8 @@
 Debian's HAProxy 2.6 (`-db`) runs the config servekit renders (`gateway_files`: one key, one pool
 of one replica, the engines' key added; paths under a temporary directory) on core 1 (`taskset -c
 1`: one thread); this process (servekit bench's client and closed loops) and the upstream run on
-core 0. Each part runs the rendered config and the same plus `option http-no-delay`.
+core 0. `--variants` adds a run of the rendered config with `option http-no-delay` removed (what
+it costs: the kernel then holds the first token back).
 
 1. Added TTFT: closed loops of 16, 256 and 1,000 streams (`--levels`) against the stand-in vLLM
    (fixed TTFT and token interval), straight and through the gateway, alternately: the difference
@@ -157,8 +158,8 @@ class HAProxy:
         for file in gateway_files(plan, keys, ENGINE_KEY, layout):
             Path(file.path).parent.mkdir(parents=True, exist_ok=True)
             content = file.content
-            if no_delay and file.path == layout.config:  # not servekit's: the fix, measured
-                content = content.replace("\ndefaults\n", "\ndefaults\n    option http-no-delay\n")
+            if no_delay and file.path == layout.config:  # not servekit's: what the option saves
+                content = content.replace("    option http-no-delay\n", "")
             Path(file.path).write_text(content)
         self.socket = layout.runtime_socket
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -228,7 +229,7 @@ async def plain_run(url: str, key: str, users: int, seconds: float) -> tuple[int
     return counts[0], counts[1], elapsed
 
 
-VARIANTS = {"rendered": False, "+ http-no-delay": True}
+VARIANTS = {"rendered": False}  # name -> without `option http-no-delay` (--variants)
 
 
 @dataclass
@@ -373,8 +374,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs")
     parser.add_argument("--levels", type=int, nargs="+", default=[16, 256, 1000])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--variants", action="store_true", help="also without http-no-delay")
     parser.add_argument("--zero-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variants:
+        VARIANTS["- http-no-delay"] = True
     if args.zero_upstream:
         serve_zero(args.zero_upstream)
         return
