@@ -181,11 +181,29 @@ class Route(Plain):
     engine: str
 
 
+class GatewayMember(Plain):
+    """One replica's endpoint as the gateway reaches it, and which replica it is: rollouts
+    drain it at the gateway before they restart it."""
+
+    serve: str
+    replica: int
+    host: str
+    upstream: str
+
+
 class GatewayHost(Plain):
     port: int
     routes: list[Route]
     api_keys: SecretSource
     engine_api_key: SecretSource | None
+    members: list[GatewayMember] = []
+    drain_timeout: int = 120
+
+    @property
+    def waves(self) -> int:
+        """How many rollout waves the fleet's vLLM deploy runs (`HostWork.waves` of the host
+        with the most replicas): the gateway takes part in every one."""
+        return max((m.replica for m in self.members), default=0) + 2
 
 
 class ScrapeJob(Plain):

@@ -7,9 +7,12 @@ the host whose plan (`servekit.deploys.common.host_plan`) has a gateway it:
 1. reads the clients' keys file and the engines' key on the control machine (a read or syntax
    error stops this host with the reason, never a key);
 2. renders the configuration and key maps (`servekit.gateway.haproxy.gateway_files`);
-3. installs Debian's `haproxy`, writes the files (0640 root:haproxy, staged and checked with
-   `haproxy -c` before they count: a refused configuration is rolled back), enables and starts
-   `haproxy.service`, and reloads it only after a file changed (hitless).
+3. installs Debian's `haproxy` (and `socat`, for rollouts to drain replicas through its admin
+   socket), checks that every pool it does not route to yet has a replica answering its health
+   check (else it stops, keeping the running configuration: deploy the engines first), writes
+   the files (0640 root:haproxy, staged and checked with `haproxy -c` before they count: a
+   refused configuration is rolled back), enables and starts `haproxy.service`, and reloads it
+   only after a file changed (hitless).
 
 Every other host is left alone. The engines' firewall already admits the gateway host (see
 `servekit.placement.firewall`); the gateway port itself is open to clients, whose keys are the
@@ -24,7 +27,7 @@ from pyinfra.context import host
 
 from servekit import secrets
 from servekit.deploys.common import host_plan
-from servekit.gateway.haproxy import gateway_files
+from servekit.gateway.haproxy import gateway_files, pools
 from servekit.gateway.keys import ApiKey, KeysError, parse_keys
 from servekit.hostplan import GatewayHost
 from servekit.operations.common import problem
@@ -55,7 +58,9 @@ def gateway_host() -> None:
     files = gateway_files(plan, keys, engine_key)
     haproxy_package(name="Install HAProxy")
     gateway_directory(name="Create the gateway directory")
-    config = gateway_config(name="Write the gateway configuration", files=files)
+    config = gateway_config(
+        name="Write the gateway configuration", files=files, pools=pools(plan.gateway.routes)
+    )
     gateway_service(name="Enable and start haproxy.service")
     gateway_reload(name="Reload HAProxy", _if=any_changed(config))
 

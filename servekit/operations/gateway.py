@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import hashlib
 
-from pyinfra.api.command import StringCommand
+from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory, File, Sha256File
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
+from servekit.gateway.checks import new_pools_answer_script
+from servekit.gateway.haproxy import Pool
 from servekit.gateway.layout import GATEWAY
 from servekit.operations.common import Commands
 from servekit.operations.hoststate import announce
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
 
-PACKAGE = "haproxy"
+PACKAGES = ("haproxy", "socat")
+"""Debian's HAProxy, and socat for its admin socket (rollouts drain replicas through it)."""
 STAGED = ".servekit-new"
 """Suffix of a file written but not yet in place."""
 KEPT = ".servekit-old"
@@ -39,7 +42,7 @@ KEPT = ".servekit-old"
 @operation()
 def haproxy_package() -> Commands:
     """
-    Install Debian's `haproxy` (apt lists refreshed first), unless it is installed.
+    Install Debian's `haproxy` and `socat` (apt lists refreshed first), unless installed.
 
     **Example:**
 
@@ -48,13 +51,14 @@ def haproxy_package() -> Commands:
         haproxy_package(name="Install HAProxy")
     """
     installed = host.get_fact(DebPackages) or {}
-    if PACKAGE in installed:
-        host.noop(f"{PACKAGE} is installed")
+    missing = [p for p in PACKAGES if p not in installed]
+    if not missing:
+        host.noop(f"{' and '.join(PACKAGES)} are installed")
         return
-    announce(f"install the Debian package {PACKAGE}")
+    announce(*(f"install the Debian package {p}" for p in missing))
     yield (
         "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        f"apt-get install -y -q --no-install-recommends {PACKAGE}"
+        f"apt-get install -y -q --no-install-recommends {' '.join(missing)}"
     )
 
 
@@ -134,25 +138,33 @@ def swap_and_check_command(paths: list[str], config: str) -> str:
 
 
 @operation()
-def gateway_config(files: list[RenderedFile]) -> Commands:
+def gateway_config(files: list[RenderedFile], pools: list[Pool] | None = None) -> Commands:
     """
     Write the gateway's files where they differ (staged, then moved in), and check the result
     with `haproxy -c` before anything reloads: a refused configuration is rolled back and stops
-    this host. Contents travel on standard input and are never shown.
+    this host. Before any file changes, each pool the running configuration does not route to
+    yet must have a replica answering its health check from here
+    (`servekit.gateway.checks`). Contents travel on standard input and are never shown.
 
     + files: the rendered gateway files (`servekit.gateway.haproxy.gateway_files`)
+    + pools: the configuration's pools (`servekit.gateway.haproxy.pools`), to check new ones
 
     **Example:**
 
     .. code:: python
 
-        config = gateway_config(name="Write the gateway configuration", files=files)
+        config = gateway_config(name="Write the gateway configuration", files=files,
+                                pools=pools(plan.gateway.routes))
     """
     changed = [f for f in files if file_differs(f)]
     if not changed:
         host.noop(f"the gateway's {len(files)} files are written")
         return
     announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
+    if pools:
+        yield StringCommand(
+            "bash", "-c", QuoteString(new_pools_answer_script(pools, GATEWAY.config))
+        )
     for rendered in changed:
         yield StringCommand(stage_command(rendered), _stdin=rendered.content)
     yield swap_and_check_command([f.path for f in changed], GATEWAY.config)

@@ -14,6 +14,7 @@ from weakref import WeakKeyDictionary
 
 from pyinfra.context import host
 
+from servekit.gateway.drain import Target
 from servekit.vllm_rollout import Rollout
 
 
@@ -27,6 +28,8 @@ class HostRun:
     """The vLLM venv was (re)built: every running vLLM process restarts."""
     ray_restarted: bool = False
     """A Ray node was (re)started: the Ray head waits for its cluster again."""
+    drained: dict[int, list[Target]] = field(default_factory=dict)
+    """Gateway host: the servers a rollout wave took out of rotation, to put back after it."""
 
 
 @dataclass

@@ -3,25 +3,44 @@ Prometheus jobs that scrape the engines and the exporters."""
 
 from __future__ import annotations
 
-from servekit.hostplan import GatewayHost, MonitoringHost, Route, ScrapeJob, SecretSource
+from servekit.hostplan import (
+    GatewayHost,
+    GatewayMember,
+    MonitoringHost,
+    Route,
+    ScrapeJob,
+    SecretSource,
+)
 from servekit.placement.state import PlacementState, ServeSummary, secret_source
 from servekit.spec import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT
 
 
-def upstreams(state: PlacementState, summary: ServeSummary, gateway: str) -> list[str]:
-    """The engine endpoints behind a served model, as the gateway host reaches them."""
-    found = []
-    for nodes in summary.replicas:
+def members(state: PlacementState, summary: ServeSummary, gateway: str) -> list[GatewayMember]:
+    """The engine endpoints behind a served model as the gateway host reaches them, each with
+    the replica it belongs to."""
+    found: dict[str, GatewayMember] = {}
+    for index, nodes in enumerate(summary.replicas):
         head = nodes[0]
         if summary.engine == "ollama":
-            found.append(f"{state.reach(head, gateway)}:{summary.port}")
+            endpoints = [(index, summary.port)]
         else:
-            found += [
-                f"{state.reach(head, gateway)}:{v.port}"
+            endpoints = [
+                (v.replica, v.port)
                 for v in state.hosts[head].vllm
                 if v.serve == summary.name and v.role == "server"
             ]
-    return sorted(set(found))
+        for replica, port in endpoints:
+            upstream = f"{state.reach(head, gateway)}:{port}"
+            member = GatewayMember(
+                serve=summary.name, replica=replica, host=head, upstream=upstream
+            )
+            found.setdefault(upstream, member)
+    return [found[u] for u in sorted(found)]
+
+
+def upstreams(state: PlacementState, summary: ServeSummary, gateway: str) -> list[str]:
+    """The engine endpoints behind a served model, as the gateway host reaches them."""
+    return [m.upstream for m in members(state, summary, gateway)]
 
 
 def gateway_plan(state: PlacementState, host: str) -> GatewayHost | None:
@@ -41,6 +60,8 @@ def gateway_plan(state: PlacementState, host: str) -> GatewayHost | None:
         routes=routes,
         api_keys=SecretSource.of(gateway.api_keys),
         engine_api_key=secret_source(state.fleet.engine_api_key),
+        members=[m for summary in state.summaries for m in members(state, summary, host)],
+        drain_timeout=gateway.drain_timeout,
     )
 
 

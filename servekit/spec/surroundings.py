@@ -19,6 +19,12 @@ class Gateway(Spec):
     host: Text
     port: Port = 8080
     api_keys: SecretRef = Field(description="a file (or env variable) with one client key a line")
+    drain_timeout: int = Field(
+        120,
+        ge=0,
+        le=3600,
+        description="seconds a rollout waits for a replica's requests to end before its restart",
+    )
 
 
 class Monitoring(Spec):
