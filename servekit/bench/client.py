@@ -185,9 +185,14 @@ class StreamingClient:
                 timing.error = f"HTTP {response.status}: {_error_message(await response.read())}"
                 return
             done = await _read_stream(response, timing)
-            if not done and timing.status == "ok" and not timing.chunk_times:
+            if not done and timing.status == "ok":
+                # vLLM and Ollama end every stream with [DONE]: without it the answer was cut
                 timing.status = "error"
-                timing.error = "stream closed without a [DONE] or any token"
+                timing.error = (
+                    f"stream cut after {len(timing.chunk_times)} chunks (no [DONE])"
+                    if timing.chunk_times
+                    else "stream closed without a [DONE] or any token"
+                )
 
 
 async def _read_stream(response: aiohttp.ClientResponse, timing: Timing) -> bool:

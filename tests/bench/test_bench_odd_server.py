@@ -17,7 +17,10 @@ from servekit.bench.prompts import HfTokenizer
 WORDS = ["alpha", "beta", "gamma", "delta"]
 
 
-def make_app(tokens: int) -> web.Application:
+def make_app(tokens: int, done: bool = True) -> web.Application:
+    """`done=False`: every answer after the first (the bench's probe) ends without [DONE]."""
+    answered = []
+
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if "ignore_eos" in body:
@@ -36,7 +39,9 @@ def make_app(tokens: int) -> web.Application:
             event = "".join(f"data: {line}\r\n" for line in lines) + "\r\n"
             await response.write(event.encode())
             await asyncio.sleep(0.002)
-        await response.write(b"data: [DONE]\r\n\r\n")
+        if done or not answered:
+            await response.write(b"data: [DONE]\r\n\r\n")
+        answered.append(count)
         return response
 
     async def models(request: web.Request) -> web.Response:
@@ -48,11 +53,10 @@ def make_app(tokens: int) -> web.Application:
     return app
 
 
-@pytest.fixture
-def odd_server() -> Iterator[str]:
+def serve(app: web.Application) -> Iterator[str]:
     port = free_port()
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(tokens=6))
+    runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -62,6 +66,28 @@ def odd_server() -> Iterator[str]:
     thread.join(5)
     loop.run_until_complete(runner.cleanup())
     loop.close()
+
+
+@pytest.fixture
+def odd_server() -> Iterator[str]:
+    yield from serve(make_app(tokens=6))
+
+
+@pytest.fixture
+def cut_server() -> Iterator[str]:
+    yield from serve(make_app(tokens=3, done=False))
+
+
+def test_a_stream_cut_before_done_is_a_failure(
+    cut_server: str, word_tokenizer: HfTokenizer
+) -> None:
+    """A replica killed mid-answer: tokens came, then the stream ended without [DONE]."""
+    result = bench(cut_server, word_tokenizer, model=None, scenario="concurrent", users=2,
+                   num_prompts=2, input_len=5, output_len=6)  # fmt: skip
+    (run,) = result.runs
+    assert run.summary.completed == 0 and run.summary.failed == 2
+    assert {r.error for r in run.requests} == {"stream cut after 3 chunks (no [DONE])"}
+    assert all(r.ttft_s is not None for r in run.requests)
 
 
 def test_strict_server_without_usage(odd_server: str, word_tokenizer: HfTokenizer) -> None:

@@ -6,10 +6,12 @@ minute). The tests run in order on the same hosts.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -23,12 +25,28 @@ import pytest
 from hostbench import BenchHost, PackageIndex, PyinfraRun, run_pyinfra
 from hostbench.plugin import HostFactory
 from hostbench.pyinfra_run import PYINFRA
+from standins import build as standin_build
 from standins.build import build_vllm_wheel
-from vllm_support import ROOT, deploy, fake_gpus, http, put_model, secret, ssh_host, write_fleet
+from vllm_support import (
+    ROOT,
+    deploy,
+    fake_gpus,
+    http,
+    put_model,
+    register_release,
+    secret,
+    ssh_host,
+    unit_show,
+    wait_for,
+    write_fleet,
+)
+
+from servekit.bench.schema import BenchResult, RequestRecord
 
 pytestmark = pytest.mark.hosts
 
 GATEWAY_DEPLOY = ROOT / "deploys" / "gateway.py"
+SERVEKIT = Path(sys.executable).parent / "servekit"
 ALICE = "sk-alice-0123456789abcdef"
 CI = "sk-ci-0123456789abcdef"
 BOB = "sk-bob-0123456789abcdef"
@@ -52,7 +70,7 @@ class Fleet:
     def __post_init__(self) -> None:
         self.keys = secret(self.workdir, "clients.keys", KEYS)
 
-    def inventory(self) -> Path:
+    def inventory(self, version: str = "0.33.0") -> Path:
         engine = secret(self.workdir, "engine.key", "sk-fleet-engine-0123456789")
         fleet = f"""Fleet(
     name="gw",
@@ -63,8 +81,12 @@ class Fleet:
     gateway=Gateway(host={self.g.name!r}, api_keys=SecretRef(file={str(self.keys)!r})),
     engine_api_key=SecretRef(file={str(engine)!r}),
     sources=Sources(python_index={self.index.url!r}, weights=LocalPath(path="/srv/models")),
+    versions=Versions(vllm={version!r}),
 )"""
-        return write_fleet(self.workdir / "inventory" / "gw.py", fleet)
+        path = write_fleet(self.workdir / "inventory" / "gw.py", fleet)
+        if version != "0.33.0":
+            register_release(path, version)
+        return path
 
     def gateway(self) -> PyinfraRun:
         return run_pyinfra(self.inventory(), GATEWAY_DEPLOY, timeout=900)
@@ -248,3 +270,99 @@ def test_a_new_key_works_after_the_next_run_and_streams_survive_it(fleet: Fleet)
     assert lines[-1].strip() == "data: [DONE]" or "data: [DONE]" in "".join(lines[-3:])
     tokens = sum(1 for line in lines if line.startswith("data: {"))
     assert tokens >= 12000, tokens
+
+
+class Load:
+    """`servekit bench` through the gateway, in the background: `users` clients streaming
+    short chat completions for `duration` seconds, every request recorded (`--json`)."""
+
+    def __init__(self, fleet: Fleet, duration: int, users: int = 32, model: str = "chat") -> None:
+        self.out = fleet.workdir / f"bench-{time.time_ns()}.json"
+        key = secret(fleet.workdir, "alice.key", ALICE)
+        argv = [
+            str(SERVEKIT), "bench", fleet.url(""), "concurrent", "--users", str(users),
+            "--duration", f"{duration}s", "--model", model, "--api-key-file", str(key),
+            "--endpoint", "chat", "--input-len", "32", "--output-len", "64", "--timeout", "60",
+            "--json", str(self.out), "--quiet",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def result(self, timeout: float = 600) -> BenchResult:
+        output, _ = self.proc.communicate(timeout=timeout)
+        assert self.out.exists(), output[-3000:]
+        return BenchResult.model_validate_json(self.out.read_text())
+
+
+def failures(result: BenchResult) -> list[RequestRecord]:
+    return [r for run in result.runs for r in run.requests if r.status != "ok"]
+
+
+def gateway_servers(fleet: Fleet) -> dict[str, dict[str, str]]:
+    """HAProxy's `show stat` rows of the replicas by address, read on the gateway host."""
+    text = fleet.g.run(
+        "echo 'show stat' | socat -t 5 stdio unix-connect:/run/haproxy/admin.sock"
+    ).stdout
+    rows = list(csv.reader(text.removeprefix("# ").splitlines()))
+    header = rows[0]
+    return {
+        row[header.index("addr")]: dict(zip(header, row, strict=False))
+        for row in rows[1:]
+        if row and row[1] not in ("FRONTEND", "BACKEND") and row[0].startswith("pool")
+    }
+
+
+def vllm_unit(host: BenchHost) -> str:
+    units = host.run("systemctl list-units --plain --no-legend 'vllm-*.service'").stdout.split()
+    return next(u for u in units if u.endswith(".service"))
+
+
+def test_killing_a_replica_under_load_fails_only_its_streams(fleet: Fleet) -> None:
+    load = Load(fleet, duration=40)
+    time.sleep(12)
+    address = f"{fleet.a.address}:8000"
+    streaming = int(gateway_servers(fleet)[address]["scur"])
+    assert streaming > 0, "no request in flight on the replica: the load did not start"
+    fleet.a.run(f"systemctl kill -s KILL {vllm_unit(fleet.a)}")
+    killed = time.time()
+    result = load.result()
+    failed = failures(result)
+    started = result.runs[0].started_at_unix
+    # only requests already streaming from the killed replica fail: they had their first token
+    # and started before the kill; every later request went to the other replica
+    assert all(r.ttft_s is not None and started + r.start_s < killed for r in failed), failed
+    assert len(failed) <= streaming + 8, (len(failed), streaming)
+    assert result.runs[0].summary.completed > 200, result.runs[0].summary
+    # systemd restarts the engine; the gateway's checks take it back
+    wait_for(
+        lambda: gateway_servers(fleet)[address]["status"].startswith("UP"),
+        timeout=120,
+        what="the killed replica back UP at the gateway",
+    )
+
+
+def test_a_rolling_upgrade_through_the_gateway_fails_no_request(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(standin_build, "VLLM_VERSION", "0.33.2")
+    fleet.index.add(standin_build.build_vllm_wheel(fleet.workdir / "wheels-0.33.2"))
+    inventory = fleet.inventory(version="0.33.2")
+    load = Load(fleet, duration=180)
+    time.sleep(5)
+    run = deploy(inventory).check()
+    assert load.running(), "the load ended before the rollout did: make it longer"
+    result = load.result()
+    assert failures(result) == [], failures(result)[:5]
+    assert result.runs[0].summary.completed > 500, result.runs[0].summary
+    output = run.stdout + run.stderr
+    # each replica left the gateway's rotation before its restart and came back after it
+    assert output.count("servekit: draining pool1/replica") == 2, output[-5000:]
+    assert output.count("back in rotation at the gateway") == 2, output[-5000:]
+    for host in (fleet.a, fleet.b):
+        assert "/opt/vllm/venvs/0.33.2/" in unit_show(host, vllm_unit(host), "ExecStart")
+    again = deploy(inventory).check()
+    assert again.changes() == {}, again

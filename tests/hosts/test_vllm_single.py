@@ -27,6 +27,7 @@ from vllm_support import (
     fake_gpus,
     http,
     put_model,
+    register_release,
     secret,
     ssh_host,
     unit_show,
@@ -54,14 +55,6 @@ BROKEN_VLLM = {
     ),
     "vllm-0.33.1.dist-info/entry_points.txt": "[console_scripts]\nvllm = vllm._broken:main\n",
 }
-REGISTER = """
-from servekit import catalog as _catalog
-
-_catalog.vllm_releases()[{version!r}] = _catalog.VllmRelease(
-    version={version!r}, released="2026-11-20", python=">=3.11,<3.15", torch="2.14.0",
-    builds=(_catalog.VllmBuild(cuda="13.0", min_driver="580.65.06", source="pypi"),),
-)
-"""
 
 
 @dataclass
@@ -87,9 +80,7 @@ class Single:
 )"""
         path = write_fleet(self.workdir / "inventory" / "single.py", fleet)
         if version != "0.33.0":
-            register = REGISTER.format(version=version)
-            text = path.read_text().replace("fleet = ", register + "\nfleet = ", 1)
-            path.write_text(text)
+            register_release(path, version)
         return path
 
     def deploy(self, inventory: Path) -> PyinfraRun:

@@ -33,6 +33,22 @@ for _group in (gpu, vllm, ollama, gateway, monitoring):
 '''
 
 
+REGISTER = """
+from servekit import catalog as _catalog
+
+_catalog.vllm_releases()[{version!r}] = _catalog.VllmRelease(
+    version={version!r}, released="2026-11-20", python=">=3.11,<3.15", torch="2.14.0",
+    builds=(_catalog.VllmBuild(cuda="13.0", min_driver="580.65.06", source="pypi"),),
+)
+"""
+
+
+def register_release(inventory: Path, version: str) -> None:
+    """Add a catalog entry for stand-in vLLM `version` to an inventory (tests only)."""
+    register = REGISTER.format(version=version)
+    inventory.write_text(inventory.read_text().replace("fleet = ", register + "\nfleet = ", 1))
+
+
 def write_fleet(path: Path, fleet: str) -> Path:
     """An inventory file declaring `fleet` (Python source of a `Fleet(...)` expression)."""
     path.parent.mkdir(parents=True, exist_ok=True)
