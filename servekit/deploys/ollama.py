@@ -6,6 +6,10 @@
   login user's home.
 - **Models**: pulled through the API on the host (only the missing ones), undeclared ones deleted
   with `prune`.
+- **Retirement**: on a Linux host whose plan no longer serves any Ollama model (a model moved to
+  vLLM), servekit's `ollama.service` is stopped and disabled; binary and models stay. Run it
+  after the gateway routes elsewhere: `pyinfra INVENTORY deploys/vllm.py deploys/gateway.py
+  deploys/ollama.py`.
 
 Where the settings come from, in order: the host's servekit data (an inventory that calls
 `pyinfra_groups`); else a fleet file named by `--data servekit_fleet=PATH` or `$SERVEKIT_FLEET`;
@@ -23,7 +27,7 @@ from pyinfra.facts.server import Kernel
 from servekit.fleetfile import find_host_plan
 from servekit.operations.common import problem
 from servekit.operations.ollama import release_source_problem
-from servekit.operations.ollama_linux import linux_service
+from servekit.operations.ollama_linux import linux_service, retire_service
 from servekit.operations.ollama_macos import macos_agent
 
 
@@ -39,7 +43,10 @@ def ollama_host(default_fleet: str | None = None) -> None:
     logger.info(f"{host.print_prefix}servekit: Ollama settings from {source}")
     settings = plan.ollama
     if settings is None:
-        logger.warning(f"{host.print_prefix}the fleet serves no Ollama model here: nothing to do")
+        if plan.os != "macos" and host.get_fact(Kernel) == "Linux":
+            retire_service(plan.sudo)
+        else:
+            logger.warning(f"{host.print_prefix}the fleet serves no Ollama model here")
         return
     base_url = plan.sources.ollama_releases
     if reason := release_source_problem(base_url):

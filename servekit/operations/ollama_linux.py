@@ -13,7 +13,7 @@ import shlex
 from pyinfra import logger
 from pyinfra.context import host
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import Directory
+from pyinfra.facts.files import Directory, File
 from pyinfra.facts.server import Arch, Groups, Which
 from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import apt, files, server, systemd
@@ -209,4 +209,21 @@ def install_and_run(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: b
         sudo,
         f"journalctl -u {ollama.UNIT} -n 30 --no-pager",
         any_changed(started, restarted),
+    )
+
+
+def retire_service(sudo: bool) -> None:
+    """Stop and disable servekit's Ollama service on a Linux host whose plan serves no Ollama
+    model any more (the last step of a move to vLLM, after the gateway routes elsewhere). The
+    binary, unit and models stay; an Ollama servekit did not install (no servekit drop-in) is
+    left alone."""
+    if not host.get_fact(File, path=ollama.DROPIN_FILE):
+        logger.warning(f"{host.print_prefix}the fleet serves no Ollama model here: nothing to do")
+        return
+    systemd.service(
+        name="Retire ollama.service (no Ollama model planned here)",
+        _sudo=sudo,
+        service=ollama.UNIT,
+        running=False,
+        enabled=False,
     )

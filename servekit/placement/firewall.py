@@ -121,7 +121,7 @@ def firewall_plan(
         if address:
             admitted.update(ip_addresses(state, address, state.address_field(ref), names))
     clients: set[str] = set()
-    if ollama_port:
+    if ollama_port and state.fleet.ollama.expose:  # else only the gateway reaches it
         for index, client in enumerate(state.fleet.ollama.clients):
             clients.update(ip_addresses(state, client, f"ollama.clients[{index}]", names))
     servers = [v for v in vllm if v.role == "server"]

@@ -79,7 +79,11 @@ def ollama_host(state: PlacementState, host: str) -> OllamaHost | None:
     if not host_state.ollama_models:
         return None
     settings = state.fleet.ollama
-    bind = state.bind_address(host) if settings.expose else LOOPBACK
+    # a gateway on another host routes to it: listen where it reaches us (the firewall admits
+    # only the gateway and monitoring hosts, and declared clients); else loopback unless exposed
+    gateway = state.gateway_host()
+    behind_gateway = gateway is not None and gateway != host
+    bind = state.bind_address(host) if settings.expose or behind_gateway else LOOPBACK
     env = ollama_env(state, host, f"{bind}:{host_state.ollama_port}")
     return OllamaHost(
         version=state.fleet.versions.ollama,

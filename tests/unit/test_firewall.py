@@ -92,7 +92,7 @@ def behind_gateway(
     return plan_fleet(fleet, resolve_name=resolver(dns)).hosts
 
 
-def ollama_fleet(clients: list[str], expose: bool = True) -> Fleet:
+def ollama_fleet(clients: list[str], expose: bool = True, gateway: str = "gw") -> Fleet:
     return Fleet(
         name="ol",
         machines=[
@@ -101,7 +101,7 @@ def ollama_fleet(clients: list[str], expose: bool = True) -> Fleet:
             SshHost(name="mon", address="mon.example.com"),
         ],
         serve=[Serve(model="llama3.1:8b", engine="ollama", hosts=["o1"])],
-        gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENTS")),
+        gateway=Gateway(host=gateway, api_keys=SecretRef(env="CLIENTS")),
         monitoring=Monitoring(host="mon"),
         ollama=OllamaSettings(expose=expose, clients=clients),
     )
@@ -271,11 +271,25 @@ def test_an_exposed_ollama_gets_the_firewall_with_its_declared_clients() -> None
 
 
 def test_a_loopback_ollama_gets_no_firewall_and_no_dependency() -> None:
-    plan = plan_fleet(ollama_fleet(["192.168.5.7"], expose=False)).hosts["o1"]
+    """Not exposed, and the gateway on its own host: Ollama listens on loopback only."""
+    plan = plan_fleet(ollama_fleet(["192.168.5.7"], expose=False, gateway="o1")).hosts["o1"]
+    assert plan.ollama is not None and plan.ollama.listen == "127.0.0.1:11434"
     files = {f.path: f.content for f in render_host(plan)}
     assert "/etc/servekit/firewall.nft" not in files
     assert "servekit-firewall" not in files["/etc/systemd/system/ollama.service"]
     assert plan.ollama_clients == [] and plan.firewall_allow == []
+
+
+def test_an_ollama_behind_a_gateway_on_another_host_admits_only_it() -> None:
+    """Not exposed, but a gateway elsewhere routes to it: it listens where the gateway reaches
+    it, and its firewall admits the gateway and monitoring hosts, no declared client."""
+    fleet = ollama_fleet(["192.168.5.7"], expose=False)
+    plan = plan_fleet(fleet, resolve_name=resolver(DNS)).hosts["o1"]
+    assert plan.ollama is not None and plan.ollama.listen == "10.8.0.11:11434"
+    assert plan.firewall_allow == ["10.8.0.2", "10.9.0.98"]
+    assert plan.ollama_clients == []
+    text = {f.path: f.content for f in render_host(plan)}["/etc/servekit/firewall.nft"]
+    assert nft_set(text, "ollama") == ["11434"] and nft_set(text, "clients4") == []
 
 
 def test_clients_are_admitted_to_ollama_only_not_to_vllm() -> None:
