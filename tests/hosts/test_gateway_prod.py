@@ -1,0 +1,140 @@
+"""`inventories/prod.py`'s shape served end to end on test hosts, then a model moved from Ollama
+to vLLM under load through the gateway.
+
+`p0` is prod's a100-0 (a vLLM replica, the gateway, the monitoring host), `p1` is a100-1 (a vLLM
+replica behind a firewall that admits p0 only), and `o` a small box serving an Ollama tag. One
+pyinfra run deploys it all, as a user would run it; clients on this machine use keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hostbench import BenchHost, FileServer, PackageIndex, PyinfraRun, run_pyinfra
+from hostbench.plugin import HostFactory
+from standins.build import build_ollama_release, build_vllm_wheel
+from test_gateway import ALICE, Load, failures, post
+from vllm_support import ROOT, fake_gpus, http, put_model, secret, ssh_host, write_fleet
+
+pytestmark = pytest.mark.hosts
+
+DEPLOYS = {name: ROOT / "deploys" / f"{name}.py" for name in ("vllm", "ollama", "gateway")}
+OLLAMA_VERSION = "0.32.3"
+TAG = "llama3.1:8b"
+KEYS = f"# name key [models=a,b] [rpm=N] [concurrent=N]\nalice {ALICE}\n"
+
+
+@dataclass
+class Prod:
+    p0: BenchHost
+    p1: BenchHost
+    o: BenchHost
+    index: PackageIndex
+    releases: str
+    workdir: Path
+
+    def inventory(self, tag_engine: str) -> Path:
+        """prod's shape; the Ollama tag served by Ollama on `o`, or moved to vLLM on `p1`."""
+        keys = secret(self.workdir, "client-keys", KEYS.strip())
+        engine = secret(self.workdir, "engine.key", "sk-prod-engine-0123456789")
+        o = self.o
+        moved = (
+            f'Serve(model="{TAG}", engine="vllm", hosts=[{self.p1.name!r}], gpus_per_replica=1)'
+            if tag_engine == "vllm"
+            else f'Serve(model="{TAG}", engine="ollama", hosts=[{o.name!r}])'
+        )
+        fleet = f"""Fleet(
+    name="prod",
+    machines=[{ssh_host(self.p0)}, {ssh_host(self.p1, gpus=2)},
+              SshHost(name={o.name!r}, address={o.address!r}, ssh_user="root",
+                      ssh_key={str(o.ssh_key)!r})],
+    serve=[Serve(name="chat", model="llama-3.1-8b-instruct", gpus_per_replica=1, replicas=2,
+                 hosts=[{self.p0.name!r}, {self.p1.name!r}]),
+           {moved}],
+    gateway=Gateway(host={self.p0.name!r}, port=8080, api_keys=SecretRef(file={str(keys)!r})),
+    monitoring=Monitoring(host={self.p0.name!r}),
+    engine_api_key=SecretRef(file={str(engine)!r}),
+    sources=Sources(python_index={self.index.url!r}, weights=LocalPath(path="/srv/models"),
+                    ollama_releases={self.releases!r}),
+    versions=Versions(ollama={OLLAMA_VERSION!r}),
+)"""
+        return write_fleet(self.workdir / "inventory" / f"prod-{tag_engine}.py", fleet)
+
+    def run(self, inventory: Path, *deploys: str) -> PyinfraRun:
+        return run_pyinfra(inventory, *(DEPLOYS[d] for d in deploys), timeout=1200)
+
+    # the attributes `Load` reads of a fleet
+    @property
+    def g(self) -> BenchHost:
+        return self.p0
+
+    def url(self, path: str) -> str:
+        return f"http://{self.p0.address}:8080{path}"
+
+
+@pytest.fixture(scope="module")
+def prod(
+    test_hosts: HostFactory,
+    package_index: PackageIndex,
+    file_server: FileServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Prod]:
+    workdir = tmp_path_factory.mktemp("prod")
+    package_index.add(build_vllm_wheel(workdir / "wheels"))
+    releases = workdir / "ollama-releases"
+    build_ollama_release(releases, OLLAMA_VERSION)
+    mirror = file_server.add_tree(releases, "ollama-releases-prod")
+    p0, p1, o = test_hosts(3)
+    fake_gpus(p0)
+    fake_gpus(p1, count=2)
+    for host in (p0, p1):
+        put_model(host, "meta-llama/Llama-3.1-8B-Instruct")
+    yield Prod(p0, p1, o, package_index, mirror, workdir)
+
+
+def chat(model: str, **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+            **extra}  # fmt: skip
+
+
+def test_prod_is_served_end_to_end(prod: Prod) -> None:
+    inventory = prod.inventory("ollama")
+    prod.run(inventory, "vllm", "ollama", "gateway").check()
+    for model in ("chat", TAG):
+        status, body = post(prod.url("/v1/chat/completions"), ALICE, chat(model))
+        assert status == 200, (model, body)
+        assert json.loads(body)["choices"][0]["message"]["content"]
+        status, body = post(prod.url("/v1/chat/completions"), ALICE, chat(model, stream=True))
+        assert status == 200 and body.rstrip().endswith("data: [DONE]"), (model, body)
+    assert post(prod.url("/v1/chat/completions"), None, chat("chat"))[0] == 401
+    # nothing but the gateway reaches an engine: p0's listens on loopback, p1's and o's admit
+    # only p0 (and the monitoring host, p0 too)
+    for url in (
+        f"http://{prod.p0.address}:8000/health",
+        f"http://{prod.p1.address}:8000/health",
+        f"http://{prod.o.address}:11434/",
+    ):
+        assert http(url, timeout=3)[0] is None, url
+    again = prod.run(inventory, "vllm", "ollama", "gateway").check()
+    assert again.changes() == {}, again
+
+
+def test_moving_a_model_from_ollama_to_vllm_fails_no_request(prod: Prod) -> None:
+    inventory = prod.inventory("vllm")
+    load = Load(prod, duration=150, users=16, model=TAG)  # type: ignore[arg-type]
+    run = prod.run(inventory, "vllm", "gateway", "ollama").check()
+    assert load.running(), "the load ended before the move did: make it longer"
+    result = load.result()
+    assert failures(result) == [], failures(result)[:5]
+    assert result.runs[0].summary.completed > 300, result.runs[0].summary
+    changed = run.changes()
+    assert prod.o.name in changed["Ollama | Retire ollama.service (no Ollama model planned here)"]
+    assert prod.o.run("systemctl is-active ollama", check=False).stdout.strip() == "inactive"
+    # same URL, key and model name: now answered by vLLM on p1
+    status, body = post(prod.url("/v1/chat/completions"), ALICE, chat(TAG))
+    assert status == 200 and json.loads(body)["model"] == TAG, body
+    assert prod.run(inventory, "vllm", "gateway", "ollama").check().changes() == {}
