@@ -171,6 +171,11 @@ class OllamaHost(Plain):
     models: list[str]
     prune: bool
     plans: list[ModelPlan]
+    wave: int = 0
+    """When this host may restart Ollama: with a gateway in front, Ollama hosts restart one at a
+    time (drained at the gateway), in fleet order."""
+    waves: int = 0
+    """The fleet's Ollama hosts when a gateway is in front; 0: restart right away."""
 
 
 class Route(Plain):
@@ -189,6 +194,7 @@ class GatewayMember(Plain):
     replica: int
     host: str
     upstream: str
+    engine: str = "vllm"
 
 
 class GatewayHost(Plain):
@@ -198,6 +204,8 @@ class GatewayHost(Plain):
     engine_api_key: SecretSource | None
     members: list[GatewayMember] = []
     drain_timeout: int = 120
+    ollama_hosts: list[str] = []
+    """The fleet's Ollama hosts in restart order (`OllamaHost.wave` indexes it)."""
 
     @property
     def waves(self) -> int:

@@ -9,6 +9,8 @@ GPU drivers are the GPU deploy's job, never this one's. Changes the system: sudo
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyinfra import logger
 from pyinfra.context import host
@@ -28,22 +30,38 @@ from servekit.ollama.files import ollama_files
 from servekit.operations.common import each, problem
 from servekit.operations.credentials import mirror_login_files
 from servekit.operations.firewall import firewall_ops
+from servekit.operations.gateway_drain import ollama_will_restart
 from servekit.operations.ollama import answer_and_sync, release
 from servekit.operations.rendered import any_changed, put
 from servekit.render import HostFacts
 
 
-def linux_service(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> None:
-    """Every step of an Ollama service on a Linux host; a step that stops the host ends it."""
+@dataclass(frozen=True)
+class PendingRestart:
+    """What is left of an Ollama host's run once its files are in place: a restart (only when
+    it was running and something changed), then the API and the models. The deploy runs it in
+    the host's rollout wave, between draining and re-enabling it at the gateway."""
+
+    settings: OllamaHost
+    sudo: bool
+    needed: Callable[[], bool]
+    started: Callable[[], bool]
+
+
+def linux_service(
+    plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool
+) -> PendingRestart | None:
+    """Every step of an Ollama service on a Linux host up to its restart; None when a step
+    stopped the host."""
     arch = supported_host(plan, sudo)
     if arch is None:
-        return
+        return None
     packages(settings.version, arch, sudo)
     models_dir = data_directory(settings, sudo)
     if models_dir is None:
-        return
+        return None
     service_user(models_dir, sudo)
-    install_and_run(plan, settings, base_url, sudo)
+    return install_and_start(plan, settings, base_url, sudo)
 
 
 def supported_host(plan: HostPlan, sudo: bool) -> str | None:
@@ -163,12 +181,15 @@ def service_user(models_dir: str, sudo: bool) -> None:
         )
 
 
-def install_and_run(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool) -> None:
-    """The release, the firewall when exposed, the unit and its drop-in, start (or restart after
-    a change), then wait for the API and sync the models."""
+def install_and_start(
+    plan: HostPlan, settings: OllamaHost, base_url: str, sudo: bool
+) -> PendingRestart | None:
+    """The release, the firewall when exposed, the unit and its drop-in, started if it is not
+    running; the restart a change needs is left to `restart_and_sync` (and noted for the
+    gateway, which drains this host first)."""
     logins = mirror_login_files(plan.sources, [(NETRC_FILE, "netrc")], sudo=sudo)
     if logins is None:
-        return
+        return None
     version = settings.version
     installed = release(
         name=f"Install Ollama {version}",
@@ -196,19 +217,29 @@ def install_and_run(plan: HostPlan, settings: OllamaHost, base_url: str, sudo: b
         enabled=True,
     )
     changed = any_changed(installed, unit, dropin)
+
+    def needed() -> bool:
+        return was_running and changed()
+
+    ollama_will_restart(name="Note the restart for the gateway", _if=needed)
+    return PendingRestart(settings, sudo, needed, any_changed(started))
+
+
+def restart_and_sync(pending: PendingRestart) -> None:
+    """Restart Ollama after a change, then wait for the API and sync the models."""
     restarted = systemd.service(
         name="Restart Ollama after a change",
-        _sudo=sudo,
+        _sudo=pending.sudo,
         service=ollama.UNIT,
         restarted=True,
-        _if=lambda: was_running and changed(),
+        _if=pending.needed,
     )
     answer_and_sync(
-        settings,
-        version,
-        sudo,
+        pending.settings,
+        pending.settings.version,
+        pending.sudo,
         f"journalctl -u {ollama.UNIT} -n 30 --no-pager",
-        any_changed(started, restarted),
+        lambda: pending.started() or any_changed(restarted)(),
     )
 
 

@@ -28,8 +28,9 @@ class HostRun:
     """The vLLM venv was (re)built: every running vLLM process restarts."""
     ray_restarted: bool = False
     """A Ray node was (re)started: the Ray head waits for its cluster again."""
-    drained: dict[int, list[Target]] = field(default_factory=dict)
-    """Gateway host: the servers a rollout wave took out of rotation, to put back after it."""
+    drained: dict[str, list[Target]] = field(default_factory=dict)
+    """Gateway host: the servers a rollout wave ("vllm 1", "ollama 0") took out of rotation,
+    to put back after it."""
 
 
 @dataclass
@@ -38,6 +39,8 @@ class PassRecord:
 
     hosts: dict[str, HostRun] = field(default_factory=dict)
     rollout: Rollout = field(default_factory=Rollout)
+    ollama_restarts: set[str] = field(default_factory=set)
+    """Ollama hosts whose service restarts after a change in this run (drained first)."""
 
 
 _BY_STATE: WeakKeyDictionary[Any, dict[bool, PassRecord]] = WeakKeyDictionary()

@@ -85,6 +85,7 @@ def ollama_host(state: PlacementState, host: str) -> OllamaHost | None:
     behind_gateway = gateway is not None and gateway != host
     bind = state.bind_address(host) if settings.expose or behind_gateway else LOOPBACK
     env = ollama_env(state, host, f"{bind}:{host_state.ollama_port}")
+    order = ollama_hosts(state)
     return OllamaHost(
         version=state.fleet.versions.ollama,
         listen=env["OLLAMA_HOST"],
@@ -92,7 +93,14 @@ def ollama_host(state: PlacementState, host: str) -> OllamaHost | None:
         models=host_state.ollama_models,
         prune=settings.prune,
         plans=host_state.ollama_plans,
+        wave=order.index(host) if gateway else 0,
+        waves=len(order) if gateway else 0,
     )
+
+
+def ollama_hosts(state: PlacementState) -> list[str]:
+    """The fleet's Ollama hosts in fleet order: the order rollouts restart them in."""
+    return [name for name in state.fleet.host_names() if state.hosts[name].ollama_models]
 
 
 def ollama_env(state: PlacementState, host: str, listen: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ from servekit.hostplan import (
     ScrapeJob,
     SecretSource,
 )
+from servekit.placement.ollama import ollama_hosts
 from servekit.placement.state import PlacementState, ServeSummary, secret_source
 from servekit.spec import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT
 
@@ -32,7 +33,11 @@ def members(state: PlacementState, summary: ServeSummary, gateway: str) -> list[
         for replica, port in endpoints:
             upstream = f"{state.reach(head, gateway)}:{port}"
             member = GatewayMember(
-                serve=summary.name, replica=replica, host=head, upstream=upstream
+                serve=summary.name,
+                replica=replica,
+                host=head,
+                upstream=upstream,
+                engine=summary.engine,
             )
             found.setdefault(upstream, member)
     return [found[u] for u in sorted(found)]
@@ -62,6 +67,7 @@ def gateway_plan(state: PlacementState, host: str) -> GatewayHost | None:
         engine_api_key=secret_source(state.fleet.engine_api_key),
         members=[m for summary in state.summaries for m in members(state, summary, host)],
         drain_timeout=gateway.drain_timeout,
+        ollama_hosts=ollama_hosts(state),
     )
 
 

@@ -327,7 +327,7 @@ def test_killing_a_replica_under_load_fails_only_its_streams(fleet: Fleet) -> No
     address = f"{fleet.a.address}:8000"
     streaming = int(gateway_servers(fleet)[address]["scur"])
     assert streaming > 0, "no request in flight on the replica: the load did not start"
-    fleet.a.run(f"systemctl kill -s KILL {vllm_unit(fleet.a)}")
+    fleet.a.run(f"kill -KILL $(systemctl show -p MainPID --value {vllm_unit(fleet.a)})")
     killed = time.time()
     result = load.result()
     failed = failures(result)

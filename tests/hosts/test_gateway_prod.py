@@ -2,13 +2,16 @@
 to vLLM under load through the gateway.
 
 `p0` is prod's a100-0 (a vLLM replica, the gateway, the monitoring host), `p1` is a100-1 (a vLLM
-replica behind a firewall that admits p0 only), and `o` a small box serving an Ollama tag. One
-pyinfra run deploys it all, as a user would run it; clients on this machine use keys.
+replica behind a firewall that admits p0 only), and `o1`, `o2` small boxes serving an Ollama tag
+(two replicas). One pyinfra run deploys it all, as a user would run it; clients on this machine
+use keys. Then Ollama is upgraded under load (one box at a time, drained at the gateway), and
+the tag moves to vLLM under load.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from vllm_support import ROOT, fake_gpus, http, put_model, secret, ssh_host, wri
 pytestmark = pytest.mark.hosts
 
 DEPLOYS = {name: ROOT / "deploys" / f"{name}.py" for name in ("vllm", "ollama", "gateway")}
-OLLAMA_VERSION = "0.32.3"
+OLLAMA_VERSION, OLLAMA_NEW = "0.32.3", "0.32.4"
 TAG = "llama3.1:8b"
 KEYS = f"# name key [models=a,b] [rpm=N] [concurrent=N]\nalice {ALICE}\n"
 
@@ -32,26 +35,31 @@ KEYS = f"# name key [models=a,b] [rpm=N] [concurrent=N]\nalice {ALICE}\n"
 class Prod:
     p0: BenchHost
     p1: BenchHost
-    o: BenchHost
+    o1: BenchHost
+    o2: BenchHost
     index: PackageIndex
     releases: str
     workdir: Path
 
-    def inventory(self, tag_engine: str) -> Path:
-        """prod's shape; the Ollama tag served by Ollama on `o`, or moved to vLLM on `p1`."""
+    def inventory(self, tag_engine: str, ollama: str = OLLAMA_VERSION) -> Path:
+        """prod's shape; the Ollama tag served by Ollama on `o1` and `o2`, or moved to vLLM on
+        `p1`."""
         keys = secret(self.workdir, "client-keys", KEYS.strip())
         engine = secret(self.workdir, "engine.key", "sk-prod-engine-0123456789")
-        o = self.o
+        boxes = (self.o1, self.o2)
         moved = (
             f'Serve(model="{TAG}", engine="vllm", hosts=[{self.p1.name!r}], gpus_per_replica=1)'
             if tag_engine == "vllm"
-            else f'Serve(model="{TAG}", engine="ollama", hosts=[{o.name!r}])'
+            else f'Serve(model="{TAG}", engine="ollama", hosts={[o.name for o in boxes]!r})'
+        )
+        small = ", ".join(
+            f"SshHost(name={o.name!r}, address={o.address!r}, ssh_user='root', "
+            f"ssh_key={str(o.ssh_key)!r})"
+            for o in boxes
         )
         fleet = f"""Fleet(
     name="prod",
-    machines=[{ssh_host(self.p0)}, {ssh_host(self.p1, gpus=2)},
-              SshHost(name={o.name!r}, address={o.address!r}, ssh_user="root",
-                      ssh_key={str(o.ssh_key)!r})],
+    machines=[{ssh_host(self.p0)}, {ssh_host(self.p1, gpus=2)}, {small}],
     serve=[Serve(name="chat", model="llama-3.1-8b-instruct", gpus_per_replica=1, replicas=2,
                  hosts=[{self.p0.name!r}, {self.p1.name!r}]),
            {moved}],
@@ -60,9 +68,9 @@ class Prod:
     engine_api_key=SecretRef(file={str(engine)!r}),
     sources=Sources(python_index={self.index.url!r}, weights=LocalPath(path="/srv/models"),
                     ollama_releases={self.releases!r}),
-    versions=Versions(ollama={OLLAMA_VERSION!r}),
+    versions=Versions(ollama={ollama!r}),
 )"""
-        return write_fleet(self.workdir / "inventory" / f"prod-{tag_engine}.py", fleet)
+        return write_fleet(self.workdir / "inventory" / f"prod-{tag_engine}-{ollama}.py", fleet)
 
     def run(self, inventory: Path, *deploys: str) -> PyinfraRun:
         return run_pyinfra(inventory, *(DEPLOYS[d] for d in deploys), timeout=1200)
@@ -86,14 +94,15 @@ def prod(
     workdir = tmp_path_factory.mktemp("prod")
     package_index.add(build_vllm_wheel(workdir / "wheels"))
     releases = workdir / "ollama-releases"
-    build_ollama_release(releases, OLLAMA_VERSION)
+    for version in (OLLAMA_VERSION, OLLAMA_NEW):
+        build_ollama_release(releases, version)
     mirror = file_server.add_tree(releases, "ollama-releases-prod")
-    p0, p1, o = test_hosts(3)
+    p0, p1, o1, o2 = test_hosts(4)
     fake_gpus(p0)
     fake_gpus(p1, count=2)
     for host in (p0, p1):
         put_model(host, "meta-llama/Llama-3.1-8B-Instruct")
-    yield Prod(p0, p1, o, package_index, mirror, workdir)
+    yield Prod(p0, p1, o1, o2, package_index, mirror, workdir)
 
 
 def chat(model: str, **extra: object) -> dict[str, object]:
@@ -116,11 +125,30 @@ def test_prod_is_served_end_to_end(prod: Prod) -> None:
     for url in (
         f"http://{prod.p0.address}:8000/health",
         f"http://{prod.p1.address}:8000/health",
-        f"http://{prod.o.address}:11434/",
+        f"http://{prod.o1.address}:11434/",
     ):
         assert http(url, timeout=3)[0] is None, url
     again = prod.run(inventory, "vllm", "ollama", "gateway").check()
     assert again.changes() == {}, again
+
+
+def test_an_ollama_upgrade_under_load_fails_no_request(prod: Prod) -> None:
+    inventory = prod.inventory("ollama", ollama=OLLAMA_NEW)
+    load = Load(prod, duration=150, users=16, model=TAG)  # type: ignore[arg-type]
+    run = prod.run(inventory, "ollama").check()
+    assert load.running(), "the load ended before the upgrade did: make it longer"
+    result = load.result()
+    assert failures(result) == [], failures(result)[:5]
+    output = run.stdout + run.stderr
+    # one box at a time: drained, restarted, answering, back in rotation, then the next
+    drains = [m.start() for m in re.finditer(r"servekit: draining pool\d+/replica\d", output)]
+    backs = [m.start() for m in re.finditer("back in rotation at the gateway", output)]
+    assert len(drains) == 2 and len(backs) == 2, output[-5000:]
+    assert drains[0] < backs[0] < drains[1] < backs[1], output[-5000:]
+    for box in (prod.o1, prod.o2):
+        version = box.run(f"curl -fsS --max-time 5 http://{box.address}:11434/api/version")
+        assert json.loads(version.stdout)["version"] == OLLAMA_NEW
+    assert prod.run(inventory, "ollama").check().changes() == {}
 
 
 def test_moving_a_model_from_ollama_to_vllm_fails_no_request(prod: Prod) -> None:
@@ -132,8 +160,10 @@ def test_moving_a_model_from_ollama_to_vllm_fails_no_request(prod: Prod) -> None
     assert failures(result) == [], failures(result)[:5]
     assert result.runs[0].summary.completed > 300, result.runs[0].summary
     changed = run.changes()
-    assert prod.o.name in changed["Ollama | Retire ollama.service (no Ollama model planned here)"]
-    assert prod.o.run("systemctl is-active ollama", check=False).stdout.strip() == "inactive"
+    retired = changed["Ollama | Retire ollama.service (no Ollama model planned here)"]
+    assert set(retired) == {prod.o1.name, prod.o2.name}, changed
+    for box in (prod.o1, prod.o2):
+        assert box.run("systemctl is-active ollama", check=False).stdout.strip() == "inactive"
     # same URL, key and model name: now answered by vLLM on p1
     status, body = post(prod.url("/v1/chat/completions"), ALICE, chat(TAG))
     assert status == 200 and json.loads(body)["model"] == TAG, body

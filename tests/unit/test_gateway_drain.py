@@ -237,3 +237,42 @@ def test_no_gateway_running_skips_with_a_message(tmp_path: Path) -> None:
             timeout=10,
         )
         assert result.returncode == 0 and "no gateway running here yet" in result.stdout
+
+
+def test_the_plan_orders_ollama_hosts_into_waves_and_names_each_member() -> None:
+    from servekit.placement import plan_fleet
+    from servekit.spec import Fleet, Gateway, Gpu, LocalPath, SecretRef, Serve, Sources, SshHost
+
+    fleet = Fleet(
+        name="waves",
+        machines=[
+            SshHost(name="gw", address="10.0.0.1"),
+            SshHost(name="gpu", address="10.0.0.2", gpu=Gpu(model="A100-80GB", count=2)),
+            SshHost(name="box2", address="10.0.0.4"),
+            SshHost(name="box1", address="10.0.0.3"),
+        ],
+        serve=[
+            Serve(name="chat", model="llama-3.1-8b-instruct", hosts=["gpu"], gpus_per_replica=1),
+            Serve(model="llama3.2:1b", engine="ollama", hosts=["box2", "box1"]),
+        ],
+        gateway=Gateway(host="gw", api_keys=SecretRef(env="KEYS")),
+        engine_api_key=SecretRef(env="ENGINE_KEY"),
+        sources=Sources(weights=LocalPath(path="/srv/models")),
+    )
+    hosts = plan_fleet(fleet).hosts
+    gateway = hosts["gw"].gateway
+    assert gateway is not None
+    assert gateway.ollama_hosts == ["box2", "box1"]  # fleet order
+    boxes = [hosts[name].ollama for name in ("box2", "box1")]
+    assert [(o.wave, o.waves) for o in boxes if o] == [(0, 2), (1, 2)]
+    engines = {(m.host, m.engine, m.replica) for m in gateway.members}
+    assert engines == {
+        ("gpu", "vllm", 0),
+        ("gpu", "vllm", 1),
+        ("box2", "ollama", 0),
+        ("box1", "ollama", 1),
+    }
+    assert gateway.waves == 3  # vLLM: wave 0 starts, waves 1 and 2 roll replicas 0 and 1
+    # without a gateway, Ollama hosts restart at once, with no wave loop
+    alone = fleet.model_copy(update={"gateway": None})
+    assert plan_fleet(alone).hosts["box1"].ollama.waves == 0  # type: ignore[union-attr]
