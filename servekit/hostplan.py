@@ -206,6 +206,9 @@ class GatewayHost(Plain):
     drain_timeout: int = 120
     ollama_hosts: list[str] = []
     """The fleet's Ollama hosts in restart order (`OllamaHost.wave` indexes it)."""
+    metrics_clients: list[str] = []
+    """The monitoring host's addresses: it may read `/metrics` (a gateway-only host has no
+    servekit firewall whose admitted addresses would say so)."""
 
     @property
     def waves(self) -> int:

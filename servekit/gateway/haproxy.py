@@ -182,7 +182,7 @@ def haproxy_config(plan: HostPlan, engine_key: str | None, layout: GatewayLayout
         port=int(gateway.port),
         pools=pools(gateway.routes),
         engine_key=engine_key,
-        metrics_clients=plan.firewall_allow,
+        metrics_clients=sorted(set(plan.firewall_allow) | set(gateway.metrics_clients)),
         errors=ERRORS,
         http_errors=HTTP_ERRORS,
         bufsize=BUFSIZE,

@@ -11,6 +11,7 @@ from servekit.hostplan import (
     ScrapeJob,
     SecretSource,
 )
+from servekit.placement.firewall import ip_addresses
 from servekit.placement.ollama import ollama_hosts
 from servekit.placement.state import PlacementState, ServeSummary, secret_source
 from servekit.spec import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT
@@ -68,7 +69,20 @@ def gateway_plan(state: PlacementState, host: str) -> GatewayHost | None:
         members=[m for summary in state.summaries for m in members(state, summary, host)],
         drain_timeout=gateway.drain_timeout,
         ollama_hosts=ollama_hosts(state),
+        metrics_clients=monitoring_addresses(state, host),
     )
+
+
+def monitoring_addresses(state: PlacementState, host: str) -> list[str]:
+    """The monitoring host's IP addresses as `host` sees it (none on the same host, or before
+    `servekit cloud apply` gives it one)."""
+    monitoring = state.monitoring_host()
+    if monitoring is None or monitoring == host:
+        return []
+    address = state.hosts[monitoring].cluster_address
+    if not address:
+        return []
+    return ip_addresses(state, address, state.address_field(monitoring), {})
 
 
 def monitoring_plan(state: PlacementState, host: str) -> MonitoringHost | None:

@@ -270,3 +270,16 @@ def test_gateway_lines_show_the_url_and_pools_never_keys() -> None:
         )
         == []
     )
+
+
+def test_the_monitoring_host_may_read_metrics_on_a_gateway_only_host(tmp_path: Path) -> None:
+    """gw runs no engine, so no servekit firewall lists admitted hosts there: the monitoring
+    host's address reaches the metrics ACL from the plan itself."""
+    plan = gateway_plan(monitoring=Monitoring(host="o1"))
+    assert plan.firewall_allow == [] and plan.gateway is not None
+    assert plan.gateway.metrics_clients == ["10.0.0.3"]
+    config = next(v for k, v in rendered(tmp_path, plan).items() if k.endswith("haproxy.cfg"))
+    acl = next(line for line in config.splitlines() if "acl metrics_client" in line)
+    assert acl.split()[-3:] == ["127.0.0.1", "::1", "10.0.0.3"]
+    alone = gateway_plan(monitoring=Monitoring(host="gw"))  # on the gateway's own host
+    assert alone.gateway is not None and alone.gateway.metrics_clients == []
