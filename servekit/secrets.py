@@ -53,14 +53,17 @@ def _create_hint(shown: str) -> str:
 
 def _file_lines(path: Path, structured: bool = False) -> list[str]:
     """The lines of a secret file, after every check of the module docstring."""
+    return _secret_lines(str(path), _checked_text(path), structured)
+
+
+def _checked_text(path: Path) -> str:
     data = _read_checked(path)
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise SecretError(
             f"secret file {path} is not UTF-8 text", _create_hint(str(path))
         ) from None
-    return _secret_lines(str(path), text, structured)
 
 
 def _read_checked(path: Path) -> bytes:
@@ -181,6 +184,25 @@ def load_secret(source: SecretLike, structured: bool = False) -> list[str]:
     if source.file is None:
         raise SecretError("a secret names neither a file nor a variable", "give one of them")
     return _file_lines(Path(str(source.file)).expanduser(), structured)
+
+
+def load_numbered_lines(source: SecretLike) -> list[tuple[int, str]]:
+    """A structured secret's lines (`load_secret(structured=True)`, every check) with their
+    line numbers in the file, so errors name the line a user sees (a variable is line 1)."""
+    if source.env:
+        return [(1, _env_value(source.env))]
+    if source.file is None:
+        raise SecretError("a secret names neither a file nor a variable", "give one of them")
+    path = Path(str(source.file)).expanduser()
+    text = _checked_text(path)
+    kept = _secret_lines(str(path), text, structured=True)
+    numbered = [
+        (number, line.strip())
+        for number, line in enumerate(text.split("\n"), 1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    assert [line for _number, line in numbered] == kept
+    return numbered
 
 
 def read_secret(source: SecretLike) -> str:

@@ -70,8 +70,7 @@ def read_secrets(gateway: GatewayHost) -> tuple[list[ApiKey], str | None] | None
     the control machine; None after stopping this host with why (never a key)."""
     served = {route.model for route in gateway.routes}
     try:
-        lines = secrets.load_secret(gateway.api_keys, structured=True)
-        keys = parse_keys(lines, served)
+        keys = parse_keys(secrets.load_numbered_lines(gateway.api_keys), served)
         engine = gateway.engine_api_key
         engine_key = secrets.read_secret(engine) if engine is not None else None
     except KeysError as error:

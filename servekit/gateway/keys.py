@@ -79,12 +79,16 @@ def parse_line(number: int, line: str, served: set[str]) -> ApiKey:
     return ApiKey(words[0], sha, models, rpm, concurrent)
 
 
-def parse_keys(lines: Iterable[str], served: Iterable[str]) -> list[ApiKey]:
-    """The keys of the secret's lines (comments and blank lines skipped); `served`: the model
-    names the fleet serves. Duplicate names or keys are refused."""
+def parse_keys(
+    lines: Iterable[str] | Iterable[tuple[int, str]], served: Iterable[str]
+) -> list[ApiKey]:
+    """The keys of the secret's lines (comments and blank lines skipped), each line alone or
+    with its number in the file (`secrets.load_numbered_lines`; else counted from 1);
+    `served`: the model names the fleet serves. Duplicate names or keys are refused."""
     names = set(served)
     keys: list[ApiKey] = []
-    for number, raw in enumerate(lines, 1):
+    for index, entry in enumerate(lines, 1):
+        number, raw = entry if isinstance(entry, tuple) else (index, entry)
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

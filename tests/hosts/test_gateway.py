@@ -50,7 +50,6 @@ SERVEKIT = Path(sys.executable).parent / "servekit"
 ALICE = "sk-alice-0123456789abcdef"
 CI = "sk-ci-0123456789abcdef"
 BOB = "sk-bob-0123456789abcdef"
-# (a comment may not be the first line yet: the fleet's secret check reads it as the secret)
 KEYS = f"alice {ALICE}\n# name key [models=a,b] [rpm=N] [concurrent=N]\nci {CI} models=chat rpm=4\n"
 SERVE = (
     'Serve(name="chat", model="llama-3.1-8b-instruct", replicas=2, '
@@ -210,8 +209,8 @@ def test_a_bad_keys_file_stops_only_the_gateway_host_and_shows_no_key(fleet: Fle
     assert run.returncode != 0
     assert run.errors() == {"servekit gateway | Read the gateway's keys": [fleet.g.name]}, run
     output = run.stdout + run.stderr
-    # (the line number counts key lines: load_secret drops comments before parse_keys sees them)
-    assert "nope" in output and "line " in output, run
+    # the line as the user's editor numbers it (the comment counts)
+    assert "nope" in output and "line 4:" in output, run
     assert BOB not in output and ALICE not in output and CI not in output
     # the gateway still answers with its previous keys
     assert post(fleet.url("/v1/chat/completions"), ALICE, chat())[0] == 200

@@ -283,3 +283,16 @@ def test_the_monitoring_host_may_read_metrics_on_a_gateway_only_host(tmp_path: P
     assert acl.split()[-3:] == ["127.0.0.1", "::1", "10.0.0.3"]
     alone = gateway_plan(monitoring=Monitoring(host="gw"))  # on the gateway's own host
     assert alone.gateway is not None and alone.gateway.metrics_clients == []
+
+
+def test_errors_name_the_line_of_the_file_comments_included(tmp_path: Path) -> None:
+    from servekit.secrets import load_numbered_lines
+
+    path = tmp_path / "keys"
+    path.write_text(f"# clients\n\nalice {ALICE}\n# ci below\nci {CI_KEY} models=nope\n")
+    path.chmod(0o600)
+    numbered = load_numbered_lines(SecretRef(file=str(path)))
+    assert [n for n, _line in numbered] == [3, 5]
+    with pytest.raises(KeysError, match="line 5: ") as caught:
+        parse_keys(numbered, SERVED)
+    assert "nope" in str(caught.value) and CI_KEY not in str(caught.value)
