@@ -170,13 +170,18 @@ def _print_fleet_notes(fleet_plan: FleetPlan, notes: list[str]) -> None:
     """Planner notes (each once), the firewall's rules, the gateway and the fleet's cloud cost."""
     from servekit.firewall import firewall_lines
     from servekit.gateway.haproxy import gateway_lines
+    from servekit.gateway.keys import keys_summary
 
     for note in dict.fromkeys(notes):
         out.print(f"  note: {note}", highlight=False)
     for line in firewall_lines(fleet_plan):
         out.print(f"  {line}", highlight=False, markup=False)
     for host in fleet_plan.hosts.values():
-        for line in gateway_lines(host):
+        lines = gateway_lines(host)
+        if host.gateway is not None:
+            served = [route.model for route in host.gateway.routes]
+            lines.append(f"  {keys_summary(host.gateway.api_keys, served)}")
+        for line in lines:
             out.print(f"  {line}", highlight=False, markup=False)
     if fleet_plan.cost_usd_hour is not None:
         hourly = fleet_plan.cost_usd_hour

@@ -11,7 +11,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from servekit.secrets import SecretError
+from servekit.hostplan import SecretSource
+from servekit.secrets import SecretError, load_numbered_lines
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 KEY = re.compile(r"[\x21-\x7e]{16,256}")
@@ -101,3 +102,15 @@ def parse_keys(
     if not keys:
         raise KeysError("the gateway keys file holds no key", "add a line: name key")
     return keys
+
+
+def keys_summary(api_keys: SecretSource, served: Iterable[str]) -> str:
+    """What `servekit plan` says of the clients' keys: how many, how many limited, never a key
+    (or why the file is not usable yet: the gateway deploy would stop on it)."""
+    try:
+        keys = parse_keys(load_numbered_lines(api_keys), served)
+    except SecretError as error:
+        return f"keys: {api_keys.describe()}: not usable: {error}"
+    limited = sum(1 for k in keys if k.models is not None or k.rpm or k.concurrent)
+    clients = f"{len(keys)} client{'s' if len(keys) != 1 else ''}"
+    return f"keys: {clients} ({limited} with limits), from {api_keys.describe()}"

@@ -296,3 +296,20 @@ def test_errors_name_the_line_of_the_file_comments_included(tmp_path: Path) -> N
     with pytest.raises(KeysError, match="line 5: ") as caught:
         parse_keys(numbered, SERVED)
     assert "nope" in str(caught.value) and CI_KEY not in str(caught.value)
+
+
+def test_plan_counts_the_clients_keys_never_shows_them(tmp_path: Path) -> None:
+    from servekit.gateway.keys import keys_summary
+    from servekit.hostplan import SecretSource
+
+    path = tmp_path / "keys"
+    path.write_text(f"# clients\nalice {ALICE}\nci {CI_KEY} models={QWEN} rpm=60\n")
+    path.chmod(0o600)
+    summary = keys_summary(SecretSource(file=str(path)), SERVED)
+    assert summary == f"keys: 2 clients (1 with limits), from file {path}"
+    path.write_text(f"alice {ALICE}\nci {CI_KEY} models=nope\n")
+    summary = keys_summary(SecretSource(file=str(path)), SERVED)
+    assert summary.startswith(f"keys: file {path}: not usable: gateway keys file, line 2:")
+    assert ALICE not in summary and CI_KEY not in summary
+    missing = keys_summary(SecretSource(file=str(tmp_path / "absent")), SERVED)
+    assert "not usable: cannot read secret file" in missing
