@@ -59,7 +59,7 @@ class Prod:
         )
         fleet = f"""Fleet(
     name="prod",
-    machines=[{ssh_host(self.p0)}, {ssh_host(self.p1, gpus=2)}, {small}],
+    machines=[{ssh_host(self.p0, gpus=2)}, {ssh_host(self.p1, gpus=2)}, {small}],
     serve=[Serve(name="chat", model="llama-3.1-8b-instruct", gpus_per_replica=1, replicas=2,
                  hosts=[{self.p0.name!r}, {self.p1.name!r}]),
            {moved}],
@@ -98,7 +98,7 @@ def prod(
         build_ollama_release(releases, version)
     mirror = file_server.add_tree(releases, "ollama-releases-prod")
     p0, p1, o1, o2 = test_hosts(4)
-    fake_gpus(p0)
+    fake_gpus(p0, count=2)
     fake_gpus(p1, count=2)
     for host in (p0, p1):
         put_model(host, "meta-llama/Llama-3.1-8B-Instruct")
