@@ -298,7 +298,15 @@ class Load:
 
 
 def failures(result: BenchResult) -> list[RequestRecord]:
-    return [r for run in result.runs for r in run.requests if r.status != "ok"]
+    """The failed requests; the run's figures are printed (`pytest -s` shows them)."""
+    failed = [r for run in result.runs for r in run.requests if r.status != "ok"]
+    summary = result.runs[0].summary
+    print(
+        f"\nload through the gateway: {summary.completed} completed, {len(failed)} failed "
+        f"in {summary.duration_s:.0f} s ({summary.request_throughput:.1f} req/s, peak "
+        f"{summary.peak_concurrency} in flight)"
+    )
+    return failed
 
 
 def gateway_servers(fleet: Fleet) -> dict[str, dict[str, str]]:
