@@ -60,8 +60,8 @@ class Prod:
         fleet = f"""Fleet(
     name="prod",
     machines=[{ssh_host(self.p0, gpus=2)}, {ssh_host(self.p1, gpus=2)}, {small}],
-    serve=[Serve(name="chat", model="llama-3.1-8b-instruct", gpus_per_replica=1, replicas=2,
-                 hosts=[{self.p0.name!r}, {self.p1.name!r}]),
+    serve=[Serve(name="chat", model="qwen2.5-7b-instruct", gpus_per_replica=1, replicas=2,
+                 hosts=[{self.p0.name!r}, {self.p1.name!r}], served_names=["chat"]),
            {moved}],
     gateway=Gateway(host={self.p0.name!r}, port=8080, api_keys=SecretRef(file={str(keys)!r})),
     monitoring=Monitoring(host={self.p0.name!r}),
@@ -101,7 +101,8 @@ def prod(
     fake_gpus(p0, count=2)
     fake_gpus(p1, count=2)
     for host in (p0, p1):
-        put_model(host, "meta-llama/Llama-3.1-8B-Instruct")
+        put_model(host, "Qwen/Qwen2.5-7B-Instruct")
+    put_model(p1, "meta-llama/Llama-3.1-8B-Instruct")  # the Ollama tag's model, for the move
     yield Prod(p0, p1, o1, o2, package_index, mirror, workdir)
 
 
