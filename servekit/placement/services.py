@@ -3,6 +3,7 @@ Prometheus jobs that scrape the engines and the exporters."""
 
 from __future__ import annotations
 
+from servekit.errors import Problem
 from servekit.hostplan import (
     GatewayHost,
     GatewayMember,
@@ -55,6 +56,7 @@ def gateway_plan(state: PlacementState, host: str) -> GatewayHost | None:
     if gateway is None or host != state.gateway_host():
         return None
     state.claim_port(host, gateway.port, "gateway", "gateway.port")
+    one_pool_per_name(state)
     routes = [
         Route(model=model, upstreams=upstreams(state, summary, host), engine=summary.engine)
         for summary in state.summaries
@@ -71,6 +73,28 @@ def gateway_plan(state: PlacementState, host: str) -> GatewayHost | None:
         ollama_hosts=ollama_hosts(state),
         metrics_clients=monitoring_addresses(state, host),
     )
+
+
+def one_pool_per_name(state: PlacementState) -> None:
+    """The gateway routes a model name to one pool: two Serve entries answering the same name
+    (the same checkpoint twice, or a served name) is a problem naming the second."""
+    fleet = state.fleet
+    index_of = {fleet.serve_name(i): i for i in range(len(fleet.serve))}
+    answered: dict[str, int] = {}
+    for summary in state.summaries:
+        index = index_of[summary.name]
+        for name in dict.fromkeys(summary.served_names):
+            first = answered.setdefault(name, index)
+            if first != index:
+                state.problems.append(
+                    Problem(
+                        f"serve[{index}].served_names",
+                        f"{name!r} is also answered by serve[{first}]; the gateway routes one "
+                        "name to one pool",
+                        f"give serve[{index}] its own name (served_names, or another model), or "
+                        f"add its hosts to serve[{first}]",
+                    )
+                )
 
 
 def monitoring_addresses(state: PlacementState, host: str) -> list[str]:

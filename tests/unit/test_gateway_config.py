@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from servekit.errors import FleetError
 from servekit.gateway import GATEWAY, ApiKey, GatewayLayout, KeysError, gateway_files, gateway_lines
 from servekit.gateway.haproxy import haproxy_word, server_address
 from servekit.gateway.keys import parse_keys
@@ -313,3 +314,26 @@ def test_plan_counts_the_clients_keys_never_shows_them(tmp_path: Path) -> None:
     assert ALICE not in summary and CI_KEY not in summary
     missing = keys_summary(SecretSource(file=str(tmp_path / "absent")), SERVED)
     assert "not usable: cannot read secret file" in missing
+
+
+def test_two_entries_answering_one_name_are_refused_with_the_fix() -> None:
+    fleet = Fleet(
+        name="twice",
+        machines=[
+            SshHost(name="g1", address="10.0.0.1", gpu=Gpu(model="L4")),
+            SshHost(name="o1", address="10.0.0.3", gpu=Gpu(model="L4")),
+            SshHost(name="gw", address="10.0.0.9"),
+        ],
+        serve=[
+            Serve(model="qwen2.5-7b-instruct", hosts=["g1"], served_names=["chat"]),
+            Serve(model=LLAMA, engine="ollama", hosts=["o1"]),
+            Serve(name="chat2", model="qwen2.5-7b-instruct", hosts=["o1"], engine="vllm"),
+        ],
+        gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENT_KEYS")),
+        engine_api_key=SecretRef(env="ENGINE_KEY"),
+    )
+    with pytest.raises(FleetError) as caught:
+        plan_fleet(fleet)
+    text = str(caught.value)
+    assert "serve[2].served_names" in text and f"{QWEN!r} is also answered by serve[0]" in text
+    assert "fix:" in text
