@@ -628,3 +628,49 @@ def test_an_exposed_ollama_gets_its_firewall_before_its_unit(
     assert confirmed == ["systemctl stop servekit-firewall-rollback.timer"]
     unit = run.uploads["/etc/systemd/system/ollama.service"]
     assert "Requires=servekit-firewall.service" in unit
+
+
+def no_ollama_data() -> Any:
+    """A Linux box the fleet no longer serves any Ollama model on (a model moved to vLLM)."""
+    fleet = Fleet(
+        name="team",
+        machines=[SshHost(name="box", address="10.0.0.5", os="linux")],
+        serve=[],
+        versions=Versions(ollama=VERSION),
+        sources=Sources(),
+    )
+    return plan_fleet(fleet).hosts["box"].to_host_data()
+
+
+def retired_box(dropin: bool, running: bool) -> Run:
+    responses = linux()
+    if dropin:
+        responses[re.compile(re.escape(ollama.DROPIN_FILE))] = stat_line(
+            ollama.DROPIN_FILE, "-", "root", "rw-r--r--"
+        )
+    state = "running" if running else "dead"
+    enabled = "enabled" if running else "disabled"
+    responses[re.compile(r"--property SubState ollama.service")] = [
+        "Id=ollama.service",
+        f"SubState={state}",
+    ]
+    responses[re.compile(r"--property UnitFileState ollama.service")] = [
+        "Id=ollama.service",
+        f"UnitFileState={enabled}",
+    ]
+    return run_deploy(no_ollama_data(), responses)
+
+
+def test_a_box_that_serves_no_ollama_any_more_has_servekits_service_retired() -> None:
+    run = retired_box(dropin=True, running=True)
+    assert not run.failed, run
+    (step,) = run.steps.values()
+    assert step.changed and " ".join(step.shell()).count("ollama.service") == 2, run
+    assert any("stop" in c for c in step.shell()) and any("disable" in c for c in step.shell())
+    # retired already: nothing to do; an Ollama servekit did not install is left alone
+    assert run_is_quiet(retired_box(dropin=True, running=False))
+    assert list(retired_box(dropin=False, running=True).steps) == []
+
+
+def run_is_quiet(run: Run) -> bool:
+    return not run.failed and not run.changed
