@@ -121,7 +121,9 @@ def pyinfra_groups(fleet: Fleet) -> Groups:
     for host in plan.hosts.values():
         name, data = _connection_data(fleet, host, pinned)
         data[HOST_DATA_KEY] = host.to_host_data()
-        for role in host.roles:
+        # a machine that serves nothing (any more) stays in the inventory, so that the deploys
+        # can retire what they ran there (the Ollama deploy stops servekit's Ollama)
+        for role in host.roles or ["ollama"]:
             groups[role].append((name, data))
     return Groups(**groups)
 

@@ -179,3 +179,28 @@ def test_the_same_client_request_works_on_both_engines(engines: tuple[int, int])
     assert harness.request(ollama_port, "GET", "/api/tags")[0] == 200
     assert harness.request(vllm_port, "GET", "/api/tags")[0] == 404
     assert harness.request(vllm_port, "POST", "/v1/chat/completions", request)[0] == 401
+
+
+def test_a_machine_that_serves_nothing_any_more_stays_in_the_inventory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After a move, the Ollama box serves nothing: it must still be a pyinfra host (in the
+    `ollama` group), or `deploys/ollama.py` could never stop the Ollama it left running."""
+    from servekit.inventory import pyinfra_groups
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, value in [
+        (".config/team/keys", "alice sk-alice-0123456789abcdef"),
+        (".config/team/engine.key", "sk-engine-0123456789abcdef"),
+        (".config/hf-token", "hf_0123456789abcdef"),
+    ]:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+    fleet = team("vllm").model_copy(
+        update={"machines": [*team("vllm").machines, SshHost(name="box", address="10.0.0.7")]}
+    )
+    groups = pyinfra_groups(fleet)
+    assert [name for name, _data in groups.ollama] == ["box"]
+    assert "box" not in [name for group in groups[:2] + groups[3:] for name, _data in group]
