@@ -9,7 +9,9 @@ the host whose plan (`servekit.deploys.common.host_plan`) has a gateway it:
 2. renders the configuration and key maps (`servekit.gateway.haproxy.gateway_files`);
 3. installs Debian's `haproxy`, writes the files (0640 root:haproxy, staged and checked with
    `haproxy -c` before they count: a refused configuration is rolled back), enables and starts
-   `haproxy.service`, and reloads it only after a file changed (hitless).
+   `haproxy.service`, and reloads it only after a file changed (hitless);
+4. sets up the access log and per-key metrics (`servekit.operations.gateway_metrics`): rsyslog
+   writes HAProxy's lines to a file, mtail serves counters and histograms from it.
 
 Every other host is left alone. The engines' firewall already admits the gateway host (see
 `servekit.placement.firewall`); the gateway port itself is open to clients, whose keys are the
@@ -25,6 +27,7 @@ from pyinfra.context import host
 from servekit import secrets
 from servekit.deploys.common import host_plan
 from servekit.gateway.haproxy import gateway_files
+from servekit.gateway.keymetrics import metrics_files
 from servekit.gateway.keys import ApiKey, KeysError, parse_keys
 from servekit.hostplan import GatewayHost
 from servekit.operations.common import problem
@@ -35,6 +38,7 @@ from servekit.operations.gateway import (
     gateway_service,
     haproxy_package,
 )
+from servekit.operations.gateway_metrics import metrics_steps
 from servekit.operations.rendered import any_changed
 from servekit.secrets import SecretError
 
@@ -58,6 +62,7 @@ def gateway_host() -> None:
     config = gateway_config(name="Write the gateway configuration", files=files)
     gateway_service(name="Enable and start haproxy.service")
     gateway_reload(name="Reload HAProxy", _if=any_changed(config))
+    metrics_steps(metrics_files(plan))
 
 
 def read_secrets(gateway: GatewayHost) -> tuple[list[ApiKey], str | None] | None:

@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,17 @@ from standins import harness as h
 from test_gateway_haproxy import ENGINE, KEY_LINES, KEYS, PROMPT, Gw, chat, plan_with, vllm, wait_up
 
 from servekit.gateway import GatewayLayout, gateway_files, parse_keys
-from servekit.gateway.keymetrics import BUCKETS, METRIC_NAMES, metrics_files, mtail_argv
+from servekit.gateway.keymetrics import (
+    BUCKETS,
+    METRIC_NAMES,
+    access_log_files,
+    alternation,
+    logged,
+    metrics_files,
+    metrics_unit,
+    mtail_argv,
+    re2_literal,
+)
 from servekit.hostplan import Route
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,3 +248,49 @@ def test_scrapes_are_for_metrics_clients_only_and_not_logged(mgw: MetricsGw) -> 
         assert json.loads(response.read())["error"]["code"] == "invalid_api_key"
     finally:
         conn.close()
+
+
+# --- the rendered files, without running anything -------------------------------------------
+
+
+def test_served_names_are_matched_literally_as_the_log_writes_them() -> None:
+    assert re2_literal("vendor/m.v1+x") == r"vendor\/m\.v1\+x"
+    pattern = re.compile(alternation([logged(m) for m in ("a.b", "a.b-long", "x/y")]))
+    assert pattern.fullmatch(r"x\/y") and pattern.fullmatch("a.b-long")
+    assert not pattern.fullmatch("aXb") and not pattern.fullmatch("x/y")
+    with pytest.raises(ValueError):
+        re2_literal("a\nb")
+
+
+def test_the_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
+    layout = GatewayLayout()
+    unit = tmp_path / f"{layout.metrics_service}.service"
+    unit.write_text(metrics_unit(layout))
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout)
+    assert found and float(found.group(1)) <= 2.5, security.stdout + security.stderr
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert not [
+        line
+        for line in (verify.stdout + verify.stderr).splitlines()
+        if line.strip() and "is not executable: No such file or directory" not in line
+    ]
+    text = unit.read_text()
+    assert "User=mtail" in text and "--address 127.0.0.1" in text and "IPAddressDeny=any" in text
+
+
+def test_rsyslog_accepts_the_snippet(tmp_path: Path) -> None:
+    layout = GatewayLayout.under(str(tmp_path))
+    for file in access_log_files(plan_with([], 8080), layout):
+        Path(file.path).write_text(file.content)
+    main = tmp_path / "main.conf"
+    main.write_text(
+        f'module(load="imuxsock" SysSock.Use="off")\ninclude(file="{layout.rsyslog_conf}")\n'
+    )
+    result = subprocess.run([RSYSLOGD, "-N1", "-f", str(main)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "error" not in (result.stdout + result.stderr).lower()
