@@ -11,6 +11,8 @@ The files hold no key (paths and key names only), so they are uploaded like any 
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from pyinfra.api.operation import OperationMeta, operation
 from pyinfra.context import host
 from pyinfra.facts.deb import DebPackages
@@ -29,8 +31,10 @@ RSYSLOG = "rsyslog.service"
 
 
 def directories(layout: GatewayLayout) -> list[tuple[str, int, str, str]]:
-    """(path, mode, user, group) of every directory the access log and metrics need."""
+    """(path, mode, user, group) of every directory the access log and metrics need; the
+    socket directory's parent too, which HAProxy must be able to pass through."""
     return [
+        (str(PurePosixPath(layout.access_log_socket_dir).parent), 0o755, "root", "root"),
         (layout.access_log_socket_dir, 0o750, "root", layout.group),
         (layout.access_log_dir, 0o750, "root", layout.metrics_user),
         (layout.metrics_programs, 0o755, "root", "root"),
