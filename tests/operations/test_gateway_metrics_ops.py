@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import re
 from io import StringIO
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pyinfra.api import Config, Inventory, State
@@ -21,26 +21,26 @@ from pyinfra.api.operations import run_ops
 
 from servekit.gateway import GATEWAY
 from servekit.gateway.keymetrics import metrics_files
-from servekit.hostplan import GatewayHost, HostPlan, Route
+from servekit.hostplan import HostPlan
+from servekit.inventory import load_fleet_and_plan
 from servekit.operations.gateway_metrics import directories, metrics_steps
-from servekit.placement import plan_fleet
-from servekit.spec import Fleet, Gateway, SecretRef, SshHost
 from servekit.templating import RenderedFile
 
 SERVICE = f"{GATEWAY.metrics_service}.service"
 
 
 def gateway_plan() -> HostPlan:
-    fleet = Fleet(
-        name="gwtest",
-        machines=[SshHost(name="gw", address="10.0.0.5")],
-        gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENT_KEYS")),
-    )
-    plan = plan_fleet(fleet).hosts["gw"]
-    assert plan.gateway is not None
-    routes = [Route(model="chat", upstreams=["10.0.0.6:8000"], engine="vllm")]
-    gateway = GatewayHost(**{**plan.gateway.model_dump(), "routes": routes})
-    return plan.model_copy(update={"gateway": gateway})
+    """The gateway host of the main example (inventories/prod.py), its cloud replicas given
+    addresses as `servekit cloud apply` would."""
+    _fleet, plan = load_fleet_and_plan(Path(__file__).resolve().parents[2] / "inventories/prod.py")
+    (host,) = [h for h in plan.hosts.values() if h.gateway is not None]
+    assert host.gateway is not None
+    routes = [
+        route.model_copy(update={"upstreams": [f"10.0.0.{9 + i}:8000" for i, _ in
+                                               enumerate(route.upstreams)]})
+        for route in host.gateway.routes
+    ]  # fmt: skip
+    return host.model_copy(update={"gateway": host.gateway.model_copy(update={"routes": routes})})
 
 
 FILES = metrics_files(gateway_plan())
