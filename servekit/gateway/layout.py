@@ -21,8 +21,11 @@ class GatewayLayout:
     """`user`/`group` in HAProxy's global section (Debian's unit starts it as root)."""
     bind_address: str = "*"
     """Clients come from anywhere: the key is the control."""
-    access_log_socket_dir: str = "/var/lib/servekit/gateway-log"
-    """Holds rsyslog's socket HAProxy logs to: 0750 root:haproxy, so only HAProxy logs there."""
+    access_log_address: str = "127.0.0.1"
+    access_log_port: int = 5140
+    """rsyslog's UDP input for HAProxy's lines, on loopback (HAProxy's management guide: UDP to
+    the local syslog daemon, as UNIX sockets' small buffers lose messages; 514 is left to the
+    host's own syslog)."""
     access_log_dir: str = "/var/log/servekit-gateway"
     """The access log, written by rsyslog: 0750 root:mtail, the file 0640 root:mtail."""
     rsyslog_conf: str = "/etc/rsyslog.d/30-servekit-gateway.conf"
@@ -69,11 +72,6 @@ class GatewayLayout:
         return f"{self.directory}/models.json"
 
     @property
-    def access_log_socket(self) -> str:
-        """rsyslog's unix datagram socket: HAProxy's second `log` target."""
-        return f"{self.access_log_socket_dir}/log.sock"
-
-    @property
     def access_log(self) -> str:
         """One line per request, as HAProxy's log-format writes it; mtail reads it."""
         return f"{self.access_log_dir}/access.log"
@@ -89,7 +87,11 @@ class GatewayLayout:
 
     @classmethod
     def under(
-        cls, root: str, bind_address: str = "127.0.0.1", metrics_port: int = 3904
+        cls,
+        root: str,
+        bind_address: str = "127.0.0.1",
+        metrics_port: int = 3904,
+        access_log_port: int = 5140,
     ) -> GatewayLayout:
         """Every path under `root`, log to stderr, no privilege drop: a non-root test run."""
         return cls(
@@ -99,7 +101,7 @@ class GatewayLayout:
             log_target="stderr",
             drop_privileges=False,
             bind_address=bind_address,
-            access_log_socket_dir=f"{root}/log-socket",
+            access_log_port=access_log_port,
             access_log_dir=f"{root}/log",
             rsyslog_conf=f"{root}/rsyslog.conf",
             logrotate_conf=f"{root}/logrotate.conf",

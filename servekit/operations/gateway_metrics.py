@@ -1,6 +1,6 @@
 """The gateway's access log and per-key metrics on its host, in named steps: Debian's `mtail` and
-`rsyslog`, their directories (rsyslog's socket 0750 root:haproxy, so only HAProxy logs to it;
-the access log 0750 root:mtail; the mtail program 0755 root:root), servekit's four files (the
+`rsyslog`, their directories (the access log 0750 root:mtail; the mtail program 0755
+root:root), servekit's four files (the
 rsyslog snippet, the logrotate rule, the mtail program, the unit), rsyslog restarted after its
 snippet changed (once `rsyslogd -N1` accepts the whole configuration), and
 `servekit-gateway-metrics.service` enabled, running, and restarted after its program or unit
@@ -10,8 +10,6 @@ The files hold no key (paths and key names only), so they are uploaded like any 
 """
 
 from __future__ import annotations
-
-from pathlib import PurePosixPath
 
 from pyinfra.api.operation import OperationMeta, operation
 from pyinfra.context import host
@@ -31,11 +29,8 @@ RSYSLOG = "rsyslog.service"
 
 
 def directories(layout: GatewayLayout) -> list[tuple[str, int, str, str]]:
-    """(path, mode, user, group) of every directory the access log and metrics need; the
-    socket directory's parent too, which HAProxy must be able to pass through."""
+    """(path, mode, user, group) of every directory the access log and metrics need."""
     return [
-        (str(PurePosixPath(layout.access_log_socket_dir).parent), 0o755, "root", "root"),
-        (layout.access_log_socket_dir, 0o750, "root", layout.group),
         (layout.access_log_dir, 0o750, "root", layout.metrics_user),
         (layout.metrics_programs, 0o755, "root", "root"),
     ]
@@ -68,7 +63,7 @@ def metrics_packages() -> Commands:
 def metrics_directories() -> Commands:
     """
     Create the access log's and mtail's directories with their modes and owners, where they
-    differ (rsyslog's socket directory 0750 root:haproxy; the log 0750 root:mtail).
+    differ (the log 0750 root:mtail, the program 0755 root:root).
 
     **Example:**
 

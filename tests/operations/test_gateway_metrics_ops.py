@@ -131,8 +131,6 @@ def test_a_bare_host_gets_packages_directories_files_and_running_services() -> N
     assert install.endswith("apt-get install -y -q --no-install-recommends mtail rsyslog")
     made = changed["Create the access log's directories"]
     assert made == [
-        "install -d -m 0755 -o root -g root /var/lib/servekit",
-        "install -d -m 0750 -o root -g haproxy /var/lib/servekit/gateway-log",
         "install -d -m 0750 -o root -g mtail /var/log/servekit-gateway",
         "install -d -m 0755 -o root -g root /etc/servekit/gateway-metrics",
     ]

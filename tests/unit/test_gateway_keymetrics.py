@@ -78,22 +78,21 @@ def mgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsGw]:
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     for binary in ("/usr/bin/mtail", RSYSLOGD):
         assert Path(binary).exists(), f"{binary}: apt-get install mtail rsyslog (.ci/run does)"
-    a1, b1, port, metrics_port = (h.free_port() for _ in range(4))
+    a1, b1, port, metrics_port, log_port = (h.free_port() for _ in range(5))
     (root / "vllm-vendor").mkdir()  # the stand-ins log as vllm-SERVED-PORT
     upstreams = {"a1": vllm(MODELS[0], a1, root), "b1": vllm(MODELS[1], b1, root)}
     routes = [
         Route(model=MODELS[0], upstreams=[f"127.0.0.1:{a1}"], engine="vllm"),
         Route(model=MODELS[1], upstreams=[f"127.0.0.1:{b1}"], engine="vllm"),
     ]
-    layout = GatewayLayout.under(str(root), metrics_port=metrics_port)
+    layout = GatewayLayout.under(str(root), metrics_port=metrics_port, access_log_port=log_port)
     plan = plan_with(routes, port)
     lines = [line.replace("model-b", MODELS[1]) for line in KEY_LINES]
     keys = parse_keys(lines, MODELS)
     for file in gateway_files(plan, keys, ENGINE, layout) + metrics_files(plan, layout):
         Path(file.path).parent.mkdir(parents=True, exist_ok=True)
         Path(file.path).write_text(file.content)
-    for directory in (layout.access_log_socket_dir, layout.access_log_dir):
-        Path(directory).mkdir()
+    Path(layout.access_log_dir).mkdir()
     procs: list[h.Proc] = list(upstreams.values())
     try:
         procs.append(rsyslog(layout, root))
@@ -113,8 +112,8 @@ def mgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsGw]:
 
 
 def rsyslog(layout: GatewayLayout, root: Path) -> h.Proc:
-    """rsyslogd in the foreground with servekit's snippet, as Debian's rsyslog.conf includes it
-    (after loading imuxsock; here without the system socket)."""
+    """rsyslogd in the foreground with servekit's snippet, included as Debian's rsyslog.conf
+    does after loading imuxsock (here without the system socket), until its UDP input listens."""
     main = root / "rsyslog-main.conf"
     main.write_text(
         f'module(load="imuxsock" SysSock.Use="off")\ninclude(file="{layout.rsyslog_conf}")\n'
@@ -122,7 +121,7 @@ def rsyslog(layout: GatewayLayout, root: Path) -> h.Proc:
     argv = [RSYSLOGD, "-n", "-f", str(main), "-i", str(root / "rsyslog.pid")]
     proc = h.Proc(argv, h.vllm_env(), root, "rsyslog")
     deadline = time.monotonic() + 10
-    while not Path(layout.access_log_socket).exists():
+    while f":{layout.access_log_port:04X} " not in Path("/proc/net/udp").read_text():
         assert proc.popen.poll() is None and time.monotonic() < deadline, proc.stderr
         time.sleep(0.05)
     return proc
