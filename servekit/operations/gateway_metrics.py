@@ -1,10 +1,9 @@
 """The gateway's access log and per-key metrics on its host, in named steps: Debian's `mtail` and
-`rsyslog`, their directories (the access log 0750 root:mtail; the mtail program 0755
-root:root), servekit's four files (the
-rsyslog snippet, the logrotate rule, the mtail program, the unit), rsyslog restarted after its
-snippet changed (once `rsyslogd -N1` accepts the whole configuration), and
-`servekit-gateway-metrics.service` enabled, running, and restarted after its program or unit
-changed. A second run with nothing new changes nothing and restarts nothing.
+`rsyslog`, their directories (the access log 0750 root:mtail, the mtail program 0755 root:root),
+servekit's four files (the rsyslog snippet, the logrotate rule, the mtail program, the unit),
+rsyslog restarted after its snippet changed (once `rsyslogd -N1` accepts the whole
+configuration), and `servekit-gateway-metrics.service` enabled, running, and restarted after its
+program or unit changed. A second run with nothing new changes nothing and restarts nothing.
 
 The files hold no key (paths and key names only), so they are uploaded like any rendered file.
 """
