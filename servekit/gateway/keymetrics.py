@@ -5,7 +5,8 @@ per key name, served model and pool, run by Debian's mtail under servekit's unit
 
 Why a file: HAProxy logs only to syslog sockets, and mtail 3.0.0~rc50 (Debian bookworm) reads one
 datagram per poll (250 ms) from a socket, so a busy gateway's lines would be dropped; it reads a
-file to its end at each poll. HAProxy logs each request twice: to the host's log
+file to its end at each poll (https://github.com/google/mtail/blob/main/internal/tailer/logstream/
+dgramstream.go and filestream.go). HAProxy logs each request twice: to the host's log
 (`GatewayLayout.log_target`) and to rsyslog's UDP input on loopback (`access_log_port`; a UNIX
 socket's queue of 10 datagrams lost 6% of the lines at 6,000 requests/s). mtail
 answers on loopback only; HAProxy serves its page as `/metrics/keys` to the clients that may read
@@ -60,7 +61,8 @@ def alternation(words: list[str]) -> str:
 
 def logged(model: str) -> str:
     """A served model name as the access log shows it: HAProxy's `json` converter escapes `"`,
-    `\\`, `/` and control characters (haproxy.cfg's log-format, configuration.txt "json"); a
+    `\\`, `/` and control characters (haproxy.cfg's log-format; the converter:
+    https://docs.haproxy.org/2.6/configuration.html#7.3.1-json; `/` measured with 2.6.12); a
     served name (`map_word`) has only `/` of these."""
     return model.replace("/", "\\/")
 

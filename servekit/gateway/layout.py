@@ -23,9 +23,9 @@ class GatewayLayout:
     """Clients come from anywhere: the key is the control."""
     access_log_address: str = "127.0.0.1"
     access_log_port: int = 5140
-    """rsyslog's UDP input for HAProxy's lines, on loopback (HAProxy's management guide: UDP to
-    the local syslog daemon, as UNIX sockets' small buffers lose messages; 514 is left to the
-    host's own syslog)."""
+    """rsyslog's UDP input for HAProxy's lines, on loopback (HAProxy's management guide, section 8
+    "Logging", https://docs.haproxy.org/2.6/management.html: UDP to the local syslog daemon, as
+    UNIX sockets' small buffers lose messages; 514 is left to the host's own syslog)."""
     access_log_dir: str = "/var/log/servekit-gateway"
     """The access log, written by rsyslog: 0750 root:mtail, the file 0640 root:mtail."""
     rsyslog_conf: str = "/etc/rsyslog.d/30-servekit-gateway.conf"
