@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-UnitKind = Literal["engine", "ollama", "firewall"]
+UnitKind = Literal["engine", "ollama", "firewall", "metrics"]
 Setting = tuple[str, str]
 
 
@@ -250,6 +250,18 @@ FIREWALL: tuple[Setting, ...] = (
     ("IPAddressDeny", "any"),
 )
 
+# mtail for the gateway's per-key metrics (servekit/gateway/keymetrics.py): a Go binary that
+# reads one log file and answers HTTP on loopback only; it writes nothing.
+METRICS: tuple[Setting, ...] = (
+    *COMMON,
+    ("MemoryDenyWriteExecute", "yes"),
+    ("PrivateDevices", "yes"),
+    ("ProcSubset", "pid"),
+    ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+    ("IPAddressDeny", "any"),
+    ("IPAddressAllow", "localhost"),
+)
+
 
 @dataclass(frozen=True)
 class Sandbox:
@@ -262,7 +274,9 @@ class Sandbox:
     note: str = ""  # a comment for the unit file (where the devices come from)
 
     def settings(self) -> list[Setting]:
-        base = {"engine": ENGINE, "ollama": OLLAMA, "firewall": FIREWALL}[self.kind]
+        base = {"engine": ENGINE, "ollama": OLLAMA, "firewall": FIREWALL, "metrics": METRICS}[
+            self.kind
+        ]
         out = [(key, self.protect_home if key == "ProtectHome" else value) for key, value in base]
         if self.writable:
             out.append(("ReadWritePaths", " ".join(path(p) for p in self.writable)))
@@ -313,6 +327,11 @@ def firewall_sandbox(writable: Iterable[str] = ()) -> Sandbox:
     """The firewall loader's sandbox: nft with CAP_NET_ADMIN over netlink, no devices (the
     rollback also writes the rules file back: `writable`)."""
     return Sandbox("firewall", tuple(writable))
+
+
+def metrics_sandbox() -> Sandbox:
+    """The gateway metrics' sandbox (mtail): loopback only, nothing writable."""
+    return Sandbox("metrics")
 
 
 def systemd_run(sandbox: Sandbox) -> list[str]:

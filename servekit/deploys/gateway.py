@@ -12,7 +12,9 @@ the host whose plan (`servekit.deploys.common.host_plan`) has a gateway it:
    check (else it stops, keeping the running configuration: deploy the engines first), writes
    the files (0640 root:haproxy, staged and checked with `haproxy -c` before they count: a
    refused configuration is rolled back), enables and starts `haproxy.service`, and reloads it
-   only after a file changed (hitless).
+   only after a file changed (hitless);
+4. sets up the access log and per-key metrics (`servekit.operations.gateway_metrics`): rsyslog
+   writes HAProxy's lines to a file, mtail serves counters and histograms from it.
 
 Every other host is left alone. The engines' firewall already admits the gateway host (see
 `servekit.placement.firewall`); the gateway port itself is open to clients, whose keys are the
@@ -28,6 +30,7 @@ from pyinfra.context import host
 from servekit import secrets
 from servekit.deploys.common import host_plan
 from servekit.gateway.haproxy import gateway_files, pools
+from servekit.gateway.keymetrics import metrics_files
 from servekit.gateway.keys import ApiKey, KeysError, parse_keys
 from servekit.hostplan import GatewayHost
 from servekit.operations.common import problem
@@ -38,6 +41,7 @@ from servekit.operations.gateway import (
     gateway_service,
     haproxy_package,
 )
+from servekit.operations.gateway_metrics import metrics_steps
 from servekit.operations.rendered import any_changed
 from servekit.secrets import SecretError
 
@@ -63,6 +67,7 @@ def gateway_host() -> None:
     )
     gateway_service(name="Enable and start haproxy.service")
     gateway_reload(name="Reload HAProxy", _if=any_changed(config))
+    metrics_steps(metrics_files(plan))
 
 
 def read_secrets(gateway: GatewayHost) -> tuple[list[ApiKey], str | None] | None:
