@@ -68,6 +68,8 @@ class ModelInfo(Record):
     norms_per_layer: int = 2
     experts: int = 0
     experts_per_token: int = 0
+    kv_lora_rank: int = 0  # MLA (DeepSeek-V2/V3 class): the latent KV cached per layer
+    qk_rope_head_dim: int = 0  # MLA: the rotary part cached beside the latent
     multimodal: bool = False
     sliding_window: bool = False
     gated: bool = False

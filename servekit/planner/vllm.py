@@ -18,11 +18,10 @@ from servekit.planner.model import (
     _usable_bytes,
     decode_ceiling,
     kv_bytes_per_token,
-    kv_bytes_per_token_per_gpu,
-    runtime_reserve_bytes,
     tensor_parallel_ok,
     weights_bytes,
 )
+from servekit.planner.profile import KV_UNCERTAINTY, memory_profile
 
 
 def _parallel_layouts(model: ModelInfo, gpus: int, nodes: int) -> list[tuple[int, int]]:
@@ -63,24 +62,60 @@ class _Fit:
 
 
 def _fit(
-    model: ModelInfo, gpu: GpuInfo, tp: int, pp: int, quantization: Quantization, request: Request
+    model: ModelInfo,
+    gpu: GpuInfo,
+    tp: int,
+    pp: int,
+    quantization: Quantization,
+    request: Request,
+    profile_tokens: int | None = None,
+    engine: str = "v1",
 ) -> _Fit:
+    """Weights and KV cache of one layout, from vLLM's startup memory profile (profile.py)."""
     weights = weights_bytes(model, quantization)
     per_gpu = weights / (tp * pp)
-    free = _usable_bytes(gpu, request.gpu_memory_utilization) - per_gpu
-    free -= runtime_reserve_bytes(model, tp)
-    per_token = kv_bytes_per_token_per_gpu(model, tp, pp, _dtype_bytes(request.kv_cache_dtype))
-    tokens = int(max(free, 0) // per_token)
-    return _Fit(tp, pp, quantization, weights, per_gpu, max(free, 0), tokens)
+    profile = memory_profile(
+        model,
+        gpu,
+        (tp, pp),
+        per_gpu,
+        request.gpu_memory_utilization,
+        _dtype_bytes(request.kv_cache_dtype),
+        profile_tokens,
+        engine,
+    )
+    return _Fit(tp, pp, quantization, weights, per_gpu, profile.kv_cache, profile.kv_tokens)
+
+
+def kv_cache_tokens(
+    model: ModelInfo,
+    gpu: GpuInfo,
+    tp: int,
+    pp: int,
+    request: Request,
+    *,
+    profile_tokens: int | None = None,
+    engine: str = "v1",
+) -> int:
+    """The KV tokens vLLM's startup would log for this layout ("GPU KV cache size")."""
+    quantization = "none" if request.quantization == "auto" else request.quantization
+    return _fit(model, gpu, tp, pp, quantization, request, profile_tokens, engine).kv_tokens
+
+
+def _startable(fit: _Fit) -> int:
+    """The longest request vLLM surely starts with: the planned KV tokens less their uncertainty
+    (vLLM refuses a max_model_len the KV cache cannot hold once)."""
+    return int(fit.kv_tokens / (1 + KV_UNCERTAINTY))
 
 
 def _context(model: ModelInfo, fit: _Fit, request: Request) -> int | None:
     """The max model length this fit serves, or None when it serves too little."""
+    startable = _startable(fit)
     if request.max_model_len is not None:
-        return request.max_model_len if fit.kv_tokens >= request.max_model_len else None
-    if fit.kv_tokens >= model.max_context:
+        return request.max_model_len if startable >= request.max_model_len else None
+    if startable >= model.max_context:
         return model.max_context
-    rounded = fit.kv_tokens // 1024 * 1024
+    rounded = startable // 1024 * 1024
     return rounded if rounded >= MIN_DEFAULT_CONTEXT else None
 
 
@@ -135,8 +170,18 @@ def plan_vllm(
                 )
             if model.sliding_window:
                 notes.append("sliding-window layers: vLLM holds more tokens than planned")
+            if fit.kv_tokens < 2 * context:
+                notes.append(_tight_note(fit, context))
             return _plan(model, gpu, fit, context, gpus, nodes, request, notes)
     raise _refusal(model, gpu, gpus, nodes, request)
+
+
+def _tight_note(fit: _Fit, context: int) -> str:
+    return (
+        f"tight: the KV cache holds {fit.kv_tokens} tokens, {fit.kv_tokens / context:.1f} "
+        f"requests of {context}; more GPUs, kv_cache_dtype='fp8' or a quantized checkpoint "
+        "give it room"
+    )
 
 
 def _explicit_layout(
@@ -219,6 +264,8 @@ def _plan(
         kv_bytes_per_token=kv_bytes_per_token(model, _dtype_bytes(kv_dtype)),
         kv_cache_gib_per_gpu=_gib(fit.kv_per_gpu),
         kv_cache_tokens=fit.kv_tokens,
+        kv_tokens_uncertainty=KV_UNCERTAINTY,
+        tight=fit.kv_tokens < 2 * context,
         max_concurrency=round(fit.kv_tokens / context, 2),
         decode_tokens_per_s=round(decode_ceiling(model, gpu, fit.quantization, fit.tp), 1),
         notes=tuple(notes),
