@@ -173,7 +173,32 @@ def plan_vllm(
             if fit.kv_tokens < 2 * context:
                 notes.append(_tight_note(fit, context))
             return _plan(model, gpu, fit, context, gpus, nodes, request, notes)
+    if request.max_model_len is not None:
+        _refuse_context(model, gpu, layouts, request)
     raise _refusal(model, gpu, gpus, nodes, request)
+
+
+def _refuse_context(
+    model: ModelInfo, gpu: GpuInfo, layouts: list[tuple[int, int]], request: Request
+) -> None:
+    """The weights fit but the KV cache cannot hold one max_model_len request: vLLM would
+    refuse at startup. Refuse the field now, with the length that starts and other fixes."""
+    quantizations = _quantizations(model, gpu, request)
+    fits = [_fit(model, gpu, tp, pp, q, request) for q in quantizations for tp, pp in layouts]
+    best = max((_startable(fit) for fit in fits), default=0) // 1024 * 1024
+    if best < MIN_DEFAULT_CONTEXT:
+        return
+    fixes = [f"max_model_len={best} (what this KV cache holds, less 5 %)"]
+    if request.kv_cache_dtype != "fp8":
+        fixes.append("kv_cache_dtype='fp8' (twice the tokens)")
+    fixes.append("more GPUs per replica")
+    raise PlanRefused(
+        f"max_model_len={request.max_model_len} does not fit the KV cache of {model.name} on "
+        f"{gpu.name} (planned {max(fit.kv_tokens for fit in fits)} tokens ±5 %): vLLM refuses "
+        "to start",
+        fixes,
+        field="max_model_len",
+    )
 
 
 def _tight_note(fit: _Fit, context: int) -> str:
