@@ -60,8 +60,8 @@ def error(record: dict[str, Any]) -> float:
 
 
 def family(gpu_name: str) -> str:
-    """GPU family for the per-family rows: the catalog name without its memory/form suffix."""
-    return catalog.gpu(gpu_name).name.split("-")[0]
+    """GPU for the per-GPU rows: the catalog name (H100-SXM, RTX-4090, ...)."""
+    return catalog.gpu(gpu_name).name
 
 
 def summary(errors: list[float]) -> str:
