@@ -42,15 +42,14 @@ def predicted_tokens(record: dict[str, Any]) -> int:
         tensor_parallel=record["tensor_parallel"],
         pipeline_parallel=record["pipeline_parallel"],
     )
-    profile_tokens = record["profile_tokens"]
-    return planner.kv_cache_tokens(
-        model,
-        gpu,
-        record["tensor_parallel"],
-        record["pipeline_parallel"],
-        request,
-        profile_tokens=profile_tokens if isinstance(profile_tokens, int) else None,
+    tokens = record["profile_tokens"]
+    profiling = planner.Profiling(
+        tokens=tokens if isinstance(tokens, int) else None,
+        max_num_seqs=record.get("max_num_seqs"),
         engine=record["engine"],
+    )
+    return planner.kv_cache_tokens(
+        model, gpu, record["tensor_parallel"], record["pipeline_parallel"], request, profiling
     )
 
 
@@ -82,14 +81,15 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also the records kept out of tests")
     args = parser.parse_args()
     rows = records(include_all=args.all)
-    print(f"{'record':45} {'GPU':10} {'TP':>2} {'logged':>9} {'planned':>9} {'error':>7}")
+    print(f"{'record':46} {'GPU':12} {'TPxPP':>5} {'logged':>9} {'planned':>9} {'error':>7}")
     by_family: dict[str, list[float]] = {}
     errors = []
     for record in rows:
         e = error(record)
         mark = "" if record["in_accuracy_test"] else "  (not in test)"
         print(
-            f"{record['id']:45} {record['gpu']:10} {record['tensor_parallel']:>2} "
+            f"{record['id']:46} {record['gpu']:12} "
+            f"{record['tensor_parallel']:>3}x{record['pipeline_parallel']} "
             f"{record['kv_cache_tokens']:>9,} {predicted_tokens(record):>9,} {e:>+7.1%}{mark}"
         )
         if record["in_accuracy_test"]:

@@ -30,17 +30,24 @@ RTX 3090 (vllm#10517), 0.25 GiB on RTX 4090s (vllm#13061), 0.34-0.43 GiB on A100
 (https://github.com/vllm-project/vllm/issues/16570). No Hopper log with the breakdown was found:
 the same value is used there."""
 
-HOPPER_EXTRA_BYTES = GIB
-"""More outside the profile on compute capability 9.0+ (H100/H200): issue 16 reports a 72B model on
-2 x H100-80GB at utilization 0.95 logging 19.9k KV tokens, and vllm#21348 (Qwen3-235B FP8 on
-4 x H100) came out 8 GiB short; the terms above leave both over the log. No Hopper log with the
-breakdown was found: 1 GiB is an allowance that keeps the 72B case under its log."""
+HOPPER_EXTRA_BYTES = int(1.6 * GIB)
+"""More outside the profile on Hopper (compute capability 9.x, H100/H200), fitted to one report:
+issue 16 (servekit) quotes a 72B model on 2 x H100-80GB at utilization 0.95 logging 19.9k KV
+tokens, which the terms above leave at ~24.6k; vllm#21348 (Qwen3-235B FP8 on 4 x H100) also came
+out far short of them. No public Hopper log with the breakdown was found: an allowance that keeps
+the 72B case at its log, to be replaced by measured logs."""
 
-ALL_REDUCE_BYTES = GIB
-"""NCCL and custom all-reduce buffers (and whatever else a second worker holds) per GPU when TP or
-PP > 1. No log isolates them; the one TP > 1 log in the test set (2 x RTX 4090,
-https://github.com/vllm-project/vllm/issues/13061) is met only with about 1 GiB here: vLLM sizes
-the cache by its smallest worker. An allowance fitted to that log, not a measurement."""
+ALL_REDUCE_BYTES_PER_RANK = GIB // 4
+"""NCCL and custom all-reduce buffers per GPU, per rank of the tensor-parallel group (none at TP 1).
+No log isolates them: fitted so that 4 x RTX PRO 6000 at TP 4 (non-torch logged 1.70 GiB) and
+2 x RTX PRO 6000 at TP 2 (1.66 GiB for non-torch and activations together) stay near their logs
+(kubesimplify/website, content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md and
+running-a-single-llm-across-two-gpus-with-vllm.md)."""
+
+PIPELINE_BYTES = GIB
+"""Buffers for activations in flight between pipeline stages, per GPU when PP > 1: the same
+Qwen3-32B on the same two GPUs and budget left 3.03 GiB outside weights and KV at PP 2 against
+1.66 GiB at TP 2 (kubesimplify/website, running-a-single-llm-across-two-gpus-with-vllm.md)."""
 
 ACTIVATION_HIDDEN_FACTOR = 7
 """Profiling peak per token = 2 bytes x (2 x intermediate / TP + 7 x hidden). Fitted as an upper
@@ -50,10 +57,13 @@ envelope to vllm#10517: Llama-3.1-8B's peak minus weights was 2.07 GiB at 20000 
 LOGIT_BYTES = 4
 """The sampler's profiling pass holds fp32 logits for max_num_seqs rows x the vocabulary."""
 
-CUDA_GRAPH_BYTES = GIB // 2
-"""CUDA graph pool, counted by the V1 engine's profile (V0 captured graphs after sizing the KV
-cache). Logged 0.09 GiB actual, 0.13 GiB estimated for a 27B model at TP 2
-(https://github.com/noonghunna/club-3090/issues/1087); 0.5 GiB leaves room for larger models."""
+# CUDA graphs are not taken from the KV cache: vLLM 0.26.0 and 0.27.1 size the cache as
+# utilization x memory - weights - non-torch - activation peak and report the graph pool beside it
+# ("Actual usage is 56.89 GiB for consumed memory (weights + non-torch), 0.76 GiB for peak
+# activation, and 0.32 GiB for CUDAGraph memory ... Current kv cache memory in use is 27.85 GiB",
+# kubesimplify/website content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md; the same
+# arithmetic in akiyax/kvcache-lab docs/phase1-baseline.md). The graph pool (0.1-0.7 GiB in those
+# logs) comes out of the memory utilization leaves free.
 
 LARGE_GPU_BYTES = 70 * GIB
 """vLLM's batch defaults (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults): on GPUs with
@@ -73,6 +83,16 @@ def default_batch(gpu: GpuInfo) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class Profiling:
+    """How vLLM profiles: None takes `vllm serve`'s default for the GPU. `engine` names the
+    engine a log came from ("v0": the old engine, before the V1 defaults)."""
+
+    tokens: int | None = None
+    max_num_seqs: int | None = None
+    engine: str = "v1"
+
+
+@dataclass(frozen=True)
 class MemoryProfile:
     """One GPU's memory as vLLM accounts it at startup, in bytes, and the KV tokens left."""
 
@@ -81,7 +101,6 @@ class MemoryProfile:
     non_torch: float
     activation: float
     logits: float
-    cuda_graphs: float
     kv_cache: float
     kv_bytes_per_token: float
     kv_tokens: int
@@ -116,22 +135,21 @@ def memory_profile(
     weights_per_gpu: float,
     utilization: float,
     kv_dtype_bytes: int = 2,
-    profile_tokens: int | None = None,
-    engine: str = "v1",
+    profiling: Profiling | None = None,
 ) -> MemoryProfile:
-    """One GPU's startup profile for `parallel` = (TP, PP); profile_tokens None: vLLM's default
-    max_num_batched_tokens for the GPU (V0 logs pass what they profiled)."""
+    """One GPU's startup profile for `parallel` = (TP, PP)."""
     assert gpu.memory_bytes is not None
     tp, pp = parallel
-    default_tokens, max_num_seqs = default_batch(gpu)
+    profiling = profiling or Profiling()
+    default_tokens, default_seqs = default_batch(gpu)
     usable = utilization * (gpu.memory_bytes - TORCH_HIDDEN_BYTES)
-    non_torch = NON_TORCH_BYTES + (ALL_REDUCE_BYTES if tp * pp > 1 else 0)
-    if gpu.compute_capability_tuple >= (9, 0):
+    non_torch = NON_TORCH_BYTES + (ALL_REDUCE_BYTES_PER_RANK * tp if tp > 1 else 0)
+    non_torch += PIPELINE_BYTES if pp > 1 else 0
+    if gpu.compute_capability_tuple[0] == 9:
         non_torch += HOPPER_EXTRA_BYTES
-    activation = activation_bytes(model, profile_tokens or default_tokens, tp)
-    logits = max_num_seqs * model.vocab_size * LOGIT_BYTES
-    graphs = CUDA_GRAPH_BYTES if engine == "v1" else 0
-    kv_cache = max(usable - weights_per_gpu - non_torch - activation - logits - graphs, 0.0)
+    activation = activation_bytes(model, profiling.tokens or default_tokens, tp)
+    logits = (profiling.max_num_seqs or default_seqs) * model.vocab_size * LOGIT_BYTES
+    kv_cache = max(usable - weights_per_gpu - non_torch - activation - logits, 0.0)
     per_token = kv_bytes_per_token_per_gpu(model, tp, pp, kv_dtype_bytes)
     blocks = int(kv_cache // (per_token * BLOCK_SIZE))
     return MemoryProfile(
@@ -140,7 +158,6 @@ def memory_profile(
         non_torch=non_torch,
         activation=activation,
         logits=logits,
-        cuda_graphs=graphs,
         kv_cache=kv_cache,
         kv_bytes_per_token=per_token,
         kv_tokens=blocks * BLOCK_SIZE,

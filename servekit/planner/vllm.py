@@ -21,7 +21,7 @@ from servekit.planner.model import (
     tensor_parallel_ok,
     weights_bytes,
 )
-from servekit.planner.profile import KV_UNCERTAINTY, memory_profile
+from servekit.planner.profile import KV_UNCERTAINTY, Profiling, memory_profile
 
 
 def _parallel_layouts(model: ModelInfo, gpus: int, nodes: int) -> list[tuple[int, int]]:
@@ -68,8 +68,7 @@ def _fit(
     pp: int,
     quantization: Quantization,
     request: Request,
-    profile_tokens: int | None = None,
-    engine: str = "v1",
+    profiling: Profiling | None = None,
 ) -> _Fit:
     """Weights and KV cache of one layout, from vLLM's startup memory profile (profile.py)."""
     weights = weights_bytes(model, quantization)
@@ -81,8 +80,7 @@ def _fit(
         per_gpu,
         request.gpu_memory_utilization,
         _dtype_bytes(request.kv_cache_dtype),
-        profile_tokens,
-        engine,
+        profiling,
     )
     return _Fit(tp, pp, quantization, weights, per_gpu, profile.kv_cache, profile.kv_tokens)
 
@@ -93,13 +91,11 @@ def kv_cache_tokens(
     tp: int,
     pp: int,
     request: Request,
-    *,
-    profile_tokens: int | None = None,
-    engine: str = "v1",
+    profiling: Profiling | None = None,
 ) -> int:
     """The KV tokens vLLM's startup would log for this layout ("GPU KV cache size")."""
     quantization = "none" if request.quantization == "auto" else request.quantization
-    return _fit(model, gpu, tp, pp, quantization, request, profile_tokens, engine).kv_tokens
+    return _fit(model, gpu, tp, pp, quantization, request, profiling).kv_tokens
 
 
 def _startable(fit: _Fit) -> int:
