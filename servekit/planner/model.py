@@ -78,7 +78,10 @@ class ModelPlan(BaseModel):
 
 
 def weights_bytes(model: ModelInfo, quantization: Quantization = "none") -> int:
-    """Bytes of the checkpoint's weights in the given quantization."""
+    """Bytes of the checkpoint's weights in the given quantization (a natively quantized
+    checkpoint: what vLLM logged loading it, when the catalog has it)."""
+    if quantization == model.native_quantization and model.loaded_gib:
+        return int(model.loaded_gib * GIB)
     if quantization == "none":
         return 2 * model.params
     linear = model.params - model.embedding_params
@@ -123,6 +126,8 @@ def _gib(value: float) -> float:
 
 def _checkpoint(model: ModelInfo, quantization: Quantization) -> tuple[str, str | None]:
     """The repository to load and the --quantization flag vLLM needs for it (None: from config)."""
+    if quantization == model.native_quantization:
+        return model.hf_id, None
     if quantization == "awq":
         assert model.awq is not None
         return model.awq, None

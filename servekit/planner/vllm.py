@@ -38,6 +38,8 @@ def _parallel_layouts(model: ModelInfo, gpus: int, nodes: int) -> list[tuple[int
 
 
 def _quantizations(model: ModelInfo, gpu: GpuInfo, request: Request) -> list[Quantization]:
+    if model.native_quantization:
+        return [model.native_quantization]  # the checkpoint ships quantized
     if request.quantization != "auto":
         return [request.quantization]
     if request.dtype != "auto":
@@ -297,9 +299,8 @@ def _refusal(
     model: ModelInfo, gpu: GpuInfo, gpus: int, nodes: int, request: Request
 ) -> PlanRefused:
     total = gpus * nodes
-    weights = weights_bytes(
-        model, "none" if request.quantization == "auto" else request.quantization
-    )
+    quantization = _quantizations(model, gpu, request)[0]
+    weights = weights_bytes(model, quantization)
     usable = _usable_bytes(gpu, request.gpu_memory_utilization)
     where = f"{total} x {gpu.name}" if total > 1 else f"one {gpu.name}"
     reason = (
@@ -309,14 +310,13 @@ def _refusal(
         f"gpu_memory_utilization {request.gpu_memory_utilization}"
     )
     alternatives = []
-    quantizations = ["none"] if request.quantization == "auto" else [request.quantization]
     for more in (2, 4, 8, 16, 32):
         per_node = min(more, 8)
         more_nodes = max(1, more // 8)
         if more <= total:
             continue
         for tp, pp in _parallel_layouts(model, per_node, more_nodes):
-            fit = _fit(model, gpu, tp, pp, quantizations[0], request)
+            fit = _fit(model, gpu, tp, pp, quantization, request)
             if _context(model, fit, request):
                 layout = f"TP={tp}" + (f" x PP={pp}" if pp > 1 else "")
                 alternatives.append(
@@ -326,9 +326,10 @@ def _refusal(
                 break
         if alternatives:
             break
-    if model.awq and request.quantization in ("auto", "none"):
+    requantizable = not model.native_quantization and request.quantization in ("auto", "none")
+    if model.awq and requantizable:
         alternatives.append(f"the AWQ variant ({_gib(weights_bytes(model, 'awq'))} GiB)")
-    if gpu.fp8 and request.quantization in ("auto", "none"):
+    if gpu.fp8 and requantizable:
         alternatives.append(f"FP8 ({_gib(weights_bytes(model, 'fp8'))} GiB)")
     if request.max_model_len and request.max_model_len > MIN_DEFAULT_CONTEXT:
         alternatives.append("a smaller max_model_len")
