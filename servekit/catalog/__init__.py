@@ -73,6 +73,7 @@ class ModelInfo(Record):
     native_quantization: str | None = None  # the checkpoint ships quantized ("mxfp4", "fp8")
     loaded_gib: float | None = None  # vLLM's "Model loading took" for the native checkpoint
     params_from_card: bool = False  # params from the model card: count_params cannot derive them
+    runtime_extra_gib: float = 0.0  # memory vLLM's logs show beyond the profile terms, whole model
     multimodal: bool = False
     sliding_window: bool = False
     gated: bool = False

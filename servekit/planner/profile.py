@@ -143,8 +143,9 @@ def memory_profile(
     profiling = profiling or Profiling()
     default_tokens, default_seqs = default_batch(gpu)
     usable = utilization * (gpu.memory_bytes - TORCH_HIDDEN_BYTES)
-    non_torch = NON_TORCH_BYTES + (ALL_REDUCE_BYTES_PER_RANK * tp if tp > 1 else 0)
+    non_torch = float(NON_TORCH_BYTES + (ALL_REDUCE_BYTES_PER_RANK * tp if tp > 1 else 0))
     non_torch += PIPELINE_BYTES if pp > 1 else 0
+    non_torch += model.runtime_extra_gib * GIB / (tp * pp)  # per model, from its logs (catalog)
     if gpu.compute_capability_tuple[0] == 9:
         non_torch += HOPPER_EXTRA_BYTES
     activation = activation_bytes(model, profiling.tokens or default_tokens, tp)

@@ -304,7 +304,7 @@ def _refusal(
     usable = _usable_bytes(gpu, request.gpu_memory_utilization)
     where = f"{total} x {gpu.name}" if total > 1 else f"one {gpu.name}"
     reason = (
-        f"{model.name} needs {_gib(weights)} GiB of weights"
+        f"{model.name} needs {_gib(weights)} GiB of weights and vLLM's runtime memory"
         + (f" plus {request.max_model_len} tokens of KV cache" if request.max_model_len else "")
         + f"; {where} {'hold' if total > 1 else 'holds'} {_gib(usable * total)} GiB at "
         f"gpu_memory_utilization {request.gpu_memory_utilization}"

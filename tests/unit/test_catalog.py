@@ -8,9 +8,7 @@ import pytest
 from servekit import catalog
 from servekit.catalog.hf_config import count_params
 
-TEXT_MODELS = [
-    m for m in catalog.models().values() if not m.multimodal and not m.params_from_card
-]
+TEXT_MODELS = [m for m in catalog.models().values() if not m.multimodal and not m.params_from_card]
 CARD_MODELS = [m for m in catalog.models().values() if m.params_from_card]
 
 

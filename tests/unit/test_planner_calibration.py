@@ -95,3 +95,31 @@ def test_mla_kv_is_one_latent_per_layer() -> None:
     )
     assert planner.kv_bytes_per_token(mla) == 32 * 576 * 2
     assert planner.kv_bytes_per_token_per_gpu(mla, 8, 1) == 32 * 576 * 2
+
+
+@pytest.mark.parametrize(
+    ("utilization", "batched_tokens", "logged_gib"),
+    [(0.90, None, -2.14), (0.95, 1024, 1.71)],
+    ids=["vllm-23278-util-0.90", "vllm-27508-util-0.95-mbt-1024"],
+)
+def test_gpt_oss_120b_on_one_h100_no_more_kv_than_logged(
+    utilization: float, batched_tokens: int | None, logged_gib: float
+) -> None:
+    """vLLM's KV cache memory for gpt-oss-120b on one H100 (negative: it refused to start)."""
+    model = catalog.models()["gpt-oss-120b"]
+    weights = planner.weights_bytes(model, "mxfp4")
+    profile = planner.memory_profile(
+        model,
+        catalog.gpu("H100"),
+        (1, 1),
+        weights,
+        utilization,
+        2,
+        planner.Profiling(tokens=batched_tokens),
+    )
+    assert profile.kv_cache / 2**30 <= max(logged_gib, 0.0) * 1.05
+
+
+def test_gpt_oss_120b_on_one_h100_at_default_utilization_is_refused() -> None:
+    with pytest.raises(planner.PlanRefused):
+        planner.plan_vllm(catalog.models()["gpt-oss-120b"], catalog.gpu("H100"), 1)

@@ -24,7 +24,8 @@ PAIRINGS = [
     ("qwen3-235b-a22b", "H100", 8),
     ("qwen3-235b-a22b", "H200", 8),
     ("gpt-oss-20b", "L4", 1),
-    ("gpt-oss-120b", "H100", 1),
+    ("gpt-oss-120b", "H100", 2),
+    ("gpt-oss-120b", "H200", 1),
     ("gpt-oss-120b", "H200", 8),
     ("deepseek-v3", "H200", 8),
     ("gemma-3-27b-it", "H100", 1),
@@ -53,7 +54,7 @@ def test_moe_memory_counts_every_expert_decode_only_the_active() -> None:
 
 def test_mxfp4_checkpoint_served_as_shipped() -> None:
     oss = catalog.models()["gpt-oss-120b"]
-    plan = planner.plan_vllm(oss, catalog.gpu("H100"), 1)
+    plan = planner.plan_vllm(oss, catalog.gpu("H200"), 1)
     assert (plan.checkpoint, plan.quantization, plan.quantization_flag) == (
         "openai/gpt-oss-120b",
         "mxfp4",
