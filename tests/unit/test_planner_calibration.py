@@ -123,3 +123,13 @@ def test_gpt_oss_120b_on_one_h100_no_more_kv_than_logged(
 def test_gpt_oss_120b_on_one_h100_at_default_utilization_is_refused() -> None:
     with pytest.raises(planner.PlanRefused):
         planner.plan_vllm(catalog.models()["gpt-oss-120b"], catalog.gpu("H100"), 1)
+
+
+def test_gpt_oss_20b_on_an_a100_within_band_of_its_log() -> None:
+    """vLLM 0.19.0 logged 36.56 GiB of KV cache for gpt-oss-20b at utilization 0.65 on an A100
+    (https://myoceane.fr/index.php/ai-vllm-a100-gemma-4/). The page says "A100"; 13.72 GiB of
+    weights plus that cache exceed 0.65 of a 40 GB card, so it is the 80 GB one."""
+    model = catalog.models()["gpt-oss-20b"]
+    weights = planner.weights_bytes(model, "mxfp4")
+    profile = planner.memory_profile(model, catalog.gpu("A100-80GB"), (1, 1), weights, 0.65)
+    assert 0.85 * 36.56 <= profile.kv_cache / 2**30 <= 1.05 * 36.56
