@@ -63,7 +63,11 @@ LOGIT_BYTES = 4
 # activation, and 0.32 GiB for CUDAGraph memory ... Current kv cache memory in use is 27.85 GiB",
 # kubesimplify/website content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md; the same
 # arithmetic in akiyax/kvcache-lab docs/phase1-baseline.md). The graph pool (0.1-0.7 GiB in those
-# logs) comes out of the memory utilization leaves free.
+# logs) comes out of the memory utilization leaves free. Open question: other logs print "CUDA graph
+# memory profiling is enabled (default since v0.21.0) ... 0.9000 is equivalent to 0.8964 without"
+# it, i.e. a graph estimate taken from the cache; if vLLM 0.33 does so, small GPUs lose ~0.3-0.5
+# GiB of KV against this plan (within the ±5 % on large GPUs, not on 16-24 GB ones). Check it
+# against a 0.33 host's log before relying on tight plans there.
 
 LARGE_GPU_BYTES = 70 * GIB
 """vLLM's batch defaults (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults): on GPUs with
