@@ -203,7 +203,11 @@ def _print_single(plan: ModelPlan) -> None:
             "KV cache",
             f"{plan.kv_cache_gib_per_gpu:.2f} GiB per GPU, {plan.kv_bytes_per_token:,} B/token",
         ),
-        ("KV capacity", f"{plan.kv_cache_tokens:,} tokens"),
+        (
+            "KV capacity",
+            f"{plan.kv_cache_tokens:,} tokens ±{plan.kv_tokens_uncertainty:.0%}"
+            + (" (tight)" if plan.tight else ""),
+        ),
         ("max model len", f"{plan.max_model_len:,}"),
         ("max concurrency", f"{plan.max_concurrency:g} requests at max model len"),
         ("decode ceiling", f"{plan.decode_tokens_per_s:.0f} tokens/s for one stream"),

@@ -68,6 +68,12 @@ class ModelInfo(Record):
     norms_per_layer: int = 2
     experts: int = 0
     experts_per_token: int = 0
+    kv_lora_rank: int = 0  # MLA (DeepSeek-V2/V3 class): the latent KV cached per layer
+    qk_rope_head_dim: int = 0  # MLA: the rotary part cached beside the latent
+    native_quantization: str | None = None  # the checkpoint ships quantized ("mxfp4", "fp8")
+    loaded_gib: float | None = None  # vLLM's "Model loading took" for the native checkpoint
+    params_from_card: bool = False  # params from the model card: count_params cannot derive them
+    runtime_extra_gib: float = 0.0  # memory vLLM's logs show beyond the profile terms, whole model
     multimodal: bool = False
     sliding_window: bool = False
     gated: bool = False

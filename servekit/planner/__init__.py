@@ -6,8 +6,10 @@ Formulas (vLLM's memory model):
   layers; embeddings and an untied head stay 16-bit for AWQ and FP8), split over TP x PP GPUs;
 - KV bytes/token = 2 x layers x KV heads x head dim x bytes of the KV dtype; per GPU the layers are
   split by PP and the KV heads by TP while TP <= KV heads (replicated beyond);
-- KV capacity per GPU = gpu_memory_utilization x memory - weights - runtime reserve; tokens =
-  capacity / per-GPU KV bytes per token; worst-case concurrency = tokens / max_model_len;
+- KV capacity per GPU = vLLM's startup profile (profile.py): gpu_memory_utilization x the memory
+  torch sees - weights - non-torch memory (+ all-reduce buffers when parallel) - the activation
+  peak at max_num_batched_tokens - sampler logits - CUDA graphs; tokens = whole 16-token blocks;
+  worst-case concurrency = tokens / max_model_len; fewer than 2 full requests is "tight";
 - decode ceiling (one stream) = memory bandwidth x TP / bytes read per token (weights only).
 """
 
@@ -15,7 +17,6 @@ from servekit.planner.flags import MultiNode as MultiNode
 from servekit.planner.flags import vllm_flags as vllm_flags
 from servekit.planner.model import APPLE_GPU_SHARE as APPLE_GPU_SHARE
 from servekit.planner.model import AWQ_BYTES_PER_PARAM as AWQ_BYTES_PER_PARAM
-from servekit.planner.model import DEFAULT_MAX_BATCHED_TOKENS as DEFAULT_MAX_BATCHED_TOKENS
 from servekit.planner.model import GB as GB
 from servekit.planner.model import GIB as GIB
 from servekit.planner.model import MIN_DEFAULT_CONTEXT as MIN_DEFAULT_CONTEXT
@@ -26,10 +27,13 @@ from servekit.planner.model import Quantization as Quantization
 from servekit.planner.model import Request as Request
 from servekit.planner.model import decode_ceiling as decode_ceiling
 from servekit.planner.model import kv_bytes_per_token as kv_bytes_per_token
-from servekit.planner.model import kv_bytes_per_token_per_gpu as kv_bytes_per_token_per_gpu
-from servekit.planner.model import runtime_reserve_bytes as runtime_reserve_bytes
 from servekit.planner.model import tensor_parallel_ok as tensor_parallel_ok
 from servekit.planner.model import weights_bytes as weights_bytes
 from servekit.planner.ollama import ollama_context as ollama_context
 from servekit.planner.ollama import plan_ollama as plan_ollama
+from servekit.planner.profile import MemoryProfile as MemoryProfile
+from servekit.planner.profile import Profiling as Profiling
+from servekit.planner.profile import kv_bytes_per_token_per_gpu as kv_bytes_per_token_per_gpu
+from servekit.planner.profile import memory_profile as memory_profile
+from servekit.planner.vllm import kv_cache_tokens as kv_cache_tokens
 from servekit.planner.vllm import plan_vllm as plan_vllm

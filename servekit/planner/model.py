@@ -3,7 +3,6 @@ and the memory arithmetic every engine's plan uses."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
@@ -13,7 +12,6 @@ from servekit.catalog import GpuInfo, ModelInfo
 GIB = 2**30
 GB = 10**9
 AWQ_BYTES_PER_PARAM = 0.52
-DEFAULT_MAX_BATCHED_TOKENS = 8192
 MIN_DEFAULT_CONTEXT = 4096
 APPLE_GPU_SHARE = 0.75
 OLLAMA_OVERHEAD_BYTES = GIB // 2
@@ -71,14 +69,19 @@ class ModelPlan(BaseModel):
     kv_bytes_per_token: int
     kv_cache_gib_per_gpu: float
     kv_cache_tokens: int
+    kv_tokens_uncertainty: float = 0.05
     max_concurrency: float
     decode_tokens_per_s: float
     fits: bool = True
+    tight: bool = False
     notes: tuple[str, ...] = ()
 
 
 def weights_bytes(model: ModelInfo, quantization: Quantization = "none") -> int:
-    """Bytes of the checkpoint's weights in the given quantization."""
+    """Bytes of the checkpoint's weights in the given quantization (a natively quantized
+    checkpoint: what vLLM logged loading it, when the catalog has it)."""
+    if quantization == model.native_quantization and model.loaded_gib:
+        return int(model.loaded_gib * GIB)
     if quantization == "none":
         return 2 * model.params
     linear = model.params - model.embedding_params
@@ -87,17 +90,10 @@ def weights_bytes(model: ModelInfo, quantization: Quantization = "none") -> int:
 
 
 def kv_bytes_per_token(model: ModelInfo, kv_dtype_bytes: int = 2) -> int:
-    """KV cache bytes for one token across all layers (the textbook formula)."""
+    """KV cache bytes for one token across all layers (one latent per layer for MLA)."""
+    if model.kv_lora_rank:
+        return model.layers * (model.kv_lora_rank + model.qk_rope_head_dim) * kv_dtype_bytes
     return 2 * model.layers * model.kv_heads * model.head_dim * kv_dtype_bytes
-
-
-def kv_bytes_per_token_per_gpu(
-    model: ModelInfo, tensor_parallel: int, pipeline_parallel: int, kv_dtype_bytes: int = 2
-) -> float:
-    """KV bytes/token one GPU holds: layers split by PP, KV heads by TP (replicated beyond)."""
-    layers = math.ceil(model.layers / pipeline_parallel)
-    heads = max(model.kv_heads / tensor_parallel, 1.0)
-    return 2 * layers * heads * model.head_dim * kv_dtype_bytes
 
 
 def tensor_parallel_ok(model: ModelInfo, tensor_parallel: int) -> bool:
@@ -105,19 +101,6 @@ def tensor_parallel_ok(model: ModelInfo, tensor_parallel: int) -> bool:
     return model.attention_heads % tensor_parallel == 0 and (
         model.kv_heads % tensor_parallel == 0 or tensor_parallel % model.kv_heads == 0
     )
-
-
-def runtime_reserve_bytes(model: ModelInfo, tensor_parallel: int) -> int:
-    """Memory vLLM keeps outside weights and KV cache per GPU: CUDA context and non-torch memory,
-    the profiled activation peak at the default batch, CUDA graphs, and NCCL buffers under TP.
-    An estimate: compare with vLLM's 'GPU KV cache size' log line on a real host."""
-    activation = (
-        DEFAULT_MAX_BATCHED_TOKENS
-        * (2 * model.intermediate_size // tensor_parallel + 4 * model.hidden_size)
-        * 2
-    )
-    nccl = GIB // 2 if tensor_parallel > 1 else 0
-    return GIB // 2 + activation + GIB // 2 + nccl
 
 
 def decode_ceiling(
@@ -143,6 +126,8 @@ def _gib(value: float) -> float:
 
 def _checkpoint(model: ModelInfo, quantization: Quantization) -> tuple[str, str | None]:
     """The repository to load and the --quantization flag vLLM needs for it (None: from config)."""
+    if quantization == model.native_quantization:
+        return model.hf_id, None
     if quantization == "awq":
         assert model.awq is not None
         return model.awq, None

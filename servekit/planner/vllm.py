@@ -18,11 +18,10 @@ from servekit.planner.model import (
     _usable_bytes,
     decode_ceiling,
     kv_bytes_per_token,
-    kv_bytes_per_token_per_gpu,
-    runtime_reserve_bytes,
     tensor_parallel_ok,
     weights_bytes,
 )
+from servekit.planner.profile import KV_UNCERTAINTY, Profiling, memory_profile
 
 
 def _parallel_layouts(model: ModelInfo, gpus: int, nodes: int) -> list[tuple[int, int]]:
@@ -39,6 +38,8 @@ def _parallel_layouts(model: ModelInfo, gpus: int, nodes: int) -> list[tuple[int
 
 
 def _quantizations(model: ModelInfo, gpu: GpuInfo, request: Request) -> list[Quantization]:
+    if model.native_quantization:
+        return [model.native_quantization]  # the checkpoint ships quantized
     if request.quantization != "auto":
         return [request.quantization]
     if request.dtype != "auto":
@@ -63,24 +64,56 @@ class _Fit:
 
 
 def _fit(
-    model: ModelInfo, gpu: GpuInfo, tp: int, pp: int, quantization: Quantization, request: Request
+    model: ModelInfo,
+    gpu: GpuInfo,
+    tp: int,
+    pp: int,
+    quantization: Quantization,
+    request: Request,
+    profiling: Profiling | None = None,
 ) -> _Fit:
+    """Weights and KV cache of one layout, from vLLM's startup memory profile (profile.py)."""
     weights = weights_bytes(model, quantization)
     per_gpu = weights / (tp * pp)
-    free = _usable_bytes(gpu, request.gpu_memory_utilization) - per_gpu
-    free -= runtime_reserve_bytes(model, tp)
-    per_token = kv_bytes_per_token_per_gpu(model, tp, pp, _dtype_bytes(request.kv_cache_dtype))
-    tokens = int(max(free, 0) // per_token)
-    return _Fit(tp, pp, quantization, weights, per_gpu, max(free, 0), tokens)
+    profile = memory_profile(
+        model,
+        gpu,
+        (tp, pp),
+        per_gpu,
+        request.gpu_memory_utilization,
+        _dtype_bytes(request.kv_cache_dtype),
+        profiling,
+    )
+    return _Fit(tp, pp, quantization, weights, per_gpu, profile.kv_cache, profile.kv_tokens)
+
+
+def kv_cache_tokens(
+    model: ModelInfo,
+    gpu: GpuInfo,
+    tp: int,
+    pp: int,
+    request: Request,
+    profiling: Profiling | None = None,
+) -> int:
+    """The KV tokens vLLM's startup would log for this layout ("GPU KV cache size")."""
+    quantization = "none" if request.quantization == "auto" else request.quantization
+    return _fit(model, gpu, tp, pp, quantization, request, profiling).kv_tokens
+
+
+def _startable(fit: _Fit) -> int:
+    """The longest request vLLM surely starts with: the planned KV tokens less their uncertainty
+    (vLLM refuses a max_model_len the KV cache cannot hold once)."""
+    return int(fit.kv_tokens / (1 + KV_UNCERTAINTY))
 
 
 def _context(model: ModelInfo, fit: _Fit, request: Request) -> int | None:
     """The max model length this fit serves, or None when it serves too little."""
+    startable = _startable(fit)
     if request.max_model_len is not None:
-        return request.max_model_len if fit.kv_tokens >= request.max_model_len else None
-    if fit.kv_tokens >= model.max_context:
+        return request.max_model_len if startable >= request.max_model_len else None
+    if startable >= model.max_context:
         return model.max_context
-    rounded = fit.kv_tokens // 1024 * 1024
+    rounded = startable // 1024 * 1024
     return rounded if rounded >= MIN_DEFAULT_CONTEXT else None
 
 
@@ -135,8 +168,43 @@ def plan_vllm(
                 )
             if model.sliding_window:
                 notes.append("sliding-window layers: vLLM holds more tokens than planned")
+            if fit.kv_tokens < 2 * context:
+                notes.append(_tight_note(fit, context))
             return _plan(model, gpu, fit, context, gpus, nodes, request, notes)
+    if request.max_model_len is not None:
+        _refuse_context(model, gpu, layouts, request)
     raise _refusal(model, gpu, gpus, nodes, request)
+
+
+def _refuse_context(
+    model: ModelInfo, gpu: GpuInfo, layouts: list[tuple[int, int]], request: Request
+) -> None:
+    """The weights fit but the KV cache cannot hold one max_model_len request: vLLM would
+    refuse at startup. Refuse the field now, with the length that starts and other fixes."""
+    quantizations = _quantizations(model, gpu, request)
+    fits = [_fit(model, gpu, tp, pp, q, request) for q in quantizations for tp, pp in layouts]
+    best = max((_startable(fit) for fit in fits), default=0) // 1024 * 1024
+    if best < MIN_DEFAULT_CONTEXT:
+        return
+    fixes = [f"max_model_len={best} (what this KV cache holds, less 5 %)"]
+    if request.kv_cache_dtype != "fp8":
+        fixes.append("kv_cache_dtype='fp8' (twice the tokens)")
+    fixes.append("more GPUs per replica")
+    raise PlanRefused(
+        f"max_model_len={request.max_model_len} does not fit the KV cache of {model.name} on "
+        f"{gpu.name} (planned {max(fit.kv_tokens for fit in fits)} tokens ±5 %): vLLM refuses "
+        "to start",
+        fixes,
+        field="max_model_len",
+    )
+
+
+def _tight_note(fit: _Fit, context: int) -> str:
+    return (
+        f"tight: the KV cache holds {fit.kv_tokens} tokens, {fit.kv_tokens / context:.1f} "
+        f"requests of {context}; more GPUs, kv_cache_dtype='fp8' or a quantized checkpoint "
+        "give it room"
+    )
 
 
 def _explicit_layout(
@@ -219,6 +287,8 @@ def _plan(
         kv_bytes_per_token=kv_bytes_per_token(model, _dtype_bytes(kv_dtype)),
         kv_cache_gib_per_gpu=_gib(fit.kv_per_gpu),
         kv_cache_tokens=fit.kv_tokens,
+        kv_tokens_uncertainty=KV_UNCERTAINTY,
+        tight=fit.kv_tokens < 2 * context,
         max_concurrency=round(fit.kv_tokens / context, 2),
         decode_tokens_per_s=round(decode_ceiling(model, gpu, fit.quantization, fit.tp), 1),
         notes=tuple(notes),
@@ -229,26 +299,24 @@ def _refusal(
     model: ModelInfo, gpu: GpuInfo, gpus: int, nodes: int, request: Request
 ) -> PlanRefused:
     total = gpus * nodes
-    weights = weights_bytes(
-        model, "none" if request.quantization == "auto" else request.quantization
-    )
+    quantization = _quantizations(model, gpu, request)[0]
+    weights = weights_bytes(model, quantization)
     usable = _usable_bytes(gpu, request.gpu_memory_utilization)
     where = f"{total} x {gpu.name}" if total > 1 else f"one {gpu.name}"
     reason = (
-        f"{model.name} needs {_gib(weights)} GiB of weights"
+        f"{model.name} needs {_gib(weights)} GiB of weights and vLLM's runtime memory"
         + (f" plus {request.max_model_len} tokens of KV cache" if request.max_model_len else "")
         + f"; {where} {'hold' if total > 1 else 'holds'} {_gib(usable * total)} GiB at "
         f"gpu_memory_utilization {request.gpu_memory_utilization}"
     )
     alternatives = []
-    quantizations = ["none"] if request.quantization == "auto" else [request.quantization]
     for more in (2, 4, 8, 16, 32):
         per_node = min(more, 8)
         more_nodes = max(1, more // 8)
         if more <= total:
             continue
         for tp, pp in _parallel_layouts(model, per_node, more_nodes):
-            fit = _fit(model, gpu, tp, pp, quantizations[0], request)
+            fit = _fit(model, gpu, tp, pp, quantization, request)
             if _context(model, fit, request):
                 layout = f"TP={tp}" + (f" x PP={pp}" if pp > 1 else "")
                 alternatives.append(
@@ -258,9 +326,10 @@ def _refusal(
                 break
         if alternatives:
             break
-    if model.awq and request.quantization in ("auto", "none"):
+    requantizable = not model.native_quantization and request.quantization in ("auto", "none")
+    if model.awq and requantizable:
         alternatives.append(f"the AWQ variant ({_gib(weights_bytes(model, 'awq'))} GiB)")
-    if gpu.fp8 and request.quantization in ("auto", "none"):
+    if gpu.fp8 and requantizable:
         alternatives.append(f"FP8 ({_gib(weights_bytes(model, 'fp8'))} GiB)")
     if request.max_model_len and request.max_model_len > MIN_DEFAULT_CONTEXT:
         alternatives.append("a smaller max_model_len")

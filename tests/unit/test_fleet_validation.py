@@ -114,8 +114,8 @@ INVALID: list[tuple[str, Callable[[], object], str, str]] = [
             machines=[a100(model="L4")],
             serve=[Serve(model="llama-3.1-8b-instruct", max_model_len=131072, quantization="none")],
         ),
-        "serve[0].model",
-        "max_model_len",
+        "serve[0].max_model_len",
+        "max_model_len=",
     ),
     (
         "awq-without-variant",

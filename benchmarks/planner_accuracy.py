@@ -1,0 +1,104 @@
+"""How close is the planner's KV cache to what vLLM logged at startup? Prints a table.
+
+For every record of tests/data/vllm_startup_logs.toml: the planner's KV tokens for the logged
+inputs (model, GPU, TP/PP, max_model_len, gpu_memory_utilization, quantization, KV dtype, the
+profiled batch) beside the logged "GPU KV cache size", the signed error, and the distribution of
+errors (median, p90 of |error|, largest over-estimate) over all records and per GPU family.
+
+    .venv/bin/python benchmarks/planner_accuracy.py [--all]
+
+--all also lists the records kept out of the accuracy test (each says why in the data file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from servekit import catalog, planner
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "vllm_startup_logs.toml"
+
+
+def records(include_all: bool = False) -> list[dict[str, Any]]:
+    """The startup-log records (those in the accuracy test unless include_all)."""
+    logs: list[dict[str, Any]] = tomllib.loads(DATA.read_text(encoding="utf-8"))["log"]
+    return [r for r in logs if include_all or r["in_accuracy_test"]]
+
+
+def predicted_tokens(record: dict[str, Any]) -> int:
+    """The planner's KV tokens for the record's logged inputs."""
+    model = catalog.find_model(record["model"])
+    assert model is not None, record["model"]
+    gpu = catalog.gpu(record["gpu"])
+    request = planner.Request(
+        max_model_len=record["max_model_len"],
+        quantization=record["quantization"],
+        kv_cache_dtype=record["kv_cache_dtype"],
+        gpu_memory_utilization=record["gpu_memory_utilization"],
+        tensor_parallel=record["tensor_parallel"],
+        pipeline_parallel=record["pipeline_parallel"],
+    )
+    tokens = record["profile_tokens"]
+    profiling = planner.Profiling(
+        tokens=tokens if isinstance(tokens, int) else None,
+        max_num_seqs=record.get("max_num_seqs"),
+        engine=record["engine"],
+    )
+    return planner.kv_cache_tokens(
+        model, gpu, record["tensor_parallel"], record["pipeline_parallel"], request, profiling
+    )
+
+
+def error(record: dict[str, Any]) -> float:
+    """Signed relative error of the prediction: + over-estimates vLLM's KV cache."""
+    return predicted_tokens(record) / record["kv_cache_tokens"] - 1
+
+
+def family(gpu_name: str) -> str:
+    """GPU for the per-GPU rows: the catalog name (H100-SXM, RTX-4090, ...)."""
+    return catalog.gpu(gpu_name).name
+
+
+def summary(errors: list[float]) -> str:
+    if not errors:
+        return "no records"
+    absolute = sorted(abs(e) for e in errors)
+    p90 = absolute[min(len(absolute) - 1, int(0.9 * len(absolute)))]
+    worst_over = max(errors)
+    return (
+        f"n={len(errors)}  median |err| {statistics.median(absolute):.1%}  p90 |err| {p90:.1%}  "
+        f"max over-estimate {max(worst_over, 0.0):+.1%}  "
+        f"within ±10%: {sum(abs(e) <= 0.10 for e in errors)}/{len(errors)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="also the records kept out of tests")
+    args = parser.parse_args()
+    rows = records(include_all=args.all)
+    print(f"{'record':46} {'GPU':12} {'TPxPP':>5} {'logged':>9} {'planned':>9} {'error':>7}")
+    by_family: dict[str, list[float]] = {}
+    errors = []
+    for record in rows:
+        e = error(record)
+        mark = "" if record["in_accuracy_test"] else "  (not in test)"
+        print(
+            f"{record['id']:46} {record['gpu']:12} "
+            f"{record['tensor_parallel']:>3}x{record['pipeline_parallel']} "
+            f"{record['kv_cache_tokens']:>9,} {predicted_tokens(record):>9,} {e:>+7.1%}{mark}"
+        )
+        if record["in_accuracy_test"]:
+            errors.append(e)
+            by_family.setdefault(family(record["gpu"]), []).append(e)
+    print(f"\nall: {summary(errors)}")
+    for name, values in sorted(by_family.items()):
+        print(f"{name}: {summary(values)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""vLLM's startup memory profile of one GPU, term by term, and the KV cache it leaves.
+
+vLLM loads the weights, runs one profiling forward pass of `max_num_batched_tokens` tokens (and a
+sampler pass of `max_num_seqs` rows), measures the peak, and gives the rest of
+gpu_memory_utilization x the memory torch sees to the KV cache, in blocks of 16 tokens
+(docs/configuration/memory_usage.md; "Memory profiling results" / "Available KV cache memory"
+log lines). Each term below says where its number comes from; those fitted on logs name the log
+(tests/data/vllm_startup_logs.toml, compared by benchmarks/planner_accuracy.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from servekit.catalog import GpuInfo, ModelInfo
+
+GIB = 2**30
+
+BLOCK_SIZE = 16
+"""Tokens per KV block, vLLM's default block_size; the cache holds whole blocks."""
+
+TORCH_HIDDEN_BYTES = int(0.42 * GIB)
+"""Memory nvidia-smi counts that torch never sees: an RTX 3090 (24576 MiB = 24.0 GiB) logged
+total_gpu_memory=23.58GiB (https://github.com/vllm-project/vllm/issues/10517)."""
+
+NON_TORCH_BYTES = int(0.4 * GIB)
+"""CUDA context, cuBLAS workspace and other memory outside torch, per GPU. Logged: 0.35 GiB on an
+RTX 3090 (vllm#10517), 0.25 GiB on RTX 4090s (vllm#13061), 0.34-0.43 GiB on A100-40GB at TP 4
+(https://github.com/vllm-project/vllm/issues/16570). No Hopper log with the breakdown was found:
+the same value is used there."""
+
+HOPPER_EXTRA_BYTES = int(1.6 * GIB)
+"""More outside the profile on Hopper (compute capability 9.x, H100/H200), fitted to one report:
+issue 16 (servekit) quotes a 72B model on 2 x H100-80GB at utilization 0.95 logging 19.9k KV
+tokens, which the terms above leave at ~24.6k; vllm#21348 (Qwen3-235B FP8 on 4 x H100) also came
+out far short of them. No public Hopper log with the breakdown was found: an allowance that keeps
+the 72B case at its log, to be replaced by measured logs."""
+
+ALL_REDUCE_BYTES_PER_RANK = GIB // 4
+"""NCCL and custom all-reduce buffers per GPU, per rank of the tensor-parallel group (none at TP 1).
+No log isolates them: fitted so that 4 x RTX PRO 6000 at TP 4 (non-torch logged 1.70 GiB) and
+2 x RTX PRO 6000 at TP 2 (1.66 GiB for non-torch and activations together) stay near their logs
+(kubesimplify/website, content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md and
+running-a-single-llm-across-two-gpus-with-vllm.md)."""
+
+PIPELINE_BYTES = GIB
+"""Buffers for activations in flight between pipeline stages, per GPU when PP > 1: the same
+Qwen3-32B on the same two GPUs and budget left 3.03 GiB outside weights and KV at PP 2 against
+1.66 GiB at TP 2 (kubesimplify/website, running-a-single-llm-across-two-gpus-with-vllm.md)."""
+
+ACTIVATION_HIDDEN_FACTOR = 7
+"""Profiling peak per token = 2 bytes x (2 x intermediate / TP + 7 x hidden). Fitted as an upper
+envelope to vllm#10517: Llama-3.1-8B's peak minus weights was 2.07 GiB at 20000 tokens and
+2.99 GiB at 29000 (about 110 KB a token; the formula gives 115 KB)."""
+
+LOGIT_BYTES = 4
+"""The sampler's profiling pass holds fp32 logits for max_num_seqs rows x the vocabulary."""
+
+# CUDA graphs are not taken from the KV cache: vLLM 0.26.0 and 0.27.1 size the cache as
+# utilization x memory - weights - non-torch - activation peak and report the graph pool beside it
+# ("Actual usage is 56.89 GiB for consumed memory (weights + non-torch), 0.76 GiB for peak
+# activation, and 0.32 GiB for CUDAGraph memory ... Current kv cache memory in use is 27.85 GiB",
+# kubesimplify/website content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md; the same
+# arithmetic in akiyax/kvcache-lab docs/phase1-baseline.md). The graph pool (0.1-0.7 GiB in those
+# logs) comes out of the memory utilization leaves free. Open question: other logs print "CUDA graph
+# memory profiling is enabled (default since v0.21.0) ... 0.9000 is equivalent to 0.8964 without"
+# it, i.e. a graph estimate taken from the cache; if vLLM 0.33 does so, small GPUs lose ~0.3-0.5
+# GiB of KV against this plan (within the ±5 % on large GPUs, not on 16-24 GB ones). Check it
+# against a 0.33 host's log before relying on tight plans there.
+
+LARGE_GPU_BYTES = 70 * GIB
+"""vLLM's batch defaults (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults): on GPUs with
+>= 70 GiB that are not A100, `vllm serve` profiles 8192 tokens and 1024 sequences, elsewhere
+2048 tokens and 256 sequences."""
+
+KV_UNCERTAINTY = 0.05
+"""The ± the planner states on its KV tokens: its target is within -15 %/+5 % of the logs."""
+
+
+def default_batch(gpu: GpuInfo) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) `vllm serve` uses on this GPU by default."""
+    memory = gpu.memory_bytes or 0
+    if memory >= LARGE_GPU_BYTES and not gpu.name.startswith("A100"):
+        return 8192, 1024
+    return 2048, 256
+
+
+@dataclass(frozen=True)
+class Profiling:
+    """How vLLM profiles: None takes `vllm serve`'s default for the GPU. `engine` names the
+    engine a log came from ("v0": the old engine, before the V1 defaults)."""
+
+    tokens: int | None = None
+    max_num_seqs: int | None = None
+    engine: str = "v1"
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """One GPU's memory as vLLM accounts it at startup, in bytes, and the KV tokens left."""
+
+    usable: float
+    weights: float
+    non_torch: float
+    activation: float
+    logits: float
+    kv_cache: float
+    kv_bytes_per_token: float
+    kv_tokens: int
+
+
+def kv_bytes_per_token_per_gpu(
+    model: ModelInfo, tensor_parallel: int, pipeline_parallel: int, kv_dtype_bytes: int = 2
+) -> float:
+    """KV bytes one GPU holds per token: layers split by PP; KV heads by TP (replicated beyond).
+    MLA models (kv_lora_rank set) cache one latent vector per layer, the same on every TP rank."""
+    layers = math.ceil(model.layers / pipeline_parallel)
+    if model.kv_lora_rank:
+        return layers * (model.kv_lora_rank + model.qk_rope_head_dim) * kv_dtype_bytes
+    heads = max(model.kv_heads / tensor_parallel, 1.0)
+    return 2 * layers * heads * model.head_dim * kv_dtype_bytes
+
+
+def activation_bytes(model: ModelInfo, tokens: int, tensor_parallel: int) -> int:
+    """The profiling pass's activation peak over the weights (see ACTIVATION_HIDDEN_FACTOR);
+    an MoE's MLP runs `experts_per_token` experts for every token."""
+    intermediate = model.intermediate_size * max(model.experts_per_token, 1)
+    per_token = 2 * (
+        2 * intermediate // tensor_parallel + ACTIVATION_HIDDEN_FACTOR * model.hidden_size
+    )
+    return tokens * per_token
+
+
+def memory_profile(
+    model: ModelInfo,
+    gpu: GpuInfo,
+    parallel: tuple[int, int],
+    weights_per_gpu: float,
+    utilization: float,
+    kv_dtype_bytes: int = 2,
+    profiling: Profiling | None = None,
+) -> MemoryProfile:
+    """One GPU's startup profile for `parallel` = (TP, PP)."""
+    assert gpu.memory_bytes is not None
+    tp, pp = parallel
+    profiling = profiling or Profiling()
+    default_tokens, default_seqs = default_batch(gpu)
+    usable = utilization * (gpu.memory_bytes - TORCH_HIDDEN_BYTES)
+    non_torch = float(NON_TORCH_BYTES + (ALL_REDUCE_BYTES_PER_RANK * tp if tp > 1 else 0))
+    non_torch += PIPELINE_BYTES if pp > 1 else 0
+    non_torch += model.runtime_extra_gib * GIB / (tp * pp)  # per model, from its logs (catalog)
+    if gpu.compute_capability_tuple[0] == 9:
+        non_torch += HOPPER_EXTRA_BYTES
+    activation = activation_bytes(model, profiling.tokens or default_tokens, tp)
+    logits = (profiling.max_num_seqs or default_seqs) * model.vocab_size * LOGIT_BYTES
+    kv_cache = max(usable - weights_per_gpu - non_torch - activation - logits, 0.0)
+    per_token = kv_bytes_per_token_per_gpu(model, tp, pp, kv_dtype_bytes)
+    blocks = int(kv_cache // (per_token * BLOCK_SIZE))
+    return MemoryProfile(
+        usable=usable,
+        weights=weights_per_gpu,
+        non_torch=non_torch,
+        activation=activation,
+        logits=logits,
+        kv_cache=kv_cache,
+        kv_bytes_per_token=per_token,
+        kv_tokens=blocks * BLOCK_SIZE,
+    )
