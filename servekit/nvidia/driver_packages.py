@@ -162,12 +162,19 @@ def toolkit_package(cuda: str) -> str:
 
 
 def toolkit_problem(cuda: str, branch: int, directory: str) -> str | None:
-    """Why this toolkit cannot go on this host, or None."""
+    """Why this toolkit cannot go on this host, or None. By CUDA minor-version compatibility a
+    driver runs every toolkit of its CUDA major release (580: any 13.x; 535 and 570: any 12.x)
+    and, by backward compatibility, those of older majors. Source: NVIDIA's "Minor Version
+    Compatibility" page (URL in versions.toml `[cuda]`)."""
     wanted = catalog.version_tuple(cuda)
     max_cuda = catalog.driver_branches()[branch].max_cuda
-    if wanted > catalog.version_tuple(max_cuda):
+    minimum = catalog.minor_version_minimum_branch(wanted[0])
+    driver_major = catalog.version_tuple(max_cuda)[0]
+    if wanted[0] > driver_major or minimum is None or branch < minimum:
+        needs = f"branch {minimum} or newer" if minimum else "a newer driver"
         return (
-            f"CUDA {cuda} needs a newer driver than branch {branch} (it supports CUDA ≤ {max_cuda})"
+            f"CUDA {cuda} needs a newer driver than branch {branch} (it runs CUDA "
+            f"{driver_major}.x toolkits and older; CUDA {wanted[0]}.x needs {needs})"
         )
     if directory == "ubuntu2404" and wanted < (12, 5):
         package = toolkit_package(cuda)

@@ -319,6 +319,20 @@ def test_cuda_toolkit_and_dcgm() -> None:
     converges(sim, data, "hgx1")
 
 
+def test_a_cuda_13_1_toolkit_goes_on_the_580_driver() -> None:
+    """Minor-version compatibility: branch 580 (reports CUDA 13.0) runs every 13.x toolkit
+    (docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html); it used to
+    stop with "Unsupported versions"."""
+    sim = host("ubuntu2404", one_a100())
+    sim.repository["cuda-toolkit-13-1"] = {"13.1.0-1": []}
+    data = single_a100_data(cuda_toolkit="13.1")
+    assert data["servekit"]["versions"]["driver_branch"] == 580
+    run = deploy(sim, data)
+    assert not run.failed, run
+    assert "cuda-toolkit-13-1" in installs(run) and "nvidia-open-580" in installs(run)
+    assert 'PATH="/usr/local/cuda-13.1/bin' in sim.files["/etc/profile.d/servekit-cuda.sh"]
+
+
 def test_toolkit_the_release_lacks_stops_before_any_change() -> None:
     sim = host("ubuntu2404", one_a100())
     run = deploy(sim, single_a100_data(cuda_toolkit="12.4"))

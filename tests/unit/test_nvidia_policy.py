@@ -123,6 +123,24 @@ def test_toolkit_and_dcgm() -> None:
     assert "datacenter-gpu-manager-4-proprietary" not in nvidia.dcgm_packages(580, (9, 0))
 
 
+@pytest.mark.parametrize(
+    ("cuda", "branch"),
+    [("13.1", 580), ("13.3", 580), ("13.0", 595), ("12.9", 535), ("12.9", 570), ("12.8", 580)],
+)
+def test_toolkit_runs_by_minor_version_compatibility(cuda: str, branch: int) -> None:
+    """NVIDIA's Minor Version Compatibility table: CUDA 13.x needs >= 580, 12.x >= 525, and newer
+    drivers run older majors (docs.nvidia.com/deploy/cuda-compatibility/
+    minor-version-compatibility.html). 13.1 on 580 was refused before (580 reports CUDA 13.0)."""
+    assert nvidia.toolkit_problem(cuda, branch, "ubuntu2204") is None
+
+
+@pytest.mark.parametrize(("cuda", "branch"), [("13.0", 570), ("13.1", 575), ("13.0", 535)])
+def test_toolkit_of_a_newer_cuda_major_is_refused(cuda: str, branch: int) -> None:
+    problem = str(nvidia.toolkit_problem(cuda, branch, "ubuntu2204"))
+    assert f"CUDA {cuda} needs a newer driver than branch {branch}" in problem
+    assert "CUDA 13.x needs branch 580 or newer" in problem
+
+
 def test_targets_from_the_example_fleet_and_from_facts() -> None:
     _fleet, plan = load_fleet_and_plan(ROOT / "inventories/node_8xa100.py")
     target = nvidia.target_from_plan(plan.hosts["hgx1"], local=False)
