@@ -158,8 +158,23 @@ def test_multinode_replica_flags_and_interfaces() -> None:
     unit = next(f.content for f in files if f.path.endswith(".service"))
     assert "Environment=NCCL_SOCKET_IFNAME=ens5" in unit
     assert "Environment=GLOO_SOCKET_IFNAME=ens5" in unit
+    assert "FI_PROVIDER" not in unit and "LD_LIBRARY_PATH" not in unit  # no EFA here
     check_vllm_config(head.config)
     check_vllm_config(worker.config)
+    # With EFA (the driver registered infiniband_verbs): NCCL gets AWS's libfabric plugin
+    # (aws-ofi-nccl, shipped on the DLAMI under /opt/amazon/ofi-nccl) on its library path.
+    efa = HostFacts(
+        interfaces={"10.2.0.11": "ens5"},
+        char_devices=("nvidia", "nvidiactl", "nvidia-uvm", "infiniband_verbs"),
+    )
+    files = render_host(plan.hosts["n1"], facts=efa)
+    unit = next(f.content for f in files if f.path.endswith(".service"))
+    library_path = next(
+        line for line in unit.splitlines() if line.startswith("Environment=LD_LIBRARY_PATH=")
+    )
+    assert "/opt/amazon/ofi-nccl/lib:" in library_path and "/opt/amazon/efa/lib" in library_path
+    assert "Environment=FI_PROVIDER=efa" in unit
+    assert "Environment=NCCL_SOCKET_IFNAME=ens5" in unit  # bootstrap stays on the cluster address
 
 
 def test_gpu_hosts_get_the_gpu_files() -> None:
