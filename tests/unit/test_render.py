@@ -123,7 +123,9 @@ def test_secret_resolver_fills_env_file_only() -> None:
     files = render_host(host, secret=lambda source: f"VALUE-OF-{source.env}")
     env = next(f for f in files if f.path.endswith(".env"))
     assert "VLLM_API_KEY=VALUE-OF-ENGINE_KEY" in env.content
-    assert "HF_TOKEN=VALUE-OF-HF" in env.content
+    # The engine runs offline (HF_HUB_OFFLINE=1: no HTTP calls to the Hub, huggingface.co/docs/
+    # huggingface_hub/package_reference/environment_variables): it gets no HF token.
+    assert "HF_TOKEN" not in env.content
     assert not any("VALUE-OF" in f.content for f in files if not f.path.endswith(".env"))
 
 
