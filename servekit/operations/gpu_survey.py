@@ -133,7 +133,9 @@ def newer_branch_adopted(
     target: GpuTarget, installed: dict[str, InstalledPackage], loaded: LoadedDriver | None
 ) -> GpuTarget:
     """The target with the host's own driver branch when it is a newer supported one and the
-    fleet pinned none (a Deep Learning AMI with 595, say): adopted, not downgraded."""
+    fleet pinned none: adopted, not downgraded. Deep Learning Base AMIs ship 595.91.07 in late
+    2026 (release notes, e.g. docs.aws.amazon.com/dlami/latest/devguide/
+    aws-deep-learning-ami-gpubaseossarm64-ul2404-2026-09-30.html)."""
     found = nvidia.host_driver_branch(installed, loaded["version"] if loaded else None)
     branch = nvidia.adoptable_branch(target.branch, target.branch_pinned, found, this_month())
     if branch is None:
