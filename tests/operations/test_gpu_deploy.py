@@ -559,6 +559,13 @@ def debian_with_595() -> SimHost:
     return sim
 
 
+def pinned_580() -> dict[str, Any]:
+    """The single A100 fleet with Versions(driver_branch=580) set explicitly."""
+    data = single_a100_data()
+    data["servekit"]["versions"]["driver_branch_pinned"] = True
+    return data
+
+
 def test_a_newer_supported_branch_is_kept_not_downgraded(
     december_2026: None, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -576,9 +583,7 @@ def test_a_newer_supported_branch_is_kept_not_downgraded(
 
 def test_a_pinned_branch_replaces_the_newer_one(december_2026: None) -> None:
     sim = debian_with_595()
-    data = single_a100_data()
-    data["servekit"]["versions"]["driver_branch_pinned"] = True  # Versions(driver_branch=580)
-    run = deploy(sim, data)
+    run = deploy(sim, pinned_580())
     assert not run.failed, run
     assert "nvidia-driver-pinning-595" in run.step("other branches").commands[-1]
     assert installs(run)[:2] == DRIVER_PACKAGES["debian12"]
@@ -608,9 +613,7 @@ def test_a_runfile_driver_the_fleet_does_not_want_stops_with_what_to_do(
     december_2026: None,
 ) -> None:
     sim = runfile_595()
-    data = single_a100_data()
-    data["servekit"]["versions"]["driver_branch_pinned"] = True
-    run = deploy(sim, data)
+    run = deploy(sim, pinned_580())
     assert run.failed and sim.packages == {}
     message = run.commands()[0]
     assert "runfile (nvidia-uninstall is present) (not branch 580)" in message
