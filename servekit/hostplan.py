@@ -109,6 +109,11 @@ class VersionsPlan(Plain):
     vllm: str
     ollama: str
     driver_branch: int
+    driver_branch_pinned: bool = Field(
+        False,
+        description="the fleet chose driver_branch; otherwise a host's newer supported branch is "
+        "adopted rather than downgraded to the default",
+    )
 
 
 class GpuSetupPlan(Plain):

@@ -36,14 +36,45 @@ def vllm_paths(plan: HostPlan, instance: VllmInstance) -> dict[str, str]:
     }
 
 
+# NCCL reaches EFA only through AWS's libfabric plugin (aws-ofi-nccl), which it loads as
+# libnccl-net.so from the library path ("ensure LD_LIBRARY_PATH is set to include that prefix so
+# ... binaries can find the plugin": github.com/aws/aws-ofi-nccl README; without it NCCL falls
+# back to sockets, NVIDIA-NeMo/RL pull 2359). The Deep Learning AMIs ship it (release notes
+# list ofi_nccl_version, docs.aws.amazon.com/dlami/latest/devguide/) under /opt/amazon/ofi-nccl
+# (lib, or lib/<multiarch> in newer builds; older images /opt/amazon/aws-ofi-nccl/lib) and
+# libfabric under /opt/amazon/efa/lib. Directories that do not exist are skipped by the loader.
+EFA_LIBRARY_PATH = ":".join(
+    (
+        "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu",
+        "/opt/amazon/ofi-nccl/lib/aarch64-linux-gnu",
+        "/opt/amazon/ofi-nccl/lib",
+        "/opt/amazon/aws-ofi-nccl/lib",
+        "/opt/amazon/efa/lib",
+    )
+)
+# The libfabric provider for EFA (aws-ofi-nccl README: "Users can specify to use a preferred
+# libfabric provider with FI_PROVIDER").
+EFA_ENV = {"LD_LIBRARY_PATH": EFA_LIBRARY_PATH, "FI_PROVIDER": "efa"}
+
+
+def has_efa(facts: HostFacts) -> bool:
+    """EFA devices on this host: the driver registered InfiniBand verbs (/proc/devices)."""
+    return facts.char_devices is not None and any(
+        group in facts.char_devices for group in systemd.INFINIBAND_GROUPS
+    )
+
+
 def _cluster_env(instance: VllmInstance, plan: HostPlan, facts: HostFacts) -> dict[str, str]:
     """Interface variables NCCL and Gloo need on a multi-node replica (from the host's facts),
-    and where a Ray-backed process finds its cluster."""
+    AWS's NCCL plugin where the host has EFA, and where a Ray-backed process finds its
+    cluster."""
     if instance.nnodes < 2:
         return {}
     address = plan.cluster_address or ""
     interface = facts.interfaces.get(address, f"<interface holding {address or plan.name}>")
     env = {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface}
+    if has_efa(facts):
+        env.update(EFA_ENV)
     if uses_ray(instance):
         env["RAY_ADDRESS"] = f"{instance.head_address}:{RAY_PORT}"
         if plan.cluster_address:

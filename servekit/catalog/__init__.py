@@ -247,6 +247,14 @@ def default_driver_branch() -> int:
     return int(_load("versions.toml")["driver"]["default"])
 
 
+def minor_version_minimum_branch(cuda_major: int) -> int | None:
+    """The oldest driver branch that runs every CUDA `cuda_major`.x toolkit by minor-version
+    compatibility (versions.toml `[cuda.minor_version_minimum_driver]`); None if unknown."""
+    table = _load("versions.toml")["cuda"]["minor_version_minimum_driver"]
+    found = table.get(str(cuda_major))
+    return int(found) if found is not None else None
+
+
 def cuda_keyring_version() -> str:
     """The cuda-keyring package version servekit installs (versions.toml `[cuda_keyring]`)."""
     return str(_load("versions.toml")["cuda_keyring"]["version"])

@@ -6,10 +6,19 @@
   relaunch after a destroy (a new generation) or in another zone is a new one. Tokens are at
   most 64 ASCII characters.
 - **Tags at creation** on the instance, its volumes and its network interfaces.
-- **Network**: one interface per network card up to the EFA maximum from `describe_instance_types`
-  (p4d/p4de: 4), card 0 at device index 0 and the others at device index 1, all of type `efa`
-  (supported on every EFA type). Several interfaces forbid `AssociatePublicIpAddress`, so such
-  nodes get an Elastic IP after launch instead.
+- **Network**: on a type with several EFA network cards (p4d/p4de: 4, p5/p5e: 32, p5en: 16, from
+  `describe_instance_types`), AWS's recommended layout ("Maximize network bandwidth on Amazon EC2
+  instances with multiple network cards", docs.aws.amazon.com/AWSEC2/latest/UserGuide/
+  efa-acc-inst-types.html): an ENA interface as the primary (card 0, device 0; an `efa-only`
+  interface cannot be the primary), an `efa-only` interface on card 0 at device index 1, and an
+  `efa-only` interface at device index 0 on every other card. On p5/p5e this is AWS's "use case
+  1": the full 3,200 Gbps of EFA, 100 Gbps of IP and one private address (its "use case 2" adds
+  an ENA interface to every fourth card for 800 Gbps of IP, at the cost of 8 private addresses
+  and the Linux routing problems AWS warns about; servekit's NCCL_SOCKET_IFNAME and cluster
+  address assume one). EFA-only interfaces carry no IP address. `AssociatePublicIpAddress` is
+  refused with more than one interface in the request (EC2 API reference,
+  InstanceNetworkInterfaceSpecification), so such nodes get an Elastic IP on the primary after
+  launch. A one-card EFA type keeps one `efa` interface (EFA with ENA) with its public address.
 - **Root volume**: gp3 at its baseline (3000 IOPS, 125 MiB/s), deleted with the instance, and
   always encrypted: `Encrypted=True` changes the encryption state of the volume restored from
   the AMI's (public, unencrypted) snapshot, with the account's default EBS key; it can never
@@ -46,6 +55,22 @@ def client_token(lineage: str, node: str, generation: int, instance_type: str, z
 def network_interfaces(
     efa_interfaces: int, subnet_id: str, security_group: str
 ) -> list[InstanceNetworkInterfaceSpecificationTypeDef]:
+    """The launch's interfaces: one ENA (no EFA), one `efa` (one EFA card), or AWS's layout for
+    several EFA cards (module docstring): ENA primary, `efa-only` on card 0 and on every other
+    card."""
+
+    def interface(
+        card: int, device: int, kind: str
+    ) -> InstanceNetworkInterfaceSpecificationTypeDef:
+        return {
+            "NetworkCardIndex": card,
+            "DeviceIndex": device,
+            "InterfaceType": kind,
+            "SubnetId": subnet_id,
+            "Groups": [security_group],
+            "DeleteOnTermination": True,
+        }
+
     if efa_interfaces == 0:
         return [
             {
@@ -56,20 +81,12 @@ def network_interfaces(
                 "DeleteOnTermination": True,
             }
         ]
-    interfaces: list[InstanceNetworkInterfaceSpecificationTypeDef] = []
-    for card in range(efa_interfaces):
-        interface: InstanceNetworkInterfaceSpecificationTypeDef = {
-            "DeviceIndex": 0 if card == 0 else 1,
-            "NetworkCardIndex": card,
-            "InterfaceType": "efa",
-            "SubnetId": subnet_id,
-            "Groups": [security_group],
-            "DeleteOnTermination": True,
-        }
-        if efa_interfaces == 1:
-            interface["AssociatePublicIpAddress"] = True
-        interfaces.append(interface)
-    return interfaces
+    if efa_interfaces == 1:
+        only = interface(0, 0, "efa")
+        only["AssociatePublicIpAddress"] = True
+        return [only]
+    primary = [interface(0, 0, "interface"), interface(0, 1, "efa-only")]
+    return primary + [interface(card, 0, "efa-only") for card in range(1, efa_interfaces)]
 
 
 def run_request(

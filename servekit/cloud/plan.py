@@ -184,7 +184,8 @@ def describe(plan: Plan) -> list[str]:
         network = launch.types[primary]
         if network.efa_interfaces:
             eip = ", an Elastic IP each" if network.needs_elastic_ip else ""
-            lines.append(f"    network: {network.efa_interfaces} EFA interfaces{eip}")
+            layout = " (ENA primary, efa-only on every card)" if network.needs_elastic_ip else ""
+            lines.append(f"    network: {network.efa_interfaces} EFA interfaces{eip}{layout}")
         lines.append("")
     for change in plan.changes:
         detail = f"  {change.detail}" if change.detail else ""

@@ -11,7 +11,51 @@ import threading
 import time
 
 PROGRESS_S = 10.0
+# hf_xet's high-performance mode raises its download buffer ceiling to 64 GB (xet-core's
+# HF_XET_HIGH_PERFORMANCE preset, applied after the environment, so explicit buffer caps are
+# ignored: github.com/unslothai/unsloth-zoo/pull/972) and Hugging Face reserves it for machines
+# with at least 64 GB of RAM (github.com/huggingface/hub-docs/pull/2731). With it on, a 13.6 GB
+# machine was OOM-killed at 11.3 GB RSS downloading a 29.5 GB model, 5.4 GB without it
+# (github.com/unslothai/unsloth-zoo/pull/989). So: on only where the memory this process may use
+# (host RAM, or its cgroup's limit if lower) is at least that.
+XET_HIGH_PERFORMANCE_MIN_BYTES = 64 * 10**9
 job = {}
+
+
+def usable_memory(meminfo, cgroup_max=None):
+    """Bytes this process may use: MemTotal of /proc/meminfo, or the cgroup v2 memory.max
+    when that is a lower number ('max' means no limit)."""
+    total = None
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024  # kB
+    limit = (cgroup_max or "").strip()
+    if limit.isdigit() and (total is None or int(limit) < total):
+        return int(limit)
+    return total
+
+
+def xet_environment(memory):
+    """HF_XET_HIGH_PERFORMANCE for a process that may use `memory` bytes (None: unknown)."""
+    if memory is not None and memory >= XET_HIGH_PERFORMANCE_MIN_BYTES:
+        return {"HF_XET_HIGH_PERFORMANCE": "1"}
+    return {}
+
+
+def read_text(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def cgroup_memory_max():
+    """memory.max of this process's cgroup (v2: the `0::PATH` line of /proc/self/cgroup)."""
+    for line in (read_text("/proc/self/cgroup") or "").splitlines():
+        if line.startswith("0::"):
+            return read_text("/sys/fs/cgroup" + line[3:].rstrip("/") + "/memory.max")
+    return None
 
 
 class UnsafeKey(Exception):
@@ -94,7 +138,11 @@ def with_progress(label, directory, work, expected=None):
 def huggingface():
     hf = job["hf"]
     os.environ["HF_ENDPOINT"] = hf["endpoint"]
-    os.environ.setdefault("HF_XET_HIGH_PERFORMANCE", "1")
+    memory = usable_memory(read_text("/proc/meminfo") or "", cgroup_memory_max())
+    for name, value in xet_environment(memory).items():
+        os.environ.setdefault(name, value)
+    mode = "on" if os.environ.get("HF_XET_HIGH_PERFORMANCE") == "1" else "off"
+    print(f"Xet high-performance downloads {mode} ({gib(memory or 0)} usable memory)", flush=True)
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ.pop("HF_HUB_OFFLINE", None)
     from huggingface_hub import snapshot_download

@@ -40,6 +40,7 @@ from servekit.nvidia.checks import (
     verify,
 )
 from servekit.nvidia.driver_packages import (
+    ADOPTABLE_KINDS,
     CANONICAL_BUILDS,
     DRIVER_PREFIXES,
     FM_UNVERSIONED_FROM,
@@ -48,12 +49,14 @@ from servekit.nvidia.driver_packages import (
     UNVERSIONED_FROM,
     DriverChoice,
     Flavour,
+    adoptable_branch,
     branch_of,
     branch_packages,
     dcgm_packages,
     flavour_for,
     flavour_other,
     foreign_packages,
+    host_driver_branch,
     installed_driver_version,
     is_driver_package,
     matching_version,
@@ -79,6 +82,7 @@ from servekit.nvidia.host_files import (
 )
 
 __all__ = [
+    "ADOPTABLE_KINDS",
     "CANONICAL_BUILDS",
     "CUDA_ERRORS",
     "CUDA_SYSTEM_NOT_READY",
@@ -108,6 +112,7 @@ __all__ = [
     "GpuTarget",
     "MinimumDriver",
     "PolicyError",
+    "adoptable_branch",
     "branch_of",
     "branch_packages",
     "dcgm_packages",
@@ -115,6 +120,7 @@ __all__ = [
     "flavour_other",
     "foreign_packages",
     "gpu_files",
+    "host_driver_branch",
     "installed_driver_version",
     "is_driver_package",
     "keyring_deb_url",

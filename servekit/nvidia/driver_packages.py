@@ -162,12 +162,19 @@ def toolkit_package(cuda: str) -> str:
 
 
 def toolkit_problem(cuda: str, branch: int, directory: str) -> str | None:
-    """Why this toolkit cannot go on this host, or None."""
+    """Why this toolkit cannot go on this host, or None. By CUDA minor-version compatibility a
+    driver runs every toolkit of its CUDA major release (580: any 13.x; 535 and 570: any 12.x)
+    and, by backward compatibility, those of older majors. Source: NVIDIA's "Minor Version
+    Compatibility" page (URL in versions.toml `[cuda]`)."""
     wanted = catalog.version_tuple(cuda)
     max_cuda = catalog.driver_branches()[branch].max_cuda
-    if wanted > catalog.version_tuple(max_cuda):
+    minimum = catalog.minor_version_minimum_branch(wanted[0])
+    driver_major = catalog.version_tuple(max_cuda)[0]
+    if wanted[0] > driver_major or minimum is None or branch < minimum:
+        needs = f"branch {minimum} or newer" if minimum else "a newer driver"
         return (
-            f"CUDA {cuda} needs a newer driver than branch {branch} (it supports CUDA ≤ {max_cuda})"
+            f"CUDA {cuda} needs a newer driver than branch {branch} (it runs CUDA "
+            f"{driver_major}.x toolkits and older; CUDA {wanted[0]}.x needs {needs})"
         )
     if directory == "ubuntu2404" and wanted < (12, 5):
         package = toolkit_package(cuda)
@@ -182,3 +189,37 @@ def dcgm_packages(branch: int, compute_capability: tuple[int, int] | None) -> li
     if compute_capability is not None and compute_capability < (9, 0):
         packages.append("datacenter-gpu-manager-4-proprietary")
     return [*packages, "datacenter-gpu-manager-exporter"]
+
+
+ADOPTABLE_KINDS = ("LTSB", "PB")  # NVIDIA's supported branches; a New Feature Branch is short-lived
+
+
+def host_driver_branch(
+    installed: dict[str, InstalledPackage], loaded_version: str | None
+) -> int | None:
+    """The one driver branch the host arrived with: of its installed NVIDIA driver packages
+    (not Canonical's builds), or of the loaded module when no driver package is installed (a
+    runfile); None when there is none or several."""
+    branches = {
+        package_branch(name, package["version"])
+        for name, package in installed.items()
+        if package["installed"] and is_driver_package(name) and not CANONICAL_BUILDS.search(name)
+    }
+    branches.discard(None)
+    if any(package_branch(n, p["version"]) for n, p in installed.items()):
+        return branches.pop() if len(branches) == 1 else None
+    return branch_of(loaded_version) if loaded_version else None
+
+
+def adoptable_branch(
+    wanted: int, pinned: bool, found: int | None, this_month: str
+) -> catalog.DriverBranch | None:
+    """The host's branch when the deploy keeps it instead of replacing it with `wanted`: the
+    fleet did not pin a branch, and the host's is newer, a supported branch in the catalog
+    (Long Term Support or Production, before its end of life `YYYY-MM`)."""
+    if pinned or found is None or found <= wanted:
+        return None
+    branch = catalog.driver_branches().get(found)
+    if branch is None or branch.kind not in ADOPTABLE_KINDS or branch.end_of_life < this_month:
+        return None
+    return branch

@@ -27,6 +27,7 @@ class GpuTarget:
     gpu_model: str | None
     gpu_count: int
     branch: int
+    branch_pinned: bool = False
     nvidia: bool = True
     nvswitch_expected: bool = False
     mirror: str = DEFAULT_MIRROR
@@ -67,6 +68,7 @@ def target_from_plan(plan: HostPlan, local: bool) -> GpuTarget:
         nvidia="gpu" in plan.roles,
         nvswitch_expected=plan.nvswitch_expected,
         branch=plan.versions.driver_branch,
+        branch_pinned=plan.versions.driver_branch_pinned,
         mirror=plan.sources.nvidia_apt,
         cuda_toolkit=setup.cuda_toolkit,
         dcgm=setup.dcgm,

@@ -7,12 +7,13 @@ Everything that depends on what earlier steps did is read again by the operation
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 from pyinfra import logger
 from pyinfra.context import host
 from pyinfra.facts.files import Directory
-from pyinfra.facts.server import Arch
+from pyinfra.facts.server import Arch, Which
 
 from servekit import catalog, nvidia
 from servekit.facts.nvidia import NvidiaDriver, NvidiaGpus, NvidiaPciDevices
@@ -85,14 +86,15 @@ def survey(target: GpuTarget) -> Survey | None:
     pci = host.get_fact(NvidiaPciDevices)
     if not gpus_present(target, smi, any(d["kind"] == "gpu" for d in pci)):
         return None
+    installed = host.get_fact(NvidiaPackages)
+    loaded = host.get_fact(NvidiaDriver)
+    target = newer_branch_adopted(target, installed, loaded)
     found = release_repository(target)
     if found is None:
         return None
     directory, arch = found
     compute_capability = compute_capability_of(target, smi)
     choice = DriverChoice(target.branch, nvidia.flavour_for(compute_capability), directory)
-    installed = host.get_fact(NvidiaPackages)
-    loaded = host.get_fact(NvidiaDriver)
     external = driver_from_outside_apt(target, installed, loaded)
     if external is None:
         return None
@@ -121,6 +123,30 @@ def survey(target: GpuTarget) -> Survey | None:
         kernel=host.get_fact(KernelHeaders),
         keyring_sha256=keyring_sha256(directory, arch),
     )
+
+
+def this_month() -> str:
+    return time.strftime("%Y-%m", time.gmtime())
+
+
+def newer_branch_adopted(
+    target: GpuTarget, installed: dict[str, InstalledPackage], loaded: LoadedDriver | None
+) -> GpuTarget:
+    """The target with the host's own driver branch when it is a newer supported one and the
+    fleet pinned none: adopted, not downgraded. Deep Learning Base AMIs ship 595.91.07 in late
+    2026 (release notes, e.g. docs.aws.amazon.com/dlami/latest/devguide/
+    aws-deep-learning-ami-gpubaseossarm64-ul2404-2026-09-30.html)."""
+    found = nvidia.host_driver_branch(installed, loaded["version"] if loaded else None)
+    branch = nvidia.adoptable_branch(target.branch, target.branch_pinned, found, this_month())
+    if branch is None:
+        return target
+    say(
+        f"the host's NVIDIA driver is branch {branch.branch} ({branch.kind}, supported until "
+        f"{branch.end_of_life}), newer than servekit's default {target.branch}: kept, not "
+        "downgraded; set versions.driver_branch to choose a branch"
+    )
+    notes = (*target.notes, f"driver branch {branch.branch} adopted from the host")
+    return replace(target, branch=branch.branch, notes=notes)
 
 
 def gpus_present(target: GpuTarget, smi: SmiGpus, gpu_on_pci: bool) -> bool:
@@ -176,15 +202,23 @@ def driver_from_outside_apt(
     packaged = any(nvidia.package_branch(n, p["version"]) for n, p in installed.items())
     external = loaded is not None and not packaged
     if loaded is not None and external:
+        runfile = bool(host.get_fact(Which, command="nvidia-uninstall"))
+        how = "with NVIDIA's runfile (nvidia-uninstall is present)" if runfile else "outside apt"
         if nvidia.branch_of(loaded["version"]) != target.branch:
             problem(
                 name="Driver installed outside apt",
-                message=f"driver {loaded['version']} was installed outside apt (not branch "
+                message=f"driver {loaded['version']} was installed {how} (not branch "
                 f"{target.branch}); servekit does not replace a driver it did not install: "
-                "remove it (`nvidia-uninstall`), or set versions.driver_branch to its branch",
+                "remove it (`sudo nvidia-uninstall`, reboot) and deploy again, or set "
+                "versions.driver_branch to its branch",
             )
             return None
-        say(f"driver {loaded['version']} ({loaded['flavour']}) is not from apt: left as it is")
+        say(
+            f"driver {loaded['version']} ({loaded['flavour']}) was installed {how}: left as it "
+            "is, neither held nor upgraded by servekit, and a new kernel needs its modules "
+            "rebuilt (DKMS, if it was installed with --dkms); to have servekit manage the "
+            "driver, `sudo nvidia-uninstall`, reboot and deploy again"
+        )
     return external
 
 

@@ -107,7 +107,10 @@ def host_plan(state: PlacementState, name: str) -> HostPlan:
         monitoring=monitoring,
         ssh_port=machine.ssh_port if isinstance(machine, SshHost) else 22,
         firewall=firewall_plan(state, name, ollama),
-        versions=VersionsPlan.model_validate(fleet.versions.model_dump(mode="json")),
+        versions=VersionsPlan.model_validate(
+            fleet.versions.model_dump(mode="json")
+            | {"driver_branch_pinned": "driver_branch" in fleet.versions.model_fields_set}
+        ),
         sources=state.sources,
         gpu_setup=GpuSetupPlan.model_validate(fleet.gpu_setup.model_dump(mode="json")),
     )

@@ -10,7 +10,7 @@ from typing import Literal
 from servekit import catalog, planner
 from servekit.catalog import GpuInfo, ModelInfo
 from servekit.errors import Problem
-from servekit.hostplan import HfWeights, SecretSource, VllmInstance
+from servekit.hostplan import SecretSource, VllmInstance
 from servekit.placement.state import PlacementState, ServeSummary, secret_source
 from servekit.spec import (
     RAY_FIXED_PORTS,
@@ -315,13 +315,13 @@ def _claim_cluster_ports(
 
 
 def _secret_env(state: PlacementState) -> dict[str, SecretSource]:
-    """Variables of the unit filled from secrets: the engine's API key and the HF token."""
+    """Variables of the unit filled from secrets: the engine's API key. Not the HF token: the
+    engine runs with HF_HUB_OFFLINE=1 ("no HTTP calls will be made to the Hugging Face Hub",
+    huggingface.co/docs/huggingface_hub/package_reference/environment_variables#hfhuboffline)
+    on weights servekit downloaded before (the token reaches only the downloader, on stdin)."""
     secrets = {}
     if (key := secret_source(state.fleet.engine_api_key)) is not None:
         secrets["VLLM_API_KEY"] = key
-    weights = state.sources.weights
-    if isinstance(weights, HfWeights) and weights.token is not None:
-        secrets["HF_TOKEN"] = weights.token
     return secrets
 
 

@@ -62,15 +62,19 @@ def test_client_tokens_are_deterministic_and_change_with_what_is_launched() -> N
     assert token not in others and len(others) == 5
 
 
-def test_p4de_gets_four_efa_interfaces_one_per_card_and_no_public_address() -> None:
+def test_p4de_gets_an_ena_primary_and_efa_only_interfaces_on_every_card() -> None:
+    """AWS's recommended layout for several network cards (docs.aws.amazon.com/AWSEC2/latest/
+    UserGuide/efa-acc-inst-types.html): ENA primary at card 0 device 0, efa-only at card 0
+    device 1, efa-only at device 0 of every other card. (It was one `efa` interface per card,
+    the others at device index 1: the older layout, replaced by AWS's efa-only recommendation.)"""
     interfaces = network_interfaces(4, "subnet-1", "sg-1")
-    assert [(i["NetworkCardIndex"], i["DeviceIndex"]) for i in interfaces] == [
-        (0, 0),
-        (1, 1),
-        (2, 1),
-        (3, 1),
+    assert [(i["NetworkCardIndex"], i["DeviceIndex"], i["InterfaceType"]) for i in interfaces] == [
+        (0, 0, "interface"),
+        (0, 1, "efa-only"),
+        (1, 0, "efa-only"),
+        (2, 0, "efa-only"),
+        (3, 0, "efa-only"),
     ]
-    assert {i["InterfaceType"] for i in interfaces} == {"efa"}
     assert all("AssociatePublicIpAddress" not in i for i in interfaces)
     assert all(i["Groups"] == ["sg-1"] and i["SubnetId"] == "subnet-1" for i in interfaces)
 

@@ -145,3 +145,45 @@ def test_a_saved_destroy_plan_is_applied_exactly(cloud: Cloud, tmp_path: Path) -
     assert done.exit_code == 0, done.output
     tagged: dict[str, Any] = cloud.tagged("small")
     assert all(not ids for ids in tagged.values()), tagged
+
+
+def test_a_p5_launches_with_awss_efa_layout_and_one_public_address_on_the_primary(
+    cloud: Cloud, faults: Faults, tmp_path: Path
+) -> None:
+    """p5.48xlarge: 32 network cards. AWS's layout (docs.aws.amazon.com/AWSEC2/latest/UserGuide/
+    efa-acc-inst-types.html, P5 use case 1): ENA primary at card 0 device 0, efa-only at card 0
+    device 1 and at device 0 of cards 1-31; no auto-assigned public address (refused with several
+    interfaces), an Elastic IP on the primary instead. moto 5.2 accepts but ignores InterfaceType
+    and NetworkCardIndex (it keys interfaces by device index), so the layout is read from the
+    request boto3 sent; the address is read back from moto."""
+    fleet = inventory(tmp_path, 'instance_type="p5.48xlarge"', model="llama-3.1-70b-instruct")
+    planned = cloud.invoke("cloud", "plan", fleet)
+    assert planned.exit_code == 2, planned.output
+    assert "32 EFA interfaces, an Elastic IP each (ENA primary, efa-only on every card)" in (
+        planned.output
+    )
+    done = cloud.invoke("cloud", "apply", fleet, "--yes", "--no-wait-ssh")
+    assert done.exit_code == 0, done.output
+    (request,) = launches(faults)
+    sent = []
+    for n in range(1, 40):
+        if f"NetworkInterface.{n}.DeviceIndex" not in request:
+            break
+        field = lambda name: request.get(f"NetworkInterface.{n}.{name}")  # noqa: B023, E731
+        sent.append(
+            (int(field("NetworkCardIndex")), int(field("DeviceIndex")), field("InterfaceType"))
+        )
+        assert field("AssociatePublicIpAddress") is None
+    expected = [(0, 0, "interface"), (0, 1, "efa-only")]
+    expected += [(card, 0, "efa-only") for card in range(1, 32)]
+    assert sent == expected
+    (address,) = cloud.ec2().describe_addresses()["Addresses"]
+    (reservation,) = cloud.ec2().describe_instances()["Reservations"]
+    (described,) = reservation["Instances"]
+    (primary,) = [
+        n["NetworkInterfaceId"]
+        for n in described["NetworkInterfaces"]
+        if (n["Attachment"]["NetworkCardIndex"], n["Attachment"]["DeviceIndex"]) == (0, 0)
+    ]
+    assert address["NetworkInterfaceId"] == primary
+    assert described["PublicIpAddress"] == address["PublicIp"]

@@ -25,6 +25,7 @@ from gpu_scenarios import (
 )
 from gpu_simhost import Package, Run, SimHost, run_gpu_deploy
 
+import servekit.operations.gpu_survey
 import servekit.operations.nvidia
 
 PLANS = Path(__file__).parent / "plans"
@@ -319,6 +320,20 @@ def test_cuda_toolkit_and_dcgm() -> None:
     converges(sim, data, "hgx1")
 
 
+def test_a_cuda_13_1_toolkit_goes_on_the_580_driver() -> None:
+    """Minor-version compatibility: branch 580 (reports CUDA 13.0) runs every 13.x toolkit
+    (docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html); it used to
+    stop with "Unsupported versions"."""
+    sim = host("ubuntu2404", one_a100())
+    sim.repository["cuda-toolkit-13-1"] = {"13.1.0-1": []}
+    data = single_a100_data(cuda_toolkit="13.1")
+    assert data["servekit"]["versions"]["driver_branch"] == 580
+    run = deploy(sim, data)
+    assert not run.failed, run
+    assert "cuda-toolkit-13-1" in installs(run) and "nvidia-open-580" in installs(run)
+    assert 'PATH="/usr/local/cuda-13.1/bin' in sim.files["/etc/profile.d/servekit-cuda.sh"]
+
+
 def test_toolkit_the_release_lacks_stops_before_any_change() -> None:
     sim = host("ubuntu2404", one_a100())
     run = deploy(sim, single_a100_data(cuda_toolkit="12.4"))
@@ -510,3 +525,96 @@ def test_a_mirror_login_goes_to_apt_auth_conf_d_root_only(tmp_path: Path) -> Non
     write = names.index("NVIDIA GPU host | Write the mirror login for apt (" + auth + ", 0600)")
     assert write < names.index("NVIDIA GPU host | Install NVIDIA's repository key (cuda-keyring)")
     converges(sim, data)
+
+
+# --- a host that arrives with a newer driver branch (issue 15) -----------------------------------
+
+DLAMI_DRIVER = "595.91.07"  # the Deep Learning Base AMIs of late 2026 (DLAMI release notes)
+
+
+@pytest.fixture
+def december_2026(monkeypatch: pytest.MonkeyPatch) -> None:
+    """R595 is a Production Branch until March 2027 (NVIDIA's table): fix the month."""
+    monkeypatch.setattr(servekit.operations.gpu_survey, "this_month", lambda: "2026-12")
+
+
+def debian_with_595() -> SimHost:
+    """Debian 12 with NVIDIA's branch 595 packages (pinning package, unversioned names) loaded."""
+    sim = host("debian12", one_a100(), loaded_driver=DLAMI_DRIVER)
+    v = f"{DLAMI_DRIVER}-1"
+    sim.repository["nvidia-driver-pinning-595"] = {v: []}
+    for name in (
+        "nvidia-open",
+        "nvidia-driver",
+        "nvidia-kernel-open-dkms",
+        "nvidia-smi",
+        "libcuda1",
+    ):
+        sim.repository[name][v] = []
+    for name in ("nvidia-driver-pinning-595", "nvidia-open", "nvidia-driver",
+                 "nvidia-kernel-open-dkms", "nvidia-smi", "libcuda1"):  # fmt: skip
+        sim.packages[name] = Package(v)
+    sim.packages[f"linux-headers-{sim.kernel}"] = Package("1")
+    sim.apt_lists = True
+    return sim
+
+
+def pinned_580() -> dict[str, Any]:
+    """The single A100 fleet with Versions(driver_branch=580) set explicitly."""
+    data = single_a100_data()
+    data["servekit"]["versions"]["driver_branch_pinned"] = True
+    return data
+
+
+def test_a_newer_supported_branch_is_kept_not_downgraded(
+    december_2026: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = debian_with_595()
+    run = deploy(sim, single_a100_data())
+    assert not run.failed, run
+    assert installs(run) == [] and sim.boots == 0
+    assert not any("purge" in c for c in run.commands())
+    assert sim.installed_version("nvidia-open") == f"{DLAMI_DRIVER}-1"
+    assert "newer than servekit's default 580: kept, not downgraded" in caplog.text
+    assert run.step("Verify").commands == []  # 595 >= vLLM's 580.65.06
+    assert all(sim.packages[p].held for p in ("nvidia-open", "nvidia-driver-pinning-595"))
+    converges(sim, single_a100_data())
+
+
+def test_a_pinned_branch_replaces_the_newer_one(december_2026: None) -> None:
+    sim = debian_with_595()
+    run = deploy(sim, pinned_580())
+    assert not run.failed, run
+    assert "nvidia-driver-pinning-595" in run.step("other branches").commands[-1]
+    assert installs(run)[:2] == DRIVER_PACKAGES["debian12"]
+    assert sim.installed_version("nvidia-open") == f"{DRIVER}-1" and sim.boots == 1
+
+
+def runfile_595() -> SimHost:
+    """Driver 595 installed with NVIDIA's runfile: loaded, no package, nvidia-uninstall there."""
+    sim = host("ubuntu2404", one_a100(), loaded_driver=DLAMI_DRIVER, driver_from_outside_apt=True)
+    sim.recorded["command -v nvidia-uninstall"] = ["/usr/bin/nvidia-uninstall"]
+    return sim
+
+
+def test_a_runfile_driver_of_a_newer_branch_is_kept_and_reported_with_what_to_do(
+    december_2026: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = runfile_595()
+    run = deploy(sim, single_a100_data())
+    assert not run.failed, run
+    assert installs(run) == [] and sim.packages == {} and sim.boots == 0
+    said = caplog.text
+    assert f"driver {DLAMI_DRIVER} (open) was installed with NVIDIA's runfile" in said
+    assert "`sudo nvidia-uninstall`, reboot and deploy again" in said
+
+
+def test_a_runfile_driver_the_fleet_does_not_want_stops_with_what_to_do(
+    december_2026: None,
+) -> None:
+    sim = runfile_595()
+    run = deploy(sim, pinned_580())
+    assert run.failed and sim.packages == {}
+    message = run.commands()[0]
+    assert "runfile (nvidia-uninstall is present) (not branch 580)" in message
+    assert "`sudo nvidia-uninstall`, reboot" in message

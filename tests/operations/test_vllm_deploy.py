@@ -77,7 +77,8 @@ def test_single_a100_writes_one_unit_and_installs_the_cuda_13_build() -> None:
     assert "ExecStart=/opt/vllm/venvs/0.33.0/bin/vllm serve --config" in unit
     assert "Environment=HF_HUB_OFFLINE=1" in unit
     env = files["/etc/vllm/llama-3-1-8b-instruct.env"]
-    assert "VLLM_API_KEY=SECRET-engine.key" in env and "HF_TOKEN=SECRET-hf-token" in env
+    assert "VLLM_API_KEY=SECRET-engine.key" in env
+    assert "HF_TOKEN" not in env and "SECRET-hf-token" not in unit  # offline engine: no token
     (install,) = run.ran(r"uv pip install .*vllm==")
     assert "vllm==0.33.0" in install and "--index-url https://pypi.org/simple" in install
     assert "CUDA 13.0 build" in install and DRIVER in install

@@ -121,3 +121,20 @@ def test_ollama_tag_normalisation() -> None:
     assert (
         catalog.normalise_ollama_tag("hf.co/org/repo-GGUF:Q4_K_M") == "hf.co/org/repo-GGUF:Q4_K_M"
     )
+
+
+def test_driver_branches_match_nvidias_table() -> None:
+    """Kind and end of life as NVIDIA's "CUDA and Drivers" table gives them
+    (docs.nvidia.com/datacenter/tesla/drivers/620/ and /615/supported-drivers-and-cuda-toolkit-
+    versions.html): R580 ends June 2028 (not August, endoflife.date's release + 3 years)."""
+    branches = catalog.driver_branches()
+    table = {535: ("LTSB", "2026-06"), 580: ("LTSB", "2028-06"), 595: ("PB", "2027-03")}
+    table[620] = ("LTSB", "2029-09")
+    for branch, (kind, end_of_life) in table.items():
+        assert (branches[branch].kind, branches[branch].end_of_life) == (kind, end_of_life)
+
+
+def test_minor_version_compatibility_minimums() -> None:
+    """NVIDIA's Minor Version Compatibility table: CUDA 13.x >= 580, 12.x >= 525, 11.x >= 450."""
+    assert [catalog.minor_version_minimum_branch(m) for m in (11, 12, 13)] == [450, 525, 580]
+    assert catalog.minor_version_minimum_branch(14) is None

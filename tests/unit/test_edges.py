@@ -461,3 +461,59 @@ def test_the_sources_template_itself_refuses_a_value_that_adds_a_field(url: str)
         render_template("nvidia-cuda.sources.j2", url="https://m/", keyring="/k.gpg\nTrusted: yes")
     shown = render_template("nvidia-cuda.sources.j2", url="<NVIDIA repository>", keyring="/k")
     assert "URIs: <NVIDIA repository>\n" in shown
+
+
+# --- Xet high-performance downloads from the host's memory -------------------------------------
+
+GIB = 2**30
+
+
+def meminfo(total_bytes: int) -> str:
+    return f"MemTotal:       {total_bytes // 1024} kB\nMemFree:        1024 kB\n"
+
+
+@pytest.mark.parametrize(
+    ("total", "cgroup_max", "high_performance"),
+    [
+        (12 * GIB, None, False),  # the reported OOM: a 12 GB host
+        (int(13.61 * 10**9), "max", False),  # Colab, OOM-killed (unsloth-zoo pull 989)
+        (64 * 10**9, None, True),  # Hugging Face: "at least 64 GB of RAM"
+        (1152 * GIB, None, True),  # p4d.24xlarge
+        (1152 * GIB, str(16 * GIB), False),  # a container limited to 16 GiB on a big host
+    ],
+)
+def test_xet_high_performance_only_with_64_gb_usable(
+    total: int, cgroup_max: str | None, high_performance: bool
+) -> None:
+    memory = fetch_weights.usable_memory(meminfo(total), cgroup_max)
+    expected = {"HF_XET_HIGH_PERFORMANCE": "1"} if high_performance else {}
+    assert fetch_weights.xet_environment(memory) == expected
+
+
+@pytest.mark.parametrize(("total", "mode"), [(12 * GIB, None), (256 * GIB, "1")])
+def test_the_download_runs_with_the_mode_its_host_memory_allows(
+    total: int, mode: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fetch_weights.huggingface() on a host with `total` bytes: the variable hf_xet reads when
+    snapshot_download runs (it was always 1 before)."""
+    seen: dict[str, str | None] = {}
+
+    def snapshot_download(**_: object) -> str:
+        seen["mode"] = os.environ.get("HF_XET_HIGH_PERFORMANCE")
+        return str(tmp_path / "snapshots" / "abc123")
+
+    hub = type(sys)("huggingface_hub")
+    hub.snapshot_download = snapshot_download  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    for name in ("HF_XET_HIGH_PERFORMANCE", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY"):
+        monkeypatch.setenv(name, "")  # recorded, so the function's settings are undone after
+        monkeypatch.delenv(name)
+    texts = {"/proc/meminfo": meminfo(total), "/proc/self/cgroup": "0::/\n"}
+    monkeypatch.setattr(fetch_weights, "read_text", lambda path: texts.get(path))
+    monkeypatch.setattr(
+        fetch_weights,
+        "job",
+        {"checkpoint": "org/m", "hf": {"endpoint": "https://hf.example", "cache_dir": "/c"}},
+    )
+    assert fetch_weights.huggingface()["commit"] == "abc123"
+    assert seen["mode"] == mode

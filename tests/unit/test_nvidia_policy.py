@@ -123,6 +123,85 @@ def test_toolkit_and_dcgm() -> None:
     assert "datacenter-gpu-manager-4-proprietary" not in nvidia.dcgm_packages(580, (9, 0))
 
 
+@pytest.mark.parametrize(
+    ("cuda", "branch"),
+    [("13.1", 580), ("13.3", 580), ("13.0", 595), ("12.9", 535), ("12.9", 570), ("12.8", 580)],
+)
+def test_toolkit_runs_by_minor_version_compatibility(cuda: str, branch: int) -> None:
+    """NVIDIA's Minor Version Compatibility table: CUDA 13.x needs >= 580, 12.x >= 525, and newer
+    drivers run older majors (docs.nvidia.com/deploy/cuda-compatibility/
+    minor-version-compatibility.html). 13.1 on 580 was refused before (580 reports CUDA 13.0)."""
+    assert nvidia.toolkit_problem(cuda, branch, "ubuntu2204") is None
+
+
+@pytest.mark.parametrize(("cuda", "branch"), [("13.0", 570), ("13.1", 575), ("13.0", 535)])
+def test_toolkit_of_a_newer_cuda_major_is_refused(cuda: str, branch: int) -> None:
+    problem = str(nvidia.toolkit_problem(cuda, branch, "ubuntu2204"))
+    assert f"CUDA {cuda} needs a newer driver than branch {branch}" in problem
+    assert "CUDA 13.x needs branch 580 or newer" in problem
+
+
+DLAMI_595 = {  # NVIDIA's unversioned packages of branch 595 (a current Deep Learning Base AMI)
+    "nvidia-driver-pinning-595": pkg("595.91.07-1"),
+    "nvidia-open": pkg("595.91.07-1"),
+    "libnvidia-compute": pkg("595.91.07-1"),
+}
+
+
+def test_the_hosts_own_driver_branch() -> None:
+    assert nvidia.host_driver_branch(DLAMI_595, "595.91.07") == 595
+    assert nvidia.host_driver_branch({}, "595.91.07") == 595  # a runfile: no package at all
+    assert nvidia.host_driver_branch({}, None) is None
+    mixed = {**DLAMI_595, "nvidia-open-580": pkg("580.95.05-1")}
+    assert nvidia.host_driver_branch(mixed, "595.91.07") is None
+    canonical = {"nvidia-driver-595-server": pkg("595.91.07-0ubuntu1")}
+    assert nvidia.host_driver_branch(canonical, "595.91.07") is None  # replaced, as before
+
+
+@pytest.mark.parametrize(
+    ("found", "pinned", "month", "adopted"),
+    [
+        (595, False, "2026-12", 595),  # PB until March 2027 (NVIDIA's table)
+        (620, False, "2026-12", 620),  # LTSB until September 2029
+        (595, True, "2026-12", None),  # the fleet chose 580
+        (595, False, "2027-04", None),  # past its end of life
+        (575, False, "2025-06", None),  # a New Feature Branch
+        (570, False, "2026-01", None),  # older than the default
+        (610, False, "2026-12", None),  # not in servekit's catalog
+        (None, False, "2026-12", None),
+    ],
+)
+def test_a_newer_supported_branch_is_adopted_unless_pinned(
+    found: int | None, pinned: bool, month: str, adopted: int | None
+) -> None:
+    branch = nvidia.adoptable_branch(580, pinned, found, month)
+    assert (branch.branch if branch else None) == adopted
+
+
+def test_the_plan_says_whether_the_fleet_pinned_the_driver_branch() -> None:
+    from servekit.placement import plan_fleet
+    from servekit.spec import Fleet, Gpu, HuggingFace, SecretRef, Serve, Sources, SshHost, Versions
+
+    def fleet(**versions: int) -> Fleet:
+        return Fleet(
+            name="pin",
+            machines=[SshHost(name="g", address="10.0.0.5", gpu=Gpu(model="A100-80GB", count=1))],
+            serve=[Serve(model="llama-3.1-8b-instruct")],
+            engine_api_key=SecretRef(env="K"),
+            sources=Sources(weights=HuggingFace(token=SecretRef(env="HF"))),
+            versions=Versions(**versions),
+        )
+
+    default = plan_fleet(fleet()).hosts["g"]
+    pinned = plan_fleet(fleet(driver_branch=580)).hosts["g"]
+    assert default.versions.driver_branch == pinned.versions.driver_branch == 580
+    assert (default.versions.driver_branch_pinned, pinned.versions.driver_branch_pinned) == (
+        False,
+        True,
+    )
+    assert nvidia.target_from_plan(pinned, local=False).branch_pinned is True
+
+
 def test_targets_from_the_example_fleet_and_from_facts() -> None:
     _fleet, plan = load_fleet_and_plan(ROOT / "inventories/node_8xa100.py")
     target = nvidia.target_from_plan(plan.hosts["hgx1"], local=False)

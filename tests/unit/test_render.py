@@ -123,7 +123,9 @@ def test_secret_resolver_fills_env_file_only() -> None:
     files = render_host(host, secret=lambda source: f"VALUE-OF-{source.env}")
     env = next(f for f in files if f.path.endswith(".env"))
     assert "VLLM_API_KEY=VALUE-OF-ENGINE_KEY" in env.content
-    assert "HF_TOKEN=VALUE-OF-HF" in env.content
+    # The engine runs offline (HF_HUB_OFFLINE=1: no HTTP calls to the Hub, huggingface.co/docs/
+    # huggingface_hub/package_reference/environment_variables): it gets no HF token.
+    assert "HF_TOKEN" not in env.content
     assert not any("VALUE-OF" in f.content for f in files if not f.path.endswith(".env"))
 
 
@@ -158,8 +160,23 @@ def test_multinode_replica_flags_and_interfaces() -> None:
     unit = next(f.content for f in files if f.path.endswith(".service"))
     assert "Environment=NCCL_SOCKET_IFNAME=ens5" in unit
     assert "Environment=GLOO_SOCKET_IFNAME=ens5" in unit
+    assert "FI_PROVIDER" not in unit and "LD_LIBRARY_PATH" not in unit  # no EFA here
     check_vllm_config(head.config)
     check_vllm_config(worker.config)
+    # With EFA (the driver registered infiniband_verbs): NCCL gets AWS's libfabric plugin
+    # (aws-ofi-nccl, shipped on the DLAMI under /opt/amazon/ofi-nccl) on its library path.
+    efa = HostFacts(
+        interfaces={"10.2.0.11": "ens5"},
+        char_devices=("nvidia", "nvidiactl", "nvidia-uvm", "infiniband_verbs"),
+    )
+    files = render_host(plan.hosts["n1"], facts=efa)
+    unit = next(f.content for f in files if f.path.endswith(".service"))
+    library_path = next(
+        line for line in unit.splitlines() if line.startswith("Environment=LD_LIBRARY_PATH=")
+    )
+    assert "/opt/amazon/ofi-nccl/lib:" in library_path and "/opt/amazon/efa/lib" in library_path
+    assert "Environment=FI_PROVIDER=efa" in unit
+    assert "Environment=NCCL_SOCKET_IFNAME=ens5" in unit  # bootstrap stays on the cluster address
 
 
 def test_gpu_hosts_get_the_gpu_files() -> None:
