@@ -35,7 +35,7 @@ def test_a_shared_prompt_start_sticks_to_one_replica_for_chat_and_completions(
 ) -> None:
     """One request at a time (no load to bound): every request whose first message (chat) or
     prompt (completions) starts with the same 256 bytes reaches the same replica; other
-    prefixes reach others."""
+    prefixes reach others; token ids go round robin."""
     workload = affinity.Workload(replicas=4)
     shared = workload.system_prompt(0)
     with affinity.gateway(tmp_path, "prefix-affinity", workload) as gw:
@@ -55,3 +55,8 @@ def test_a_shared_prompt_start_sticks_to_one_replica_for_chat_and_completions(
             assert gw.post("/v1/completions", body) == 200
         spread = [int(c[2]) for c in gw.counters()]
         assert sum(1 for before, after in zip(served, spread, strict=True) if after > before) >= 2
+        for _ in range(16):  # no text to hash: HAProxy's round robin (along the ring)
+            body = {"model": affinity.MODEL, "prompt": [1, 2, 3], "max_tokens": 1}
+            assert gw.post("/v1/completions", body) == 200
+        ids = [int(c[2]) for c in gw.counters()]
+        assert sum(1 for before, after in zip(spread, ids, strict=True) if after > before) >= 3

@@ -111,8 +111,8 @@ def test_version_and_argparse_errors() -> None:
     assert choice.returncode == 2
     assert "argument --dtype: invalid choice: 'fp99'" in choice.stderr
 
-    # --disable-prefix-caching is not a 0.33.0 spelling (it is --disable-prefix-caching).
-    assert run_cli("serve", "org/m", "--disable-prefix-caching").returncode == 2
+    # --no-enable-prefix-caching is not a 0.33.0 spelling (it is --disable-prefix-caching).
+    assert run_cli("serve", "org/m", "--no-enable-prefix-caching").returncode == 2
 
 
 def test_flag_forms_match_vllm() -> None:
