@@ -16,6 +16,8 @@ it costs: the kernel then holds the first token back).
 3. HAProxy's CPU time per streamed token over a streaming run (64 tokens a request).
 
     .venv/bin/python benchmarks/gateway.py [--quick] [--levels 16 256 1000] [--json]
+    .venv/bin/python benchmarks/gateway.py --affinity [--quick]   (prefix-cache hit rates only:
+    least-outstanding vs prefix-affinity, benchmarks/gateway_affinity.py)
 
 Needs `haproxy` (apt-get install haproxy), two cores and Linux (/proc, taskset).
 """
@@ -376,7 +378,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--variants", action="store_true", help="also without http-no-delay")
     parser.add_argument("--zero-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--affinity", action="store_true", help="prefix-cache hit rates only")
     args = parser.parse_args()
+    if args.affinity:
+        from gateway_affinity import affinity_report
+
+        print(affinity_report([1] if args.quick else [1, 2, 3]))
+        return
     if args.variants:
         VARIANTS["- http-no-delay"] = True
     if args.zero_upstream:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from servekit.planner import ModelPlan
+from servekit.spec.serving import Routing
 
 HOST_DATA_KEY = "servekit"
 
@@ -189,6 +190,7 @@ class Route(Plain):
     model: str
     upstreams: list[str]
     engine: str
+    routing: Routing = "least-outstanding"
 
 
 class GatewayMember(Plain):

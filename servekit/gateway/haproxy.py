@@ -31,6 +31,11 @@ MAX_BODY = BUFSIZE - 8192
 """The body bytes HAProxy reads to find "model" (the buffer, less headers; measured: 258,000
 bytes route, 262,000 do not)."""
 MAXCONN = 4096
+PREFIX_BYTES = 256
+"""prefix-affinity hashes this many bytes of the prompt's start (chat: the first message)."""
+BALANCE_FACTOR = 150
+"""prefix-affinity: no replica takes more than this percentage of the average requests in flight
+(HAProxy's `hash-balance-factor`; its manual calls 125 to 200 reasonable)."""
 MODE = "0640"
 
 
@@ -101,21 +106,38 @@ class Pool:
     health: str
     models: tuple[str, ...]
     servers: tuple[Server, ...]
+    routing: str = "least-outstanding"
+
+
+PoolKey = tuple[str, str, tuple[str, ...]]
+"""engine, routing, upstreams: routes that share all three share a backend."""
+
+
+def grouped_routes(routes: Iterable[Route]) -> dict[PoolKey, list[str]]:
+    """Model names by (engine, routing, upstreams), in the plan's order."""
+    grouped: dict[PoolKey, list[str]] = {}
+    for route in routes:
+        grouped.setdefault((route.engine, route.routing, tuple(route.upstreams)), []).append(
+            route.model
+        )
+    return grouped
 
 
 def pools(routes: Iterable[Route]) -> list[Pool]:
-    """One backend per distinct (engine, upstreams), in the plan's order."""
-    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    for route in routes:
-        if route.engine not in HEALTH:
-            raise ValueError(f"gateway route {route.model!r}: unknown engine {route.engine!r}")
-        grouped.setdefault((route.engine, tuple(route.upstreams)), []).append(map_word(route.model))
+    """One backend per distinct (engine, routing, upstreams), in the plan's order."""
     found = []
-    for number, ((engine, upstreams), models) in enumerate(grouped.items(), 1):
+    for number, ((engine, routing, upstreams), models) in enumerate(
+        grouped_routes(routes).items(), 1
+    ):
+        if engine not in HEALTH:
+            raise ValueError(f"gateway route {models[0]!r}: unknown engine {engine!r}")
+        if routing == "prefix-affinity" and engine != "vllm":
+            raise ValueError(f"gateway route {models[0]!r}: prefix-affinity is for vLLM pools")
         servers = tuple(
             Server(f"replica{index}", server_address(u)) for index, u in enumerate(upstreams, 1)
         )
-        found.append(Pool(f"pool{number}", engine, HEALTH[engine], tuple(models), servers))
+        names = tuple(map_word(m) for m in models)
+        found.append(Pool(f"pool{number}", engine, HEALTH[engine], names, servers, routing))
     return found
 
 
@@ -188,6 +210,8 @@ def haproxy_config(plan: HostPlan, engine_key: str | None, layout: GatewayLayout
         bufsize=BUFSIZE,
         max_body=MAX_BODY,
         maxconn=MAXCONN,
+        prefix_bytes=PREFIX_BYTES,
+        balance_factor=BALANCE_FACTOR,
     )
 
 
@@ -239,14 +263,13 @@ def gateway_lines(plan: HostPlan) -> list[str]:
         return []
     host = plan.address or plan.cluster_address or f"<{plan.name}>"
     lines = [f"gateway: http://{host}:{gateway.port}/v1 (HAProxy, one key per client)"]
-    grouped: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-    for route in gateway.routes:
-        grouped.setdefault((route.engine, tuple(route.upstreams)), []).append(route.model)
-    for (engine, upstreams), models in grouped.items():
+    for (engine, routing, upstreams), models in grouped_routes(gateway.routes).items():
         count = len(upstreams)
+        shown = ", ".join(_shown(u) for u in upstreams)
+        affinity = ", prefix-affinity" if routing == "prefix-affinity" else ""
         lines.append(
             f"  {', '.join(models)}: {engine}, {count} replica{'s' if count != 1 else ''} "
-            f"({', '.join(_shown(u) for u in upstreams)})"
+            f"({shown}){affinity}"
         )
     return lines
 

@@ -58,7 +58,12 @@ def gateway_plan(state: PlacementState, host: str) -> GatewayHost | None:
     state.claim_port(host, gateway.port, "gateway", "gateway.port")
     one_pool_per_name(state)
     routes = [
-        Route(model=model, upstreams=upstreams(state, summary, host), engine=summary.engine)
+        Route(
+            model=model,
+            upstreams=upstreams(state, summary, host),
+            engine=summary.engine,
+            routing=summary.routing,
+        )
         for summary in state.summaries
         for model in summary.served_names
     ]

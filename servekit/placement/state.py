@@ -19,6 +19,7 @@ from servekit.errors import Problem
 from servekit.hostplan import HostPlan, SecretSource, SourcesPlan, VllmInstance
 from servekit.placement.ports import PortClaim, port_problems, service_claims
 from servekit.spec import AwsNodeGroup, Fleet, Gpu, LocalHost, SecretRef, SshHost
+from servekit.spec.serving import Routing
 
 Resolver = Callable[[str, Fleet], ModelInfo]
 NameResolver = Callable[[str], list[str]]
@@ -53,6 +54,7 @@ class ServeSummary(BaseModel):
     port: int
     served_names: list[str]
     cost_usd_hour: float | None
+    routing: Routing = "least-outstanding"
 
 
 class FleetPlan(BaseModel):

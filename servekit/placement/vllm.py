@@ -86,6 +86,7 @@ def plan_vllm(state: PlacementState, index: int, serve: Serve) -> None:
             port=serve.engine_port,
             served_names=names,
             cost_usd_hour=state.cost([h for r in replicas for h in r]),
+            routing=serve.routing,
         )
     )
 

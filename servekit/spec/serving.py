@@ -22,6 +22,9 @@ from servekit.fields import (
 from servekit.spec.base import Name, Port, Spec
 from servekit.spec.ports import OLLAMA_PORT, VLLM_PORT
 
+Routing = Literal["least-outstanding", "prefix-affinity"]
+"""How the gateway picks a replica of a served model (see `Serve.routing`)."""
+
 
 class Serve(Spec):
     """A model served by an engine on some machines.
@@ -54,6 +57,12 @@ class Serve(Spec):
     port: Port | None = Field(None, description=f"default {VLLM_PORT} (vLLM), {OLLAMA_PORT}")
     revision: Revision | None = Field(None, description="Hugging Face revision (commit) to pin")
     distributed_backend: Literal["mp", "ray"] = "mp"
+    routing: Routing = Field(
+        "least-outstanding",
+        description="how the gateway picks a replica: 'least-outstanding' (fewest requests in "
+        "flight) or, for vLLM, 'prefix-affinity' (requests whose prompts start alike go to the "
+        "same replica, within a bounded load, so they reuse its prefix cache)",
+    )
 
     @model_validator(mode="after")
     def _engine_rules(self) -> Serve:
@@ -73,6 +82,12 @@ class Serve(Spec):
                 raise invalid(
                     "Ollama serves the quantization of its tag (GGUF), not fp8/awq",
                     "pick a tag such as 'llama3.1:8b-instruct-q8_0', or use engine='vllm'",
+                )
+            if self.routing == "prefix-affinity":
+                raise invalid(
+                    "routing='prefix-affinity' applies to vLLM pools only (it aims at vLLM's "
+                    "prefix cache)",
+                    "remove routing, or use engine='vllm'",
                 )
         if self.distributed_backend == "ray" and self.nodes_per_replica == 1:
             raise invalid(

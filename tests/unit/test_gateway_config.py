@@ -337,3 +337,51 @@ def test_two_entries_answering_one_name_are_refused_with_the_fix() -> None:
     text = str(caught.value)
     assert "serve[2].served_names" in text and f"{QWEN!r} is also answered by serve[0]" in text
     assert "fix:" in text
+
+
+def test_prefix_affinity_reaches_its_own_backend_and_haproxy_accepts_it(tmp_path: Path) -> None:
+    """A fleet's `routing` flows through placement into the route, and a pool with prefix
+    affinity hashes the prompt's start (bounded load) while the default keeps leastconn; the
+    same replicas with different routing are two backends."""
+    fleet_plan = plan_fleet(
+        Fleet(
+            name="team",
+            machines=[
+                SshHost(name="g1", address="10.0.0.1", gpu=Gpu(model="L4")),
+                SshHost(name="gw", address="10.0.0.9"),
+            ],
+            serve=[Serve(model="qwen2.5-7b-instruct", hosts=["g1"], routing="prefix-affinity")],
+            gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENT_KEYS")),
+            engine_api_key=SecretRef(env="ENGINE_KEY"),
+        )
+    )
+    planned = fleet_plan.hosts["gw"]
+    assert planned.gateway is not None
+    assert [r.routing for r in planned.gateway.routes] == ["prefix-affinity"]
+    upstreams = ["10.0.0.1:8000", "10.0.0.2:8000"]
+    plan = with_routes(
+        planned,
+        [
+            Route(model="a", upstreams=upstreams, engine="vllm", routing="prefix-affinity"),
+            Route(model="b", upstreams=upstreams, engine="vllm"),
+        ],
+    )
+    files = rendered(tmp_path, plan)
+    checked = haproxy_check(files, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = files[str(tmp_path / "haproxy.cfg")]
+    affinity, default = config.split("\nbackend pool")[1:]
+    assert "balance hash var(txn.prefix)\n    hash-type consistent\n" in affinity
+    assert "hash-balance-factor 150\n" in affinity
+    assert "json_query('$.messages[0].content'),bytes(0,256)" in affinity
+    assert "balance leastconn" in default and "txn.prefix" not in default
+    assert files[str(tmp_path / "servekit" / "routes.map")] == "a pool1\nb pool2\n"
+    assert gateway_lines(plan)[1:] == [
+        "  a: vllm, 2 replicas (10.0.0.1:8000, 10.0.0.2:8000), prefix-affinity",
+        "  b: vllm, 2 replicas (10.0.0.1:8000, 10.0.0.2:8000)",
+    ]
+    ollama = with_routes(
+        planned, [Route(model="o", upstreams=upstreams, engine="ollama", routing="prefix-affinity")]
+    )
+    with pytest.raises(ValueError, match="prefix-affinity is for vLLM pools"):
+        gateway_files(ollama, [], ENGINE)

@@ -83,6 +83,12 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
+def metrics_text(port: int) -> str:
+    status, _headers, body = h.request(port, "GET", "/metrics")
+    assert status == 200
+    return str(body.decode())
+
+
 def metric(values: dict[str, float], name: str, **labels: str) -> float:
     for key, value in values.items():
         if key.split("{")[0] == name and all(f'{k}="{v}"' in key for k, v in labels.items()):
@@ -434,6 +440,53 @@ def test_metrics_count_served_requests(tmp_path: Path) -> None:
         assert grew("vllm:inter_token_latency_seconds_count") == 3 * 3 + 4
         assert metric(after, "vllm:e2e_request_latency_seconds_bucket", le="+Inf") == 4
         assert metric(after, "vllm:kv_cache_usage_perc") == 0
+
+
+def test_prefix_cache_counts_reused_blocks_in_vllms_counters(tmp_path: Path) -> None:
+    """Blocks of 16 tokens, room for 4: a second request with the same 64-token system message
+    reuses its 4 blocks; a different system message evicts them; token ids work the same way."""
+    system = {"role": "system", "content": " ".join(f"w{i}" for i in range(60))}  # 4 blocks
+    other = {"role": "system", "content": " ".join(f"v{i}" for i in range(60))}
+    args = ("org/m", "--block-size", "16", "--num-gpu-blocks-override", "4")
+    with serve(tmp_path, "prefix", *args, VLLM_STANDIN_TOKENS_PER_S="0") as srv:
+        port = srv_port(srv)
+        text = metrics_text(port)
+        assert "# TYPE vllm:prefix_cache_queries counter" in text
+        assert "# TYPE vllm:prefix_cache_hits counter" in text
+
+        def chat(first: dict[str, str], user: str) -> tuple[float, float]:
+            """(queried, hit) tokens of one request, from the counters."""
+            before = metrics(port)
+            messages = [first, {"role": "user", "content": user}]
+            status, _h, data = h.request(
+                port, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 1}
+            )
+            assert status == 200
+            after = metrics(port)
+            queried = metric(after, "vllm:prefix_cache_queries_total", model_name="org/m") - (
+                metric(before, "vllm:prefix_cache_queries_total", model_name="org/m")
+            )
+            assert queried == json.loads(data)["usage"]["prompt_tokens"] == 64 + 5 + 2
+            hits = metric(after, "vllm:prefix_cache_hits_total") - metric(
+                before, "vllm:prefix_cache_hits_total"
+            )
+            return queried, hits
+
+        assert chat(system, "first")[1] == 0
+        assert chat(system, "second")[1] == 64
+        assert chat(other, "third")[1] == 0  # evicts the first system message's blocks
+        assert chat(system, "fourth")[1] == 0
+        ids = {"prompt": list(range(33)), "max_tokens": 1}
+        for expected in (0, 32):  # the last token is always computed: 2 of 3 blocks at most
+            before = metric(metrics(port), "vllm:prefix_cache_hits_total")
+            assert h.request(port, "POST", "/v1/completions", ids)[0] == 200
+            assert metric(metrics(port), "vllm:prefix_cache_hits_total") - before == expected
+    with serve(tmp_path, "noprefix", "org/m", "--disable-prefix-caching") as srv:
+        port = srv_port(srv)
+        for user in ("a", "b"):
+            body = {"messages": [system, {"role": "user", "content": user}], "max_tokens": 1}
+            assert h.request(port, "POST", "/v1/chat/completions", body)[0] == 200
+        assert metric(metrics(port), "vllm:prefix_cache_hits_total") == 0
 
 
 def test_fail_after_tokens_ends_stream_with_error(tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ Behaviour knobs (environment variables):
 - `VLLM_STANDIN_NODE_TIMEOUT`: seconds of heartbeat silence after which a multi-node peer counts as
   gone (5).
 
+Prefix cache (simulated, `_prefix.py`): an LRU of the prompts' 16-token blocks (`--block-size`),
+`--num-gpu-blocks-override` of them (8192), off with `--disable-prefix-caching`; `/metrics` has
+vLLM's `vllm:prefix_cache_queries_total` and `vllm:prefix_cache_hits_total` (tokens).
+
 Real vLLM variables honoured: `VLLM_API_KEY`, `VLLM_ENGINE_READY_TIMEOUT_S` (600),
 `VLLM_ALLOW_LONG_MAX_MODEL_LEN`, `HF_HUB_OFFLINE`, `HF_HOME`, `HF_HUB_CACHE`; `VLLM_HOST_IP`,
 `NCCL_SOCKET_IFNAME` and `GLOO_SOCKET_IFNAME` are logged when set.

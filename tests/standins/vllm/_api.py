@@ -16,6 +16,7 @@ from typing import Any
 
 from ._engine import TOKEN_TEXT, Engine, chat_prompt_tokens, count_tokens
 from ._http import ClientGone, Request, Responder
+from ._prefix import chat_token_list, completion_token_list
 
 VERSION = "0.33.0"
 SSE = "text/event-stream; charset=utf-8"
@@ -57,6 +58,7 @@ class Plan:
     fail_at: int | None
     include_usage: bool
     continuous_usage: bool
+    prompt: list[str]
 
 
 def _int_param(body: dict[str, Any], *names: str) -> int | None:
@@ -168,9 +170,11 @@ class Api:
                     400, "messages: Input should be a valid list of messages", param="messages"
                 )
             prompt_tokens = chat_prompt_tokens(messages)
+            prompt = chat_token_list(messages)
             max_tokens = _int_param(body, "max_completion_tokens", "max_tokens")
         else:
             prompt_tokens = self._completion_prompt_tokens(body.get("prompt"))
+            prompt = completion_token_list(body.get("prompt"))
             max_tokens = _int_param(body, "max_tokens")
         n = _int_param(body, "n")
         if n not in (None, 1):
@@ -225,6 +229,7 @@ class Api:
             fail_at=fail_at,
             include_usage=bool(opts.get("include_usage")),
             continuous_usage=bool(opts.get("continuous_usage_stats")),
+            prompt=prompt,
         )
 
     @staticmethod
@@ -265,6 +270,8 @@ class Api:
         if knobs.chunk_log is not None:
             eng.log_chunk(plan.request_id, -1, "request")  # arrival: a client's TTFT starts here
         await eng.admit()
+        if eng.prefix_cache is not None:
+            eng.prefix_cache.admit(plan.prompt)
         start = loop.time()
         rid = plan.request_id
         created = int(time.time())

@@ -18,7 +18,10 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ._prefix import PrefixCache
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -268,6 +271,7 @@ class Engine:
     queue_time: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
     prompt_hist: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
     gen_hist: Histogram = field(default_factory=lambda: Histogram(TOKEN_BUCKETS))
+    prefix_cache: PrefixCache | None = None
     _slots: asyncio.Semaphore | None = None
     _log: TextIO | None = None
 
@@ -399,4 +403,6 @@ class Engine:
             "Information of the LLMEngine CacheConfig",
             [f'vllm:cache_config_info{{{info},engine="0"}} 1.0'],
         )
+        if self.prefix_cache is not None:
+            out.extend(self.prefix_cache.render(labels))
         return "\n".join(out) + "\n"

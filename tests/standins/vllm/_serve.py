@@ -26,6 +26,7 @@ from ._flags import non_default
 from ._http import HttpServer
 from ._log import WAIT_TIMEOUT, log, uvicorn
 from ._multinode import Head, run_worker
+from ._prefix import PrefixCache
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 DEFAULT_MAX_MODEL_LEN = 8192
@@ -282,6 +283,7 @@ def run_serve(ns: argparse.Namespace) -> int:
         knobs=knobs,
         block_size=block_size,
         num_gpu_blocks=num_blocks,
+        prefix_cache=PrefixCache(block_size, num_blocks, ns.enable_prefix_caching is not False),
     )
     api = Api(engine, served, model, keys)
     head = Head(master_addr, master_port, nnodes) if nnodes > 1 else None
