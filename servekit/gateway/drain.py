@@ -45,13 +45,17 @@ def targets(gateway: GatewayHost, replicas: Iterable[tuple[str, int]]) -> list[T
     """The backend/server names of the given (serve, replica index) pairs, as the gateway's
     configuration (`servekit.gateway.haproxy.pools`) names them."""
     wanted = set(replicas)
-    upstreams = {
-        server_address(m.upstream): m.upstream
-        for m in gateway.members
-        if (m.serve, m.replica) in wanted
-    }
+    try:
+        upstreams = {
+            server_address(m.upstream): m.upstream
+            for m in gateway.members
+            if (m.serve, m.replica) in wanted
+        }
+        backends = pools(gateway.routes)
+    except ValueError:  # an upstream without an address: no gateway config can exist yet
+        return []
     found = []
-    for pool in pools(gateway.routes):
+    for pool in backends:
         for server in pool.servers:
             if server.address in upstreams:
                 found.append(Target(pool.name, server.name, upstreams[server.address]))
