@@ -272,7 +272,9 @@ def test_an_exposed_ollama_gets_the_firewall_with_its_declared_clients() -> None
 
 def test_a_loopback_ollama_gets_no_firewall_and_no_dependency() -> None:
     """Not exposed, and the gateway on its own host: Ollama listens on loopback only."""
-    plan = plan_fleet(ollama_fleet(["192.168.5.7"], expose=False, gateway="o1")).hosts["o1"]
+    # (the gateway resolves the monitoring host's name: it may read the gateway's /metrics)
+    fleet = ollama_fleet(["192.168.5.7"], expose=False, gateway="o1")
+    plan = plan_fleet(fleet, resolve_name=resolver(DNS)).hosts["o1"]
     assert plan.ollama is not None and plan.ollama.listen == "127.0.0.1:11434"
     files = {f.path: f.content for f in render_host(plan)}
     assert "/etc/servekit/firewall.nft" not in files
