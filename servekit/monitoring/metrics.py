@@ -28,6 +28,8 @@ Sources, checked Dec 2026:
 
 from __future__ import annotations
 
+import re
+
 VLLM_METRICS = frozenset(
     {
         "vllm:num_requests_running",
@@ -100,3 +102,22 @@ HAPROXY_METRICS = frozenset(
 PROMETHEUS_METRICS = frozenset({"up"})
 
 KNOWN_METRICS = VLLM_METRICS | DCGM_METRICS | NODE_METRICS | HAPROXY_METRICS | PROMETHEUS_METRICS
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_NUMBER = re.compile(
+    r"(?<![\w:])(?:\d+(?:ms|[smhdwy]))+(?![\w:])|(?<![\w:])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*(?!\s*\()(?![A-Za-z0-9_:(])")
+_KEYWORDS = frozenset(
+    {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "inf", "nan"}
+)
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (strings, label matchers, ranges, grouping
+    labels, numbers, functions and Grafana `$variables` left out)."""
+    text = _STRING.sub(" ", expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\$\{?\w+\}?", " ", text)
+    text = _NUMBER.sub(" ", _GROUPING.sub(" ", text))
+    return {name for name in _IDENTIFIER.findall(text) if name.lower() not in _KEYWORDS}

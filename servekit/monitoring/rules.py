@@ -91,8 +91,9 @@ def engine_alerts(monitoring: MonitoringHost) -> list[Alert]:
             "10m",
             "warning",
             "TTFT p95 of {{ $labels.model }} is {{ $value | humanizeDuration }}, above the "
-            f"objective of {monitoring.ttft_p95_seconds} s: look at waiting requests and KV cache "
-            "per replica (Grafana dashboard servekit-fleet), add replicas",
+            f"objective of {monitoring.ttft_p95_seconds} s: query "
+            '`vllm:num_requests_waiting{model="{{ $labels.model }}"}` and '
+            "`vllm:kv_cache_usage_perc` per replica (dashboard servekit-fleet); add replicas",
         ),
     ]
 
@@ -239,11 +240,14 @@ def alerts(monitoring: MonitoringHost) -> list[Alert]:
     return engine_alerts(monitoring) + gpu_alerts(monitoring) + host_alerts()
 
 
-def rules_file(plan: HostPlan) -> str:
-    assert plan.monitoring is not None
+def rules_text(monitoring: MonitoringHost) -> str:
+    """The rules file Prometheus loads (one group, every alert)."""
     groups: Value = {
-        "groups": [
-            {"name": "servekit", "rules": [a.rule() for a in alerts(plan.monitoring)]},
-        ]
+        "groups": [{"name": "servekit", "rules": [a.rule() for a in alerts(monitoring)]}]
     }
     return dump(groups, "# servekit's alert rules (servekit/monitoring/rules.py).\n")
+
+
+def rules_file(plan: HostPlan) -> str:
+    assert plan.monitoring is not None, f"host {plan.name} runs no monitoring"
+    return rules_text(plan.monitoring)

@@ -8,6 +8,8 @@ import re
 
 Value = str | int | float | bool | None | list["Value"] | dict[str, "Value"]
 PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+YAML_WORDS = frozenset({"y", "n", "yes", "no", "true", "false", "on", "off", "null"})
+"""Plain words YAML 1.1 reads as booleans or null: quoted when they are keys."""
 
 
 def scalar(value: Value) -> str:
@@ -16,10 +18,26 @@ def scalar(value: Value) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return "".join(_printable(c) for c in json.dumps(value, ensure_ascii=False))
     if value == [] or value == {}:
         return "[]" if isinstance(value, list) else "{}"
     raise TypeError(f"not a scalar: {value!r}")
+
+
+def _printable(char: str) -> str:
+    """A character YAML allows in a file as is, else its `\\uXXXX` escape (YAML 1.1 5.1;
+    NEL and the Unicode line separators too: YAML folds them as line breaks)."""
+    code = ord(char)
+    allowed = (
+        char in "\t\n\r"
+        or 0x20 <= code <= 0x7E
+        or (0xA0 <= code <= 0xD7FF and code not in (0x2028, 0x2029))
+        or 0xE000 <= code <= 0xFFFD
+        or code >= 0x10000
+    )
+    if allowed:
+        return char
+    return f"\\u{code:04x}"
 
 
 def _is_block(value: Value) -> bool:
@@ -27,7 +45,8 @@ def _is_block(value: Value) -> bool:
 
 
 def _key(key: str) -> str:
-    return key if PLAIN_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+    plain = PLAIN_KEY.fullmatch(key) and key.lower() not in YAML_WORDS
+    return key if plain else scalar(key)
 
 
 def _lines(value: Value, indent: int) -> list[str]:
