@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import re
 
+from servekit.templating import templates_dir
+
 VLLM_METRICS = frozenset(
     {
         "vllm:num_requests_running",
@@ -121,3 +123,15 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\$\{?\w+\}?", " ", text)
     text = _NUMBER.sub(" ", _GROUPING.sub(" ", text))
     return {name for name in _IDENTIFIER.findall(text) if name.lower() not in _KEYWORDS}
+
+
+def dcgm_counters() -> str:
+    """servekit's counters file for the DCGM exporter (templates/monitoring/dcgm-counters.csv):
+    the fields the rules and dashboard read, including those NVIDIA's default leaves out."""
+    return (templates_dir() / "monitoring" / "dcgm-counters.csv").read_text()
+
+
+def counter_fields(csv: str) -> set[str]:
+    """The DCGM fields a counters file enables (comments and blank lines skipped)."""
+    rows = (line.split(",", 1)[0].strip() for line in csv.splitlines())
+    return {row for row in rows if row and not row.startswith("#")}
