@@ -23,7 +23,8 @@ Sources, checked Dec 2026:
 - HAProxy 2.6's built-in exporter (`http-request use-service prometheus-exporter`),
   https://github.com/haproxy/haproxy/blob/master/addons/promex/README (read from Debian's haproxy's
   /metrics in tests/unit/test_monitoring_names.py).
-- Prometheus itself: `up` (https://prometheus.io/docs/concepts/jobs_instances/).
+- Prometheus itself: `up` (https://prometheus.io/docs/concepts/jobs_instances/) and `ALERTS`
+  (https://prometheus.io/docs/prometheus/latest/configuration/alerting_rules/).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ HAPROXY_METRICS = frozenset(
     }
 )
 
-PROMETHEUS_METRICS = frozenset({"up"})
+PROMETHEUS_METRICS = frozenset({"up", "ALERTS"})
 
 KNOWN_METRICS = VLLM_METRICS | DCGM_METRICS | NODE_METRICS | HAPROXY_METRICS | PROMETHEUS_METRICS
 
