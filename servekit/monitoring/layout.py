@@ -27,6 +27,7 @@ class MonitoringLayout:
     prometheus_defaults: str = "/etc/default/prometheus"
     alertmanager_config: str = "/etc/prometheus/alertmanager.yml"
     alertmanager_defaults: str = "/etc/default/prometheus-alertmanager"
+    node_exporter_defaults: str = "/etc/default/prometheus-node-exporter"
     prometheus_service: str = "prometheus"
     alertmanager_service: str = "prometheus-alertmanager"
     node_exporter_service: str = "prometheus-node-exporter"
@@ -49,6 +50,7 @@ class MonitoringLayout:
             prometheus_defaults=f"{root}/default-prometheus",
             alertmanager_config=f"{root}/alertmanager.yml",
             alertmanager_defaults=f"{root}/default-prometheus-alertmanager",
+            node_exporter_defaults=f"{root}/default-prometheus-node-exporter",
         )
 
 

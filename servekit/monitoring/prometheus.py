@@ -14,6 +14,7 @@ from servekit.monitoring.layout import ALERTMANAGER_PORT, MONITORING, Monitoring
 from servekit.monitoring.rules import rules_file
 from servekit.monitoring.yamltext import Value, dump
 from servekit.secrets import SecretError
+from servekit.spec import NODE_EXPORTER_PORT
 from servekit.templating import RenderedFile
 
 HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
@@ -100,6 +101,23 @@ def alertmanager_defaults(layout: MonitoringLayout = MONITORING) -> str:
     return f'{HEADER}ARGS="{" ".join([*args, "--cluster.listen-address="])}"\n'
 
 
+NODE_UNITS = "(nvidia-fabricmanager|nvidia-persistenced|vllm-.*|ray-.*|haproxy|ollama)[.]service"
+"""Units whose state the node exporter reports (`node_systemd_unit_state`; FabricManagerDown
+reads nvidia-fabricmanager's). Flags: `prometheus-node-exporter --help` (1.5),
+https://github.com/prometheus/node_exporter#collectors (systemd is off by default)."""
+
+
+def node_exporter_defaults(layout: MonitoringLayout = MONITORING) -> str:
+    """/etc/default/prometheus-node-exporter on the monitoring host: loopback (Prometheus beside
+    it scrapes 127.0.0.1), and the systemd collector for the units above."""
+    args = [
+        f"--web.listen-address={layout.listen_address}:{NODE_EXPORTER_PORT}",
+        "--collector.systemd",
+        f"--collector.systemd.unit-include={NODE_UNITS}",
+    ]
+    return f'{HEADER}ARGS="{" ".join(args)}"\n'
+
+
 def webhook_url(value: str) -> str:
     """The webhook URL from its secret: http(s), a host, no spaces; errors never show it."""
     parts = urlsplit(value)
@@ -162,4 +180,5 @@ def monitoring_files(
         config(layout.alertmanager_config, alertmanager_config(webhook)),
         defaults(layout.prometheus_defaults, prometheus_defaults(plan, layout)),
         defaults(layout.alertmanager_defaults, alertmanager_defaults(layout)),
+        defaults(layout.node_exporter_defaults, node_exporter_defaults(layout)),
     ]

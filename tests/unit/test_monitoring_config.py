@@ -117,6 +117,9 @@ def test_prometheus_and_alertmanager_listen_on_loopback_with_the_fleets_retentio
     assert files[MONITORING.alertmanager_defaults].content.endswith(
         'ARGS="--web.listen-address=127.0.0.1:9093 --cluster.listen-address="\n'
     )
+    node = files[MONITORING.node_exporter_defaults].content
+    assert 'ARGS="--web.listen-address=127.0.0.1:9100 --collector.systemd ' in node
+    assert "nvidia-fabricmanager|" in node
     alertmanager = files[MONITORING.alertmanager_config]
     assert (alertmanager.mode, alertmanager.user, alertmanager.group) == (
         "0640",
