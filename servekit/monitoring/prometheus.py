@@ -5,10 +5,9 @@ Alertmanager's routes (a webhook from a secret, else a receiver that sends nothi
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from urllib.parse import urlsplit
 
+from servekit.gateway.haproxy import server_address
 from servekit.hostplan import HostPlan, MonitoringHost
 from servekit.monitoring.layout import ALERTMANAGER_PORT, MONITORING, MonitoringLayout
 from servekit.monitoring.rules import rules_file
@@ -17,26 +16,16 @@ from servekit.secrets import SecretError
 from servekit.spec import NODE_EXPORTER_PORT
 from servekit.templating import RenderedFile
 
-HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 HEADER = "# Written by servekit (deploys/monitoring.py) from the fleet's plan: changes are lost.\n"
 
 
 def target_address(address: str) -> str:
-    """`host:port` as Prometheus takes it (IPv6 in brackets); ValueError without an address."""
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"scrape target {address!r}: expected host:port")
+    """`host:port` as Prometheus takes it (IPv6 in brackets); ValueError without an address.
+    The same form HAProxy takes: the gateway's check, with this file's wording."""
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        if not HOST_NAME.fullmatch(host):
-            raise ValueError(
-                f"scrape target {address!r}: no address yet (cloud hosts get theirs at "
-                "`servekit cloud apply`)"
-            ) from None
-        return f"{host}:{int(port)}"
-    return f"[{ip}]:{int(port)}" if ip.version == 6 else f"{ip}:{int(port)}"
+        return server_address(address)
+    except ValueError as error:
+        raise ValueError(str(error).replace("gateway upstream", "scrape target", 1)) from None
 
 
 def _monitoring(plan: HostPlan) -> MonitoringHost:
