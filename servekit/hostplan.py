@@ -224,9 +224,17 @@ class GatewayHost(Plain):
         return max((m.replica for m in self.members), default=0) + 2
 
 
+class ScrapeTarget(Plain):
+    """One endpoint Prometheus scrapes, with the labels its series get (`fleet`, `host`,
+    `role`; engines also `model`, `replica`, `unit`; GPU hosts `gpus` and `nvswitch`)."""
+
+    address: str
+    labels: dict[str, str]
+
+
 class ScrapeJob(Plain):
     job: str
-    targets: list[str]
+    targets: list[ScrapeTarget]
     metrics_path: str = "/metrics"
 
 
@@ -235,6 +243,10 @@ class MonitoringHost(Plain):
     scrape_interval: str
     retention: str
     jobs: list[ScrapeJob]
+    alert_webhook: SecretSource | None = None
+    ttft_p95_seconds: float = 5.0
+    waiting_requests: int = 32
+    ready_minutes: int = Field(15, description="the longest engine load bound, in minutes")
 
 
 PortSpan = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}(-[0-9]{1,5})?$")]

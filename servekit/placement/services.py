@@ -10,6 +10,7 @@ from servekit.hostplan import (
     MonitoringHost,
     Route,
     ScrapeJob,
+    ScrapeTarget,
     SecretSource,
 )
 from servekit.placement.firewall import ip_addresses
@@ -115,33 +116,81 @@ def monitoring_addresses(state: PlacementState, host: str) -> list[str]:
 
 
 def monitoring_plan(state: PlacementState, host: str) -> MonitoringHost | None:
-    """Prometheus, when it runs on this host: its port (claimed) and its scrape jobs."""
+    """Prometheus, when it runs on this host: its port (claimed), its scrape jobs and the
+    alerts' thresholds."""
     monitoring = state.fleet.monitoring
     if monitoring is None or host != state.monitoring_host():
         return None
     state.claim_port(host, monitoring.port, "prometheus", "monitoring.port")
+    timeouts = [v.ready_timeout_s for s in state.hosts.values() for v in s.vllm]
     return MonitoringHost(
         port=monitoring.port,
         scrape_interval=monitoring.scrape_interval,
         retention=monitoring.retention,
         jobs=scrape_jobs(state, host),
+        alert_webhook=secret_source(monitoring.alert_webhook),
+        ttft_p95_seconds=monitoring.ttft_p95_seconds,
+        waiting_requests=monitoring.waiting_requests,
+        ready_minutes=max([15, *(-(-t // 60) for t in timeouts)]),
     )
+
+
+def host_labels(state: PlacementState, name: str, role: str) -> dict[str, str]:
+    """The labels every series of a target on host `name` gets (GPU hosts: count, NVSwitch)."""
+    labels = {"fleet": state.fleet.name, "host": name, "role": role}
+    gpu = state.gpu_of(name)
+    if gpu is not None and not gpu.info.apple:
+        labels["gpus"] = str(gpu.count)
+        labels["nvswitch"] = "true" if gpu.info.nvswitch and gpu.count == 8 else "false"
+    return labels
 
 
 def scrape_jobs(state: PlacementState, host: str) -> list[ScrapeJob]:
-    """vLLM servers, node exporters on every host, DCGM exporters on GPU hosts (when enabled)."""
-    engines = sorted(
-        {
-            f"{state.reach(h, host)}:{v.port}"
-            for h, s in state.hosts.items()
-            for v in s.vllm
-            if v.role == "server"
-        }
-    )
-    nodes = sorted(f"{state.reach(h, host)}:{NODE_EXPORTER_PORT}" for h in state.hosts)
+    """vLLM servers (one target per replica head), node exporters on every host, the gateway's
+    HAProxy exporter, DCGM exporters on GPU hosts (when enabled)."""
+    engines = [
+        ScrapeTarget(
+            address=f"{state.reach(h, host)}:{v.port}",
+            labels=host_labels(state, h, "engine")
+            | {"model": v.serve, "replica": str(v.replica), "unit": v.unit},
+        )
+        for h, s in sorted(state.hosts.items())
+        for v in s.vllm
+        if v.role == "server"
+    ]
+    nodes = [
+        ScrapeTarget(
+            address=f"{state.reach(h, host)}:{NODE_EXPORTER_PORT}",
+            labels=host_labels(state, h, "node"),
+        )
+        for h in sorted(state.hosts)
+    ]
     jobs = [ScrapeJob(job="vllm", targets=engines), ScrapeJob(job="node", targets=nodes)]
-    if state.fleet.gpu_setup.dcgm:
-        gpu_hosts = [h for h in state.hosts if state.hosts[h].free_gpus or state.hosts[h].vllm]
-        targets = sorted(f"{state.reach(h, host)}:{DCGM_EXPORTER_PORT}" for h in gpu_hosts)
-        jobs.append(ScrapeJob(job="dcgm", targets=targets))
-    return jobs
+    return jobs + gateway_job(state, host) + dcgm_job(state, host)
+
+
+def gateway_job(state: PlacementState, host: str) -> list[ScrapeJob]:
+    """HAProxy's exporter on the gateway port (none without a gateway)."""
+    gateway, spec = state.gateway_host(), state.fleet.gateway
+    if gateway is None or spec is None:
+        return []
+    target = ScrapeTarget(
+        address=f"{state.reach(gateway, host)}:{spec.port}",
+        labels=host_labels(state, gateway, "gateway"),
+    )
+    return [ScrapeJob(job="gateway", targets=[target])]
+
+
+def dcgm_job(state: PlacementState, host: str) -> list[ScrapeJob]:
+    """DCGM exporters on GPU hosts (none unless `GpuSetup(dcgm=True)`)."""
+    if not state.fleet.gpu_setup.dcgm:
+        return []
+    gpu_hosts = sorted(h for h, s in state.hosts.items() if s.free_gpus or s.vllm)
+    targets = [
+        ScrapeTarget(
+            address=f"{state.reach(h, host)}:{DCGM_EXPORTER_PORT}",
+            labels=host_labels(state, h, "gpu"),
+        )
+        for h in gpu_hosts
+    ]
+    return [ScrapeJob(job="dcgm", targets=targets)]

@@ -34,3 +34,12 @@ class Monitoring(Spec):
     port: Port = 9090
     scrape_interval: PrometheusDuration = "15s"
     retention: PrometheusDuration = "15d"
+    alert_webhook: SecretRef | None = Field(
+        None, description="a URL Alertmanager posts alerts to (none: alerts are sent nowhere)"
+    )
+    ttft_p95_seconds: float = Field(
+        5.0, gt=0, le=3600, description="objective: TTFT p95 per model above it for 10 min alerts"
+    )
+    waiting_requests: int = Field(
+        32, ge=1, le=1_000_000, description="requests waiting in one replica for 5 min that alert"
+    )

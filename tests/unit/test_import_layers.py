@@ -67,6 +67,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "servekit.nvidia",
             "servekit.ollama",
             "servekit.gateway",
+            "servekit.monitoring",
         ),
     ),
     ("facts", ("servekit.facts", "servekit.host_scripts")),

@@ -1,0 +1,197 @@
+"""Monitoring on its host, in named steps: Debian's `prometheus`, `prometheus-alertmanager` and
+`prometheus-node-exporter` packages, servekit's rules directory (0750 root:prometheus), the
+configurations and Debian's ARGS files, the three services enabled and running, and a reload
+only after a file changed.
+
+A configuration Prometheus or Alertmanager refuses never replaces a working one: the new files
+are staged beside the old ones, moved into place, checked with `promtool check config` (which
+checks the rule files too) and `amtool check-config`, and the previous files are put back when
+a check fails. Alertmanager's file holds the webhook URL: contents travel on standard input and
+are never shown.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api.command import StringCommand
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Directory
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+from servekit.monitoring.layout import MONITORING, MonitoringLayout
+from servekit.operations.common import Commands
+from servekit.operations.gateway import KEPT, STAGED, file_differs, stage_command
+from servekit.operations.hoststate import announce
+from servekit.shell import quote as q
+from servekit.templating import RenderedFile
+
+PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
+"""Debian bookworm: prometheus 2.42, prometheus-alertmanager 0.25, prometheus-node-exporter 1.5
+(https://packages.debian.org/bookworm/prometheus and the same page for the others)."""
+SERVICES = (
+    MONITORING.prometheus_service,
+    MONITORING.alertmanager_service,
+    MONITORING.node_exporter_service,
+)
+
+
+@operation()
+def monitoring_packages() -> Commands:
+    """
+    Install Debian's Prometheus, Alertmanager and node exporter (apt lists refreshed first),
+    unless they are installed.
+
+    **Example:**
+
+    .. code:: python
+
+        monitoring_packages(name="Install Prometheus")
+    """
+    installed = host.get_fact(DebPackages) or {}
+    missing = [p for p in PACKAGES if p not in installed]
+    if not missing:
+        host.noop("prometheus, prometheus-alertmanager, prometheus-node-exporter are installed")
+        return
+    announce(f"install the Debian packages {' '.join(missing)}")
+    yield (
+        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
+        f"apt-get install -y -q --no-install-recommends {' '.join(missing)}"
+    )
+
+
+@operation()
+def rules_directory() -> Commands:
+    """
+    Create servekit's rules directory: 0750, root:prometheus.
+
+    **Example:**
+
+    .. code:: python
+
+        rules_directory(name="Create /etc/prometheus/servekit")
+    """
+    path, group = MONITORING.rules_directory, MONITORING.group
+    info = host.get_fact(Directory, path=path)
+    if info and (info.get("user"), info.get("group"), info.get("mode")) == ("root", group, 750):
+        host.noop(f"{path} exists (0750 root:{group})")
+        return
+    announce(f"create {path} (0750 root:{group})")
+    yield f"install -d -m 0750 -o root -g {q(group)} {q(path)}"
+
+
+def check_command(layout: MonitoringLayout = MONITORING) -> str:
+    """Shell: Prometheus's and Alertmanager's own checks of the files in place (promtool also
+    checks the rule files prometheus.yml names)."""
+    return (
+        f"promtool check config {q(layout.prometheus_config)} >/dev/null 2>&1 && "
+        f"amtool check-config {q(layout.alertmanager_config)} >/dev/null 2>&1"
+    )
+
+
+def swap_and_check_command(paths: list[str], check: str) -> str:
+    """Shell: keep each current file as `PATH.servekit-old`, move the staged ones in, run
+    `check`; on success drop the kept files, else put them back (a file new in this run is
+    removed) and fail saying so."""
+    keep = " && ".join(
+        f"{{ if [ -e {q(p)} ]; then cp -p {q(p)} {q(p + KEPT)}; else rm -f {q(p + KEPT)}; fi; }}"
+        for p in paths
+    )
+    move = " && ".join(f"mv -f {q(p + STAGED)} {q(p)}" for p in paths)
+    restore = "; ".join(
+        f"if [ -e {q(p + KEPT)} ]; then mv -f {q(p + KEPT)} {q(p)}; else rm -f {q(p)}; fi"
+        for p in paths
+    )
+    drop = " ".join(q(p + KEPT) for p in paths)
+    return (
+        f"{keep} && {move} && if {check}; then rm -f {drop}; else {restore}; "
+        "printf '%s\\n' 'servekit: promtool or amtool refused the new monitoring "
+        "configuration; the previous files are back in place (run promtool check config "
+        f"{MONITORING.prometheus_config} on the host to see why)' >&2; false; fi"
+    )
+
+
+@operation()
+def monitoring_config(files: list[RenderedFile]) -> Commands:
+    """
+    Write the monitoring files where they differ (staged, then moved in), and check the result
+    with promtool and amtool before anything reloads: a refused configuration is rolled back
+    and stops this host. Contents travel on standard input and are never shown.
+
+    + files: the rendered files (`servekit.monitoring.monitoring_files`)
+
+    **Example:**
+
+    .. code:: python
+
+        config = monitoring_config(name="Write the monitoring configuration", files=files)
+    """
+    changed = [f for f in files if file_differs(f)]
+    if not changed:
+        host.noop(f"the monitoring's {len(files)} files are written")
+        return
+    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
+    for rendered in changed:
+        yield StringCommand(stage_command(rendered), _stdin=rendered.content)
+    yield swap_and_check_command([f.path for f in changed], check_command())
+
+
+@operation()
+def monitoring_services() -> Commands:
+    """
+    Enable and start Debian's prometheus, prometheus-alertmanager and
+    prometheus-node-exporter services (nothing for those enabled and running).
+
+    **Example:**
+
+    .. code:: python
+
+        monitoring_services(name="Enable and start Prometheus")
+    """
+    status = host.get_fact(SystemdStatus) or {}
+    enabled = host.get_fact(SystemdEnabled) or {}
+    units = [f"{service}.service" for service in SERVICES]
+    if all(status.get(u) and enabled.get(u) for u in units):
+        host.noop("prometheus, prometheus-alertmanager, prometheus-node-exporter are running")
+        return
+    for unit in units:
+        if not enabled.get(unit):
+            announce(f"enable {unit}")
+            yield f"systemctl enable {q(unit)}"
+        if not status.get(unit):
+            announce(f"start {unit}")
+            yield f"systemctl start {q(unit)}"
+
+
+@operation(is_idempotent=False)
+def monitoring_reload() -> Commands:
+    """
+    Reload Prometheus and Alertmanager (Debian's units send SIGHUP: the scrape configuration,
+    rules and routes are reread, nothing is dropped). Call it with `_if=` the configuration
+    step's change.
+
+    **Example:**
+
+    .. code:: python
+
+        monitoring_reload(name="Reload Prometheus", _if=any_changed(config))
+    """
+    for service in SERVICES[:2]:
+        yield f"systemctl reload {q(service + '.service')}"
+
+
+@operation(is_idempotent=False)
+def monitoring_restart() -> Commands:
+    """
+    Restart the three services after their ARGS files changed: listen addresses, retention and
+    collectors are command-line flags, which a reload does not reread. Call it with `_if=` the
+    ARGS step's change.
+
+    **Example:**
+
+    .. code:: python
+
+        monitoring_restart(name="Restart Prometheus", _if=any_changed(arguments))
+    """
+    for service in SERVICES:
+        yield f"systemctl restart {q(service + '.service')}"
