@@ -29,7 +29,7 @@ from pyinfra.facts.server import Kernel
 
 from servekit.fleetfile import find_host_plan
 from servekit.hostplan import HostPlan, OllamaHost
-from servekit.operations.common import each, problem
+from servekit.operations.common import barrier, each, problem
 from servekit.operations.gateway_drain import drain_ollama_at_gateway, enable_ollama_at_gateway
 from servekit.operations.ollama import release_source_problem
 from servekit.operations.ollama_linux import (
@@ -52,6 +52,10 @@ def ollama_host(default_fleet: str | None = None) -> None:
     plan, source = find_host_plan(default_fleet)
     logger.info(f"{host.print_prefix}servekit: Ollama settings from {source}")
     pending = None
+    if plan.ollama is None or plan.gateway is not None:
+        # a retirement waits for the gateway's reload (deploys/gateway.py given before this
+        # file in the same run): the gateway host and the retiring hosts share this step
+        barrier(name="Wait for the earlier steps on every host", _sudo=False)
     if plan.ollama is None:
         if plan.os != "macos" and host.get_fact(Kernel) == "Linux":
             retire_service(plan.sudo)

@@ -44,3 +44,23 @@ def problem(message: str) -> Commands:
         problem(name="Read the fleet's secrets", message="the HF token file is missing")
     """
     yield failure(f"servekit: {host.name}: {message}")
+
+
+@operation()
+def barrier() -> Commands:
+    """
+    Nothing, on every host that calls it: one step of pyinfra's order shared by those hosts, so
+    that what follows it on one host runs only after what precedes it on all of them. (pyinfra
+    orders each host's own steps, and runs a step of another host's chain as soon as that chain
+    allows: without a shared step, a deploy file given last could act first on a host the
+    earlier files skip.)
+
+    **Example:**
+
+    .. code:: python
+
+        barrier(name="Wait for the earlier steps on every host")
+    """
+    host.noop("every host reached this step")
+    return
+    yield

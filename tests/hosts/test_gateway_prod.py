@@ -48,7 +48,8 @@ class Prod:
         engine = secret(self.workdir, "engine.key", "sk-prod-engine-0123456789")
         boxes = (self.o1, self.o2)
         moved = (
-            f'Serve(model="{TAG}", engine="vllm", hosts=[{self.p1.name!r}], gpus_per_replica=1)'
+            f'Serve(model="{TAG}", engine="vllm", hosts=[{self.p1.name!r}], gpus_per_replica=1, '
+            "port=8001)"
             if tag_engine == "vllm"
             else f'Serve(model="{TAG}", engine="ollama", hosts={[o.name for o in boxes]!r})'
         )
@@ -59,8 +60,8 @@ class Prod:
         )
         fleet = f"""Fleet(
     name="prod",
-    machines=[{ssh_host(self.p0, gpus=2)}, {ssh_host(self.p1, gpus=2)}, {small}],
-    serve=[Serve(name="chat", model="qwen2.5-7b-instruct", gpus_per_replica=1, replicas=2,
+    machines=[{ssh_host(self.p0, gpus=3)}, {ssh_host(self.p1, gpus=3)}, {small}],
+    serve=[Serve(name="chat", model="qwen2.5-7b-instruct", gpus_per_replica=2, replicas=2,
                  hosts=[{self.p0.name!r}, {self.p1.name!r}], served_names=["chat"]),
            {moved}],
     gateway=Gateway(host={self.p0.name!r}, port=8080, api_keys=SecretRef(file={str(keys)!r})),
@@ -98,8 +99,8 @@ def prod(
         build_ollama_release(releases, version)
     mirror = file_server.add_tree(releases, "ollama-releases-prod")
     p0, p1, o1, o2 = test_hosts(4)
-    fake_gpus(p0, count=2)
-    fake_gpus(p1, count=2)
+    fake_gpus(p0, count=3)
+    fake_gpus(p1, count=3)
     for host in (p0, p1):
         put_model(host, "Qwen/Qwen2.5-7B-Instruct")
     put_model(p1, "meta-llama/Llama-3.1-8B-Instruct")  # the Ollama tag's model, for the move
