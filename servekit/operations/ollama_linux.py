@@ -251,10 +251,35 @@ def retire_service(sudo: bool) -> None:
     if not host.get_fact(File, path=ollama.DROPIN_FILE):
         logger.warning(f"{host.print_prefix}the fleet serves no Ollama model here: nothing to do")
         return
+    if host.get_fact(SystemdStatus, services=ollama.UNIT).get(ollama.UNIT):
+        server.shell(
+            name="Let the requests in flight on Ollama finish",
+            _sudo=sudo,
+            commands=[requests_in_flight_wait()],
+        )
     systemd.service(
         name="Retire ollama.service (no Ollama model planned here)",
         _sudo=sudo,
         service=ollama.UNIT,
         running=False,
         enabled=False,
+    )
+
+
+RETIRE_WAIT_S = 120
+"""How long a retiring Ollama gets to finish the answers it is streaming (the gateway's old
+worker still holds them after its reload)."""
+
+
+def requests_in_flight_wait(timeout: int = RETIRE_WAIT_S) -> str:
+    """sh: wait (at most `timeout` s) until no client connection to Ollama's port is open
+    (`ss`, iproute2); the port from the unit's OLLAMA_HOST (default 11434)."""
+    return (
+        f"port=$(systemctl show -p Environment --value {ollama.UNIT} | tr ' ' '\\n' "
+        "| sed -n 's/^OLLAMA_HOST=.*:\\([0-9][0-9]*\\)$/\\1/p'); port=${port:-11434}; "
+        "command -v ss >/dev/null || exit 0; "
+        f"end=$(( $(date +%s) + {int(timeout)} )); "
+        'while n=$(ss -Htn state established "( sport = :$port )" | wc -l); [ "$n" -gt 0 ]; do '
+        'if [ "$(date +%s)" -ge "$end" ]; then echo "servekit: $n requests still open on '
+        "Ollama after " + str(int(timeout)) + ' s: stopping it anyway"; break; fi; sleep 1; done'
     )

@@ -666,6 +666,9 @@ def test_a_box_that_serves_no_ollama_any_more_has_servekits_service_retired() ->
     assert not run.failed, run
     # first a step every retiring host shares with the gateway host: retirement waits for it
     assert next(iter(run.steps)) == "Wait for the earlier steps on every host"
+    # the answers Ollama is still streaming (through the gateway's old worker) end first
+    (wait,) = run.step("Let the requests in flight on Ollama finish").shell()
+    assert "state established" in wait and "OLLAMA_HOST" in wait
     step = run.step("Retire ollama.service")
     assert step.changed and " ".join(step.shell()).count("ollama.service") == 2, run
     assert any("stop" in c for c in step.shell()) and any("disable" in c for c in step.shell())
