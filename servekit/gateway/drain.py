@@ -84,21 +84,28 @@ def _column(names: list[str], reduce: str) -> str:
     )
 
 
+def _wait(count: str, timeout: int, late: str) -> str:
+    """sh: poll `count` (a command printing a number) every second until it prints 0, or say
+    `late` ($n: the last count) once `timeout` s have passed."""
+    return (
+        f"end=$(( $(date +%s) + {int(timeout)} )); "
+        f'while n=$({count}); [ "$n" -gt 0 ]; do '
+        f'if [ "$(date +%s)" -ge "$end" ]; then echo "servekit: {late}"; break; fi; '
+        "sleep 1; done; "
+    )
+
+
 def drain_script(targets: list[Target], socket: str, timeout: int) -> str:
     """sh: drain the targets, then wait (at most `timeout` s) until their requests finished."""
     names = [t.name for t in targets]
-    busy = _column(names, "r += $5")
     sets = "; ".join(f"cli {q(f'set server {n} state drain')} >/dev/null" for n in names)
+    late = f"$n requests still in flight after {int(timeout)} s (gateway.drain_timeout): "
     return (
         _prelude(socket)
         + f"{sets}; "
         + f"echo {q('servekit: draining ' + ', '.join(names) + ' at the gateway')}; "
-        + f"end=$(( $(date +%s) + {int(timeout)} )); "
-        + f'while busy=$({busy}); [ "$busy" -gt 0 ]; do '
-        + 'if [ "$(date +%s)" -ge "$end" ]; then '
-        + f'echo "servekit: $busy requests still in flight after {int(timeout)} s '
-        + '(gateway.drain_timeout): restarting anyway"; break; fi; '
-        + "sleep 1; done; echo 'servekit: drained'"
+        + _wait(_column(names, "r += $5"), timeout, late + "restarting anyway")
+        + "echo 'servekit: drained'"
     )
 
 
@@ -106,15 +113,11 @@ def enable_script(targets: list[Target], socket: str, timeout: int = READY_TIMEO
     """sh: put the targets back in rotation, then wait until the gateway's checks see them up
     (a server still down after `timeout` s is reported, not waited for)."""
     names = [t.name for t in targets]
-    down = _column(names, "if ($18 !~ /^UP/) r += 1")
     sets = "; ".join(f"cli {q(f'set server {n} state ready')} >/dev/null" for n in names)
+    late = f"$n of them not up at the gateway after {int(timeout)} s"
     return (
         _prelude(socket)
         + f"{sets}; "
-        + f"end=$(( $(date +%s) + {int(timeout)} )); "
-        + f'while down=$({down}); [ "$down" -gt 0 ]; do '
-        + 'if [ "$(date +%s)" -ge "$end" ]; then '
-        + f'echo "servekit: $down of them not up at the gateway after {int(timeout)} s"; '
-        + "break; fi; sleep 1; done; "
+        + _wait(_column(names, "if ($18 !~ /^UP/) r += 1"), timeout, late)
         + f"echo {q('servekit: ' + ', '.join(names) + ' back in rotation at the gateway')}"
     )

@@ -50,10 +50,16 @@ def haproxy_package() -> Commands:
 
         haproxy_package(name="Install HAProxy")
     """
+    yield from install_missing(PACKAGES)
+
+
+def install_missing(packages: tuple[str, ...]) -> Commands:
+    """Commands installing those of Debian's `packages` that are not installed (apt lists
+    refreshed first); a no-op, said so, when all are."""
     installed = host.get_fact(DebPackages) or {}
-    missing = [p for p in PACKAGES if p not in installed]
+    missing = [p for p in packages if p not in installed]
     if not missing:
-        host.noop(f"{' and '.join(PACKAGES)} are installed")
+        host.noop(f"{', '.join(packages)} are installed")
         return
     announce(*(f"install the Debian package {p}" for p in missing))
     yield (

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pyinfra.api.operation import OperationMeta, operation
 from pyinfra.context import host
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory
 from pyinfra.operations import systemd
 
 from servekit.gateway.keymetrics import PACKAGES
 from servekit.gateway.layout import GATEWAY, GatewayLayout
 from servekit.operations.common import Commands
+from servekit.operations.gateway import install_missing
 from servekit.operations.hoststate import announce
 from servekit.operations.rendered import any_changed, put
 from servekit.shell import quote as q
@@ -46,16 +46,7 @@ def metrics_packages() -> Commands:
 
         metrics_packages(name="Install mtail and rsyslog")
     """
-    installed = host.get_fact(DebPackages) or {}
-    missing = [package for package in PACKAGES if package not in installed]
-    if not missing:
-        host.noop(f"{', '.join(PACKAGES)} are installed")
-        return
-    announce(*(f"install the Debian package {package}" for package in missing))
-    yield (
-        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        f"apt-get install -y -q --no-install-recommends {' '.join(missing)}"
-    )
+    yield from install_missing(PACKAGES)
 
 
 @operation()
