@@ -3,9 +3,10 @@ takes them out of rotation and waits for their requests to finish; after the wav
 (and any rollback), it puts them back and waits until its own checks see them up.
 
 They run on the gateway host, in the wave loops of `servekit.deploys.vllm` (replica index r
-restarts in wave r + 1) and `servekit.deploys.ollama` (one Ollama host a wave): pyinfra
-finishes an operation on every host before the next starts, so "drain (wave w)" happens after
-every host prepared wave w and before any restarts it. Scripts: `servekit.gateway.drain`.
+restarts in wave r + 1) and `servekit.deploys.ollama` (one Ollama host a wave). Every host runs
+the loop, and pyinfra makes a step called at the same place on several hosts one node of its
+order: "drain (wave w)" runs after every host staged wave w and before any restarts it.
+Scripts: `servekit.gateway.drain`.
 """
 
 from __future__ import annotations
