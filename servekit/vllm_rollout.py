@@ -9,10 +9,10 @@ wave r + 1 (r: its replica index), health-gated, so replica 0 of every model fir
 such replica. If a rolling replica fails it returns to its previous files, the rollout stops
 (later waves are left running as they are) and the run fails with a report.
 
-pyinfra executes an operation on every host before the next operation starts, so a wave's
-operations (write files, restart workers, restart servers and wait, roll back) see every host's
-outcome of the wave before. One `Rollout` per pyinfra run and pass is kept by
-`servekit.operations.runstate`.
+Every host calls a wave's operations at the same place, and pyinfra makes each such call one
+step of its order for all hosts, so a wave's operations (write files, restart workers, restart
+servers and wait, roll back) see every host's outcome of the wave before. One `Rollout` per
+pyinfra run and pass is kept by `servekit.operations.runstate`.
 """
 
 from __future__ import annotations
