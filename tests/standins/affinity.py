@@ -8,10 +8,8 @@ Used by tests/unit/test_gateway_affinity.py and `benchmarks/gateway.py --affinit
 from __future__ import annotations
 
 import contextlib
-import csv
 import random
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +19,10 @@ from typing import Any
 from unittest import mock
 
 from servekit.gateway import GatewayLayout, gateway_files, haproxy, parse_keys
-from servekit.hostplan import GatewayHost, HostPlan, Route
-from servekit.placement import plan_fleet
-from servekit.spec import Fleet, Gateway, SecretRef, SshHost
+from servekit.hostplan import Route
 
 from . import harness as h
+from .gateway import loopback_plan, servers
 
 MODEL = "affinity-model"
 ENGINE_KEY = "engine-key.0123456789"
@@ -99,18 +96,6 @@ def replica(port: int, work: Path, workload: Workload) -> h.Proc:
     return h.Proc(argv, env, work, f"replica-{port}")
 
 
-def gateway_plan(route: Route, port: int) -> HostPlan:
-    fleet = Fleet(
-        name="affinity",
-        machines=[SshHost(name="gw", address="127.0.0.1")],
-        gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENT_KEYS")),
-    )
-    plan = plan_fleet(fleet).hosts["gw"]
-    assert plan.gateway is not None
-    gateway = GatewayHost(**{**plan.gateway.model_dump(), "routes": [route], "port": port})
-    return plan.model_copy(update={"gateway": gateway})
-
-
 def write_config(
     root: Path, route: Route, port: int, prefix_bytes: int | None, balance_factor: int | None
 ) -> GatewayLayout:
@@ -121,7 +106,7 @@ def write_config(
         mock.patch.object(haproxy, "PREFIX_BYTES", prefix_bytes or haproxy.PREFIX_BYTES),
         mock.patch.object(haproxy, "BALANCE_FACTOR", balance_factor or haproxy.BALANCE_FACTOR),
     ):
-        files = gateway_files(gateway_plan(route, port), keys, ENGINE_KEY, layout)
+        files = gateway_files(loopback_plan([route], port), keys, ENGINE_KEY, layout)
     for file in files:
         Path(file.path).parent.mkdir(parents=True, exist_ok=True)
         Path(file.path).write_text(file.content)
@@ -130,16 +115,10 @@ def write_config(
 
 def servers_up(socket_path: str) -> int:
     """How many of pool1's replicas HAProxy's runtime API shows UP."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(socket_path)
-        sock.sendall(b"show stat\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    rows = list(csv.reader(data.decode().removeprefix("# ").splitlines()))
-    status = rows[0].index("status")
-    return sum(1 for r in rows[1:] if r and r[0] == "pool1" and r[1].startswith("replica") and
-               r[status] == "UP")  # fmt: skip
+    rows = servers(socket_path)
+    return sum(
+        1 for name, row in rows.items() if name.startswith("pool1/") and row["status"] == "UP"
+    )
 
 
 def replica_counters(port: int) -> tuple[float, float, float]:

@@ -5,10 +5,8 @@ the gateway host."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -18,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standins import gateway as gateway_api
 from standins import harness as h
 
 from servekit.gateway import GatewayLayout, gateway_files, parse_keys
 from servekit.gateway.drain import Target, drain_script, enable_script, targets
-from servekit.hostplan import GatewayHost, GatewayMember, HostPlan, Route, SecretSource
+from servekit.hostplan import GatewayHost, GatewayMember, Route, SecretSource
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,19 +36,6 @@ def gateway_plan(routes: list[Route], members: list[GatewayMember], port: int) -
         engine_api_key=None,
         members=members,
     )
-
-
-def host_plan(gateway: GatewayHost) -> HostPlan:
-    from servekit.placement import plan_fleet
-    from servekit.spec import Fleet, Gateway, SecretRef, SshHost
-
-    fleet = Fleet(
-        name="drain",
-        machines=[SshHost(name="gw", address="127.0.0.1")],
-        gateway=Gateway(host="gw", api_keys=SecretRef(env="KEYS")),
-    )
-    plan = plan_fleet(fleet).hosts["gw"]
-    return plan.model_copy(update={"gateway": gateway})
 
 
 def test_targets_name_the_servers_of_the_replicas_asked_for() -> None:
@@ -79,22 +65,10 @@ class Gw:
     socket: Path
     upstreams: dict[str, int]
 
-    def runtime(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(self.socket))
-            sock.sendall(command.encode() + b"\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        return data.decode()
-
     def stat(self, server: str, column: str) -> str:
-        rows = csv.reader(self.runtime("show stat").removeprefix("# ").splitlines())
-        header = next(rows)
-        for row in rows:
-            if row and f"{row[0]}/{row[1]}" == server:
-                return row[header.index(column)]
-        raise AssertionError(f"no {server} in show stat")
+        rows = gateway_api.servers(str(self.socket))
+        assert server in rows, f"no {server} in show stat"
+        return rows[server][column]
 
     def chat(self, max_tokens: int = 2) -> tuple[int, Any]:
         body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -120,10 +94,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
         GatewayMember(serve="chat", replica=i, host=f"h{i}", upstream=u)
         for i, u in enumerate(upstreams)
     ]
-    gateway = gateway_plan([Route(model="chat", upstreams=upstreams, engine="vllm")], members, port)
+    plan = gateway_api.loopback_plan(
+        [Route(model="chat", upstreams=upstreams, engine="vllm")], port, members
+    )
     layout = GatewayLayout.under(str(root))
     keys = parse_keys([f"ci {KEY}"], ["chat"])
-    for file in gateway_files(host_plan(gateway), keys, None, layout):
+    for file in gateway_files(plan, keys, None, layout):
         Path(file.path).parent.mkdir(parents=True, exist_ok=True)
         Path(file.path).write_text(file.content)
     env = h.vllm_env(VLLM_STANDIN_TOKENS_PER_S="20", VLLM_STANDIN_TTFT="0.01")

@@ -4,10 +4,8 @@ would: keys, routing by `model`, OpenAI errors, limits, the engines' key, a repl
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standins import gateway as gateway_api
 from standins import harness as h
 
 from servekit.gateway import GatewayLayout, gateway_files, parse_keys
-from servekit.hostplan import GatewayHost, HostPlan, Route
-from servekit.placement import plan_fleet
-from servekit.spec import Fleet, Gateway, SecretRef, SshHost
+from servekit.hostplan import Route
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,35 +53,14 @@ class Gw:
 
     def runtime(self, command: str) -> str:
         """One command on HAProxy's runtime API socket."""
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(self.socket))
-            sock.sendall(command.encode() + b"\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        return data.decode()
+        return gateway_api.runtime(str(self.socket), command)
 
     def servers(self) -> dict[str, str]:
         """`backend/server` -> status, from HAProxy's runtime API."""
-        rows = csv.reader(self.runtime("show stat").removeprefix("# ").splitlines())
-        header = next(rows)
-        return {
-            f"{row[0]}/{row[1]}": row[header.index("status")]
-            for row in rows
-            if row and row[1] not in ("FRONTEND", "BACKEND")
-        }
+        return {name: row["status"] for name, row in gateway_api.servers(str(self.socket)).items()}
 
 
-def plan_with(routes: list[Route], port: int) -> HostPlan:
-    fleet = Fleet(
-        name="gwtest",
-        machines=[SshHost(name="gw", address="127.0.0.1")],
-        gateway=Gateway(host="gw", api_keys=SecretRef(env="CLIENT_KEYS")),
-    )
-    plan = plan_fleet(fleet).hosts["gw"]
-    assert plan.gateway is not None
-    gateway = GatewayHost(**{**plan.gateway.model_dump(), "routes": routes, "port": port})
-    return plan.model_copy(update={"gateway": gateway})
+plan_with = gateway_api.loopback_plan
 
 
 def vllm(served: str, port: int, log_dir: Path) -> h.Proc:
