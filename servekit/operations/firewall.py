@@ -41,6 +41,7 @@ from servekit.firewall import (
 )
 from servekit.hostplan import HostPlan
 from servekit.operations.common import Commands
+from servekit.operations.debian import apt_install_command
 from servekit.operations.hoststate import (
     announce,
     apply_files,
@@ -163,10 +164,7 @@ def nftables_package(spec: dict[str, Any]) -> Commands:
         host.noop("nftables is installed")
         return
     announce("install the Debian package nftables")
-    yield (
-        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        "apt-get install -y -q --no-install-recommends nftables"
-    )
+    yield apt_install_command(["nftables"])
     stale()
 
 

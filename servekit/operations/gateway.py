@@ -19,7 +19,6 @@ import hashlib
 from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory, File, Sha256File
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
@@ -27,6 +26,7 @@ from servekit.gateway.checks import new_pools_answer_script
 from servekit.gateway.haproxy import Pool
 from servekit.gateway.layout import GATEWAY
 from servekit.operations.common import Commands
+from servekit.operations.debian import install_missing
 from servekit.operations.hoststate import announce
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
@@ -51,21 +51,6 @@ def haproxy_package() -> Commands:
         haproxy_package(name="Install HAProxy")
     """
     yield from install_missing(PACKAGES)
-
-
-def install_missing(packages: tuple[str, ...]) -> Commands:
-    """Commands installing those of Debian's `packages` that are not installed (apt lists
-    refreshed first); a no-op, said so, when all are."""
-    installed = host.get_fact(DebPackages) or {}
-    missing = [p for p in packages if p not in installed]
-    if not missing:
-        host.noop(f"{', '.join(packages)} are installed")
-        return
-    announce(*(f"install the Debian package {p}" for p in missing))
-    yield (
-        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        f"apt-get install -y -q --no-install-recommends {' '.join(missing)}"
-    )
 
 
 @operation()

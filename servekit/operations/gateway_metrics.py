@@ -18,7 +18,7 @@ from pyinfra.operations import systemd
 from servekit.gateway.keymetrics import PACKAGES
 from servekit.gateway.layout import GATEWAY, GatewayLayout
 from servekit.operations.common import Commands
-from servekit.operations.gateway import install_missing
+from servekit.operations.debian import install_missing
 from servekit.operations.hoststate import announce
 from servekit.operations.rendered import any_changed, put
 from servekit.shell import quote as q

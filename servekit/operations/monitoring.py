@@ -15,12 +15,12 @@ from __future__ import annotations
 from pyinfra.api.command import StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from servekit.monitoring.layout import MONITORING, MonitoringLayout
 from servekit.operations.common import Commands
+from servekit.operations.debian import install_missing
 from servekit.operations.gateway import KEPT, STAGED, file_differs, stage_command
 from servekit.operations.hoststate import announce
 from servekit.shell import quote as q
@@ -48,16 +48,7 @@ def monitoring_packages() -> Commands:
 
         monitoring_packages(name="Install Prometheus")
     """
-    installed = host.get_fact(DebPackages) or {}
-    missing = [p for p in PACKAGES if p not in installed]
-    if not missing:
-        host.noop("prometheus, prometheus-alertmanager, prometheus-node-exporter are installed")
-        return
-    announce(f"install the Debian packages {' '.join(missing)}")
-    yield (
-        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        f"apt-get install -y -q --no-install-recommends {' '.join(missing)}"
-    )
+    yield from install_missing(PACKAGES)
 
 
 @operation()

@@ -18,6 +18,7 @@ from servekit import catalog, pyenv, shell
 from servekit.facts.nvidia import NvidiaGpus
 from servekit.hostplan import HostPlan
 from servekit.operations.common import Commands, failure
+from servekit.operations.debian import apt_install_command
 from servekit.operations.hoststate import announce, stale, streamed, view
 from servekit.operations.runstate import this_host
 from servekit.operations.vllm_work import APT_PACKAGES, HostWork, host_work
@@ -47,10 +48,7 @@ def packages(plan: HostPlan) -> Commands:
         host.noop(f"packages {', '.join(APT_PACKAGES)} are installed")
         return
     announce(f"install the Debian packages {', '.join(missing)}")
-    yield (
-        "export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
-        "apt-get install -y -q --no-install-recommends " + " ".join(missing)
-    )
+    yield apt_install_command(missing)
     stale()
 
 
