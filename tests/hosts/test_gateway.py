@@ -111,17 +111,7 @@ def post(
     url: str, key: str | None, body: dict[str, Any], timeout: float = 30
 ) -> tuple[int | None, str]:
     """(status, body) of a JSON POST from this machine."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    request.add_header("Content-Type", "application/json")
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError as error:
-        return None, str(error)
+    return http(url, key, timeout, body)
 
 
 def chat(model: str = "chat", **extra: Any) -> dict[str, Any]:

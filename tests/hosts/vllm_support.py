@@ -96,9 +96,15 @@ def deploy(inventory: Path, *args: str) -> PyinfraRun:
     return run_pyinfra(inventory, DEPLOY, args=args, timeout=900)
 
 
-def http(url: str, key: str | None = None, timeout: float = 5) -> tuple[int | None, str]:
-    """(status, body) of a GET from this machine (the bridge reaches every test host)."""
-    request = urllib.request.Request(url)
+def http(
+    url: str, key: str | None = None, timeout: float = 5, body: Any = None
+) -> tuple[int | None, str]:
+    """(status, body) of a GET from this machine (the bridge reaches every test host), or of
+    a POST of `body` as JSON when one is given."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
