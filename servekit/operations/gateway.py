@@ -14,12 +14,10 @@ standard input and is never shown, not even as a diff in `--dry` (which names th
 
 from __future__ import annotations
 
-import hashlib
-
 from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
-from pyinfra.facts.files import Directory, File, Sha256File
+from pyinfra.facts.files import Directory
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from servekit.gateway.checks import new_pools_answer_script
@@ -28,15 +26,16 @@ from servekit.gateway.layout import GATEWAY
 from servekit.operations.common import Commands
 from servekit.operations.debian import install_missing
 from servekit.operations.hoststate import announce
+from servekit.operations.staged import (
+    file_differs,
+    stage_command,
+    swap_and_check,
+)
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
 
 PACKAGES = ("haproxy", "socat")
 """Debian's HAProxy, and socat for its admin socket (rollouts drain replicas through it)."""
-STAGED = ".servekit-new"
-"""Suffix of a file written but not yet in place."""
-KEPT = ".servekit-old"
-"""Suffix of the previous file while the new configuration is checked."""
 
 
 @operation()
@@ -77,55 +76,20 @@ def gateway_directory() -> Commands:
     yield f"install -d -m 0750 -o root -g {q(GATEWAY.group)} {q(path)}"
 
 
-def file_differs(rendered: RenderedFile) -> bool:
-    """Whether the host's file differs from `rendered` (content, mode or owner)."""
-    current = host.get_fact(File, path=rendered.path)
-    if not current:
-        return True
-    if (current.get("mode"), current.get("user"), current.get("group")) != (
-        int(rendered.mode.lstrip("0") or "0"),
-        rendered.user,
-        rendered.group,
-    ):
-        return True
-    digest = hashlib.sha256(rendered.content.encode()).hexdigest()
-    return bool(host.get_fact(Sha256File, path=rendered.path) != digest)
-
-
-def stage_command(rendered: RenderedFile) -> str:
-    """Shell: standard input into `PATH.servekit-new` with the file's mode and owner, never
-    readable beyond them (umask 077 until chmod)."""
-    staged = rendered.path + STAGED
-    return (
-        f"umask 077 && cat > {q(staged)} && chown {q(rendered.user)}:{q(rendered.group)} "
-        f"{q(staged)} && chmod {q(rendered.mode)} {q(staged)}"
-    )
-
-
 def swap_and_check_command(paths: list[str], config: str) -> str:
-    """Shell: keep each current file as `PATH.servekit-old`, move the staged ones in, check the
-    configuration; on success drop the kept files, else put them back (a file new in this run
-    is removed) and fail naming where HAProxy found the error (file and line, not the line)."""
-    keep = " && ".join(
-        f"{{ if [ -e {q(p)} ]; then cp -p {q(p)} {q(p + KEPT)}; else rm -f {q(p + KEPT)}; fi; }}"
-        for p in paths
-    )
-    move = " && ".join(f"mv -f {q(p + STAGED)} {q(p)}" for p in paths)
-    drop = " ".join(q(p + KEPT) for p in paths)
-    restore = "; ".join(
-        f"if [ -e {q(p + KEPT)} ]; then mv -f {q(p + KEPT)} {q(p)}; else rm -f {q(p)}; fi"
-        for p in paths
-    )
+    """Shell: the staged files in, checked with `haproxy -c`; refused, the previous ones back
+    and a failure naming where HAProxy found the error (file and line, never the line: the
+    configuration holds the engines' key)."""
     where = (
         f"haproxy -c -f {q(config)} 2>&1 | grep -o 'parsing \\[[^]]*\\]' | sort -u | tr '\\n' ' '"
     )
-    return (
-        f"{keep} && {move} && if haproxy -c -q -f {q(config)} >/dev/null 2>&1; "
-        f"then rm -f {drop}; else where=$({where}); {restore}; "
+    explain = (
+        f"where=$({where}); "
         "printf '%s\\n' \"servekit: HAProxy refused the new gateway configuration "
         "(${where:-see haproxy -c}); the previous files are back in place and the running "
-        'gateway keeps its configuration" >&2; false; fi'
+        'gateway keeps its configuration" >&2'
     )
+    return swap_and_check(paths, f"haproxy -c -q -f {q(config)} >/dev/null 2>&1", explain)
 
 
 @operation()

@@ -21,8 +21,8 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from servekit.monitoring.layout import MONITORING, MonitoringLayout
 from servekit.operations.common import Commands
 from servekit.operations.debian import install_missing
-from servekit.operations.gateway import KEPT, STAGED, file_differs, stage_command
 from servekit.operations.hoststate import announce
+from servekit.operations.staged import file_differs, stage_command, swap_and_check
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
 
@@ -81,25 +81,14 @@ def check_command(layout: MonitoringLayout = MONITORING) -> str:
 
 
 def swap_and_check_command(paths: list[str], check: str) -> str:
-    """Shell: keep each current file as `PATH.servekit-old`, move the staged ones in, run
-    `check`; on success drop the kept files, else put them back (a file new in this run is
-    removed) and fail saying so."""
-    keep = " && ".join(
-        f"{{ if [ -e {q(p)} ]; then cp -p {q(p)} {q(p + KEPT)}; else rm -f {q(p + KEPT)}; fi; }}"
-        for p in paths
-    )
-    move = " && ".join(f"mv -f {q(p + STAGED)} {q(p)}" for p in paths)
-    restore = "; ".join(
-        f"if [ -e {q(p + KEPT)} ]; then mv -f {q(p + KEPT)} {q(p)}; else rm -f {q(p)}; fi"
-        for p in paths
-    )
-    drop = " ".join(q(p + KEPT) for p in paths)
-    return (
-        f"{keep} && {move} && if {check}; then rm -f {drop}; else {restore}; "
+    """Shell: the staged files in, checked by `check`; refused, the previous ones back and a
+    failure saying so."""
+    explain = (
         "printf '%s\\n' 'servekit: promtool or amtool refused the new monitoring "
         "configuration; the previous files are back in place (run promtool check config "
-        f"{MONITORING.prometheus_config} on the host to see why)' >&2; false; fi"
+        f"{MONITORING.prometheus_config} on the host to see why)' >&2"
     )
+    return swap_and_check(paths, check, explain)
 
 
 @operation()

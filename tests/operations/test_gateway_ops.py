@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from servekit.operations.gateway import KEPT, STAGED, swap_and_check_command
+from servekit.operations.gateway import swap_and_check_command
+from servekit.operations.staged import KEPT, STAGED
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
 

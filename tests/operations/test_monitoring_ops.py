@@ -26,8 +26,8 @@ from pyinfra.api.operations import run_ops
 from servekit.deploys.monitoring import monitoring_host
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
 from servekit.monitoring import MONITORING, MonitoringLayout, monitoring_files
-from servekit.operations.gateway import KEPT, STAGED
 from servekit.operations.monitoring import PACKAGES, check_command, swap_and_check_command
+from servekit.operations.staged import KEPT, STAGED
 from servekit.placement import plan_fleet
 from servekit.spec import Fleet, Gpu, Monitoring, SecretRef, Serve, SshHost
 
