@@ -93,3 +93,15 @@ def refuse_control(value: str, what: str) -> str:
     if CONTROL.search(value):
         raise ValueError(f"{what} contains a control character: {value!r}")
     return value
+
+
+def poll_until_zero(count: str, timeout: int, late: str) -> str:
+    """sh: run `count` (a command printing a number) every second until it prints 0; once
+    `timeout` s have passed, print `servekit: <late>` and go on. `late` is fixed text (no
+    declared value) and may use `$n`, the last count."""
+    return (
+        f"end=$(( $(date +%s) + {int(timeout)} )); "
+        f'while n=$({count}); [ "$n" -gt 0 ]; do '
+        f'if [ "$(date +%s)" -ge "$end" ]; then echo "servekit: {late}"; break; fi; '
+        "sleep 1; done; "
+    )

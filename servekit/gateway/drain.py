@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from servekit.gateway.haproxy import pools, server_address
 from servekit.hostplan import GatewayHost
+from servekit.shell import poll_until_zero
 from servekit.shell import quote as q
 
 SOCAT = "socat"
@@ -84,17 +85,6 @@ def _column(names: list[str], reduce: str) -> str:
     )
 
 
-def _wait(count: str, timeout: int, late: str) -> str:
-    """sh: poll `count` (a command printing a number) every second until it prints 0, or say
-    `late` ($n: the last count) once `timeout` s have passed."""
-    return (
-        f"end=$(( $(date +%s) + {int(timeout)} )); "
-        f'while n=$({count}); [ "$n" -gt 0 ]; do '
-        f'if [ "$(date +%s)" -ge "$end" ]; then echo "servekit: {late}"; break; fi; '
-        "sleep 1; done; "
-    )
-
-
 def drain_script(targets: list[Target], socket: str, timeout: int) -> str:
     """sh: drain the targets, then wait (at most `timeout` s) until their requests finished."""
     names = [t.name for t in targets]
@@ -104,7 +94,7 @@ def drain_script(targets: list[Target], socket: str, timeout: int) -> str:
         _prelude(socket)
         + f"{sets}; "
         + f"echo {q('servekit: draining ' + ', '.join(names) + ' at the gateway')}; "
-        + _wait(_column(names, "r += $5"), timeout, late + "restarting anyway")
+        + poll_until_zero(_column(names, "r += $5"), timeout, late + "restarting anyway")
         + "echo 'servekit: drained'"
     )
 
@@ -118,6 +108,6 @@ def enable_script(targets: list[Target], socket: str, timeout: int = READY_TIMEO
     return (
         _prelude(socket)
         + f"{sets}; "
-        + _wait(_column(names, "if ($18 !~ /^UP/) r += 1"), timeout, late)
+        + poll_until_zero(_column(names, "if ($18 !~ /^UP/) r += 1"), timeout, late)
         + f"echo {q('servekit: ' + ', '.join(names) + ' back in rotation at the gateway')}"
     )

@@ -34,6 +34,7 @@ from servekit.operations.gateway_drain import ollama_will_restart
 from servekit.operations.ollama import answer_and_sync, release
 from servekit.operations.rendered import any_changed, put
 from servekit.render import HostFacts
+from servekit.shell import poll_until_zero
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,9 @@ def requests_in_flight_wait(timeout: int = RETIRE_WAIT_S) -> str:
         f"port=$(systemctl show -p Environment --value {ollama.UNIT} | tr ' ' '\\n' "
         "| sed -n 's/^OLLAMA_HOST=.*:\\([0-9][0-9]*\\)$/\\1/p'); port=${port:-11434}; "
         "command -v ss >/dev/null || exit 0; "
-        f"end=$(( $(date +%s) + {int(timeout)} )); "
-        'while n=$(ss -Htn state established "( sport = :$port )" | wc -l); [ "$n" -gt 0 ]; do '
-        'if [ "$(date +%s)" -ge "$end" ]; then echo "servekit: $n requests still open on '
-        "Ollama after " + str(int(timeout)) + ' s: stopping it anyway"; break; fi; sleep 1; done'
+        + poll_until_zero(
+            'ss -Htn state established "( sport = :$port )" | wc -l',
+            timeout,
+            f"$n requests still open on Ollama after {int(timeout)} s: stopping it anyway",
+        )
     )
