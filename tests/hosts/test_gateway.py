@@ -6,7 +6,6 @@ minute). The tests run in order on the same hosts.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
@@ -27,6 +26,7 @@ from hostbench.plugin import HostFactory
 from hostbench.pyinfra_run import PYINFRA
 from standins import build as standin_build
 from standins.build import build_vllm_wheel
+from standins.gateway import parse_show_stat
 from vllm_support import (
     ROOT,
     deploy,
@@ -265,11 +265,13 @@ class Load:
     """`servekit bench` through the gateway, in the background: `users` clients streaming
     short chat completions for `duration` seconds, every request recorded (`--json`)."""
 
-    def __init__(self, fleet: Fleet, duration: int, users: int = 32, model: str = "chat") -> None:
-        self.out = fleet.workdir / f"bench-{time.time_ns()}.json"
-        key = secret(fleet.workdir, "alice.key", ALICE)
+    def __init__(
+        self, url: str, workdir: Path, duration: int, users: int = 32, model: str = "chat"
+    ) -> None:
+        self.out = workdir / f"bench-{time.time_ns()}.json"
+        key = secret(workdir, "alice.key", ALICE)
         argv = [
-            str(SERVEKIT), "bench", fleet.url(""), "concurrent", "--users", str(users),
+            str(SERVEKIT), "bench", url, "concurrent", "--users", str(users),
             "--duration", f"{duration}s", "--model", model, "--api-key-file", str(key),
             "--endpoint", "chat", "--input-len", "32", "--output-len", "64", "--timeout", "60",
             "--json", str(self.out), "--quiet",
@@ -304,13 +306,8 @@ def gateway_servers(fleet: Fleet) -> dict[str, dict[str, str]]:
     text = fleet.g.run(
         "echo 'show stat' | socat -t 5 stdio unix-connect:/run/haproxy/admin.sock"
     ).stdout
-    rows = list(csv.reader(text.removeprefix("# ").splitlines()))
-    header = rows[0]
-    return {
-        row[header.index("addr")]: dict(zip(header, row, strict=False))
-        for row in rows[1:]
-        if row and row[1] not in ("FRONTEND", "BACKEND") and row[0].startswith("pool")
-    }
+    rows = parse_show_stat(text).values()
+    return {row["addr"]: row for row in rows if row["pxname"].startswith("pool")}
 
 
 def vllm_unit(host: BenchHost) -> str:
@@ -319,7 +316,7 @@ def vllm_unit(host: BenchHost) -> str:
 
 
 def test_killing_a_replica_under_load_fails_only_its_streams(fleet: Fleet) -> None:
-    load = Load(fleet, duration=40)
+    load = Load(fleet.url(""), fleet.workdir, duration=40)
     time.sleep(12)
     address = f"{fleet.a.address}:8000"
     streaming = int(gateway_servers(fleet)[address]["scur"])
@@ -349,7 +346,7 @@ def test_a_rolling_upgrade_through_the_gateway_fails_no_request(
     monkeypatch.setattr(standin_build, "VLLM_VERSION", "0.33.2")
     fleet.index.add(standin_build.build_vllm_wheel(fleet.workdir / "wheels-0.33.2"))
     inventory = fleet.inventory(version="0.33.2")
-    load = Load(fleet, duration=180)
+    load = Load(fleet.url(""), fleet.workdir, duration=180)
     time.sleep(5)
     run = deploy(inventory).check()
     assert load.running(), "the load ended before the rollout did: make it longer"

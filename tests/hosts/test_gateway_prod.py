@@ -76,11 +76,6 @@ class Prod:
     def run(self, inventory: Path, *deploys: str) -> PyinfraRun:
         return run_pyinfra(inventory, *(DEPLOYS[d] for d in deploys), timeout=1200)
 
-    # the attributes `Load` reads of a fleet
-    @property
-    def g(self) -> BenchHost:
-        return self.p0
-
     def url(self, path: str) -> str:
         return f"http://{self.p0.address}:8080{path}"
 
@@ -136,7 +131,7 @@ def test_prod_is_served_end_to_end(prod: Prod) -> None:
 
 def test_an_ollama_upgrade_under_load_fails_no_request(prod: Prod) -> None:
     inventory = prod.inventory("ollama", ollama=OLLAMA_NEW)
-    load = Load(prod, duration=150, users=16, model=TAG)  # type: ignore[arg-type]
+    load = Load(prod.url(""), prod.workdir, duration=150, users=16, model=TAG)
     run = prod.run(inventory, "ollama").check()
     assert load.running(), "the load ended before the upgrade did: make it longer"
     result = load.result()
@@ -155,7 +150,7 @@ def test_an_ollama_upgrade_under_load_fails_no_request(prod: Prod) -> None:
 
 def test_moving_a_model_from_ollama_to_vllm_fails_no_request(prod: Prod) -> None:
     inventory = prod.inventory("vllm")
-    load = Load(prod, duration=150, users=16, model=TAG)  # type: ignore[arg-type]
+    load = Load(prod.url(""), prod.workdir, duration=150, users=16, model=TAG)
     run = prod.run(inventory, "vllm", "gateway", "ollama").check()
     assert load.running(), "the load ended before the move did: make it longer"
     result = load.result()

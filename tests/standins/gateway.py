@@ -41,7 +41,12 @@ def runtime(socket_path: str, command: str) -> str:
 
 def servers(socket_path: str) -> dict[str, dict[str, str]]:
     """`backend/server` -> its `show stat` row (by column name), servers only."""
-    rows = csv.reader(runtime(socket_path, "show stat").removeprefix("# ").splitlines())
+    return parse_show_stat(runtime(socket_path, "show stat"))
+
+
+def parse_show_stat(text: str) -> dict[str, dict[str, str]]:
+    """`backend/server` -> its row (by column name) of a `show stat` answer, servers only."""
+    rows = csv.reader(text.removeprefix("# ").splitlines())
     header = next(rows)
     return {
         f"{row[0]}/{row[1]}": dict(zip(header, row, strict=False))
