@@ -73,7 +73,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("facts", ("servekit.facts", "servekit.host_scripts")),
     ("operations", ("servekit.operations",)),
     ("deploys", ("servekit.deploys", "servekit.fleetfile", "servekit.inventory")),
-    ("tools", ("servekit.cloud", "servekit.bench", "servekit.cli")),
+    (
+        "tools",
+        ("servekit.cloud", "servekit.bench", "servekit.cli", "servekit.doctor", "servekit.status"),
+    ),
 ]
 SCRIPTS = ("servekit.host_scripts", "servekit.deploys.host_scripts", "servekit.cuda_check")
 """Programs uploaded to hosts and run there (stdlib only), not imported."""
