@@ -759,3 +759,18 @@ def test_wheel_installs_with_uv(tmp_path: Path) -> None:
         timeout=20,
     )
     assert out.stdout.strip() == "0.33.0"
+
+
+def test_startup_numbers_logged_as_vllm_does(tmp_path: Path) -> None:
+    """The lines `servekit doctor` reads from the journal: KV tokens from the blocks the stand-in
+    has (VLLM_STANDIN_KV_BLOCKS x block size), concurrency for max_model_len, weights loaded."""
+    port = h.free_port()
+    argv = h.vllm_argv("serve", "org/m", "--port", str(port), "--max-model-len", "4096")
+    proc = h.Proc(argv, h.vllm_env(VLLM_STANDIN_KV_BLOCKS="1000"), tmp_path, "profile")
+    try:
+        proc.wait_log(READY)
+        assert "[kv_cache_utils.py] GPU KV cache size: 16,000 tokens" in proc.stderr
+        assert "Maximum concurrency for 4,096 tokens per request: 3.91x" in proc.stderr
+        assert "[gpu_model_runner.py] Model loading took 0.0000 GiB" in proc.stderr
+    finally:
+        proc.stop()

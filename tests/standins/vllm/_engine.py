@@ -98,6 +98,18 @@ def chat_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return total
 
 
+PROFILE_FILE = "/etc/vllm-standin.conf"
+
+
+def _profile_file() -> dict[str, str]:
+    try:
+        with open(PROFILE_FILE) as handle:
+            pairs = [line.strip().split("=", 1) for line in handle if "=" in line]
+    except OSError:
+        return {}
+    return {k: v for k, v in pairs if k.startswith("VLLM_STANDIN_")}
+
+
 def _env_float(name: str, default: float | None) -> float | None:
     raw = os.environ.get(name, "").strip()
     return float(raw) if raw else default
@@ -113,12 +125,18 @@ class Knobs:
     fail_after_tokens: int | None = None
     eos_after: int | None = None
     chunk_log: str | None = None
+    kv_blocks: int = 8192
 
     @classmethod
     def from_env(cls) -> Knobs:
+        """The knobs from the environment, then from PROFILE_FILE (KEY=VALUE lines, the same
+        names), which host tests write on a test host to change a unit's profile."""
+        for key, value in _profile_file().items():
+            os.environ.setdefault(key, value)
         fail = _env_float("VLLM_STANDIN_FAIL_AFTER_TOKENS", None)
         eos = _env_float("VLLM_STANDIN_EOS_AFTER", None)
         return cls(
+            kv_blocks=int(_env_float("VLLM_STANDIN_KV_BLOCKS", 8192) or 8192),
             startup_delay=_env_float("VLLM_STANDIN_STARTUP_DELAY", 0.5) or 0.0,
             ttft=_env_float("VLLM_STANDIN_TTFT", 0.05) or 0.0,
             tokens_per_s=_env_float("VLLM_STANDIN_TOKENS_PER_S", 200.0) or 0.0,

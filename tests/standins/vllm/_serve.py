@@ -264,7 +264,8 @@ def run_serve(ns: argparse.Namespace) -> int:
         return _run(_worker(master_addr, master_port, ns.node_rank, nnodes))
     effective = _effective(ns, model, served, max_len, keys, knobs)
     block_size = _int_or(ns.block_size, 16)
-    num_blocks = _int_or(ns.num_gpu_blocks_override, 8192)
+    num_blocks = _int_or(ns.num_gpu_blocks_override, knobs.kv_blocks)
+    _log_profile(weights, block_size * num_blocks, max_len)
     cache_info = {
         "block_size": str(block_size),
         "cache_dtype": ns.kv_cache_dtype or "auto",
@@ -288,6 +289,19 @@ def run_serve(ns: argparse.Namespace) -> int:
     api = Api(engine, served, model, keys)
     head = Head(master_addr, master_port, nnodes) if nnodes > 1 else None
     return _run(_head(ns, api, head, knobs, effective))
+
+
+def _log_profile(weights: Path | None, kv_tokens: int, max_len: int) -> None:
+    """The startup numbers vLLM 0.33 logs (gpu_model_runner.py, kv_cache_utils.py), from the
+    stand-in's own state: the bytes of the weights folder it "loaded" and the KV blocks it has."""
+    size = sum(f.stat().st_size for f in weights.rglob("*") if f.is_file()) if weights else 0
+    log("INFO", "gpu_model_runner.py", f"Model loading took {size / 2**30:.4f} GiB and 0.5 seconds")
+    log("INFO", "kv_cache_utils.py", f"GPU KV cache size: {kv_tokens:,} tokens")
+    log(
+        "INFO",
+        "kv_cache_utils.py",
+        f"Maximum concurrency for {max_len:,} tokens per request: {kv_tokens / max_len:.2f}x",
+    )
 
 
 def _run(coro: Any) -> int:
