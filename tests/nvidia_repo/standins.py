@@ -35,7 +35,8 @@ def _text(name: str, **values: str) -> bytes:
     return text.encode()
 
 
-def _libcuda(version: str, work: Path) -> bytes:
+def libcuda_library(version: str, work: Path) -> bytes:
+    """The test libcuda.so.1 of driver `version` (tests/nvidia_repo/files/libcuda.c), built."""
     out = work / f"libcuda-{version}.so.1"
     subprocess.run(
         ["gcc", "-shared", "-fPIC", "-O2", f'-DVERSION="{version}"', "-o", str(out),
@@ -87,7 +88,7 @@ def driver_packages(version: str, work: Path) -> list[Deb]:
             "libcuda1",
             v,
             files=[
-                DebFile("/usr/lib/x86_64-linux-gnu/libcuda.so.1", _libcuda(version, work), 0o755)
+                DebFile("/usr/lib/x86_64-linux-gnu/libcuda.so.1", libcuda_library(version, work), 0o755)
             ],
             postinst="ldconfig",
         ),
