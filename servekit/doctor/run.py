@@ -30,7 +30,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from servekit.doctor.groups import GROUPS
 from servekit.doctor.result import Check, HostFindings
-from servekit.errors import FleetError
+from servekit.errors import FleetError, Problem
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
 
 LOCAL = "@local"
@@ -61,31 +61,31 @@ def local_inventory(fleet: Path | None) -> Inventory:
 
 
 def file_inventory(path: Path) -> Inventory:
-    """The inventory file run as `pyinfra INVENTORY ...` runs it (its groups carry each host's
-    servekit plan: servekit/inventory.py)."""
-    from pyinfra_cli.inventory import make_inventory
+    """The hosts and groups an inventory file gives pyinfra (`pyinfra_groups`: each host's
+    servekit plan and SSH settings). Loaded as `servekit plan` loads it: doctor reads no
+    secret, so the secret files need not be on this machine. (pyinfra's own loader,
+    pyinfra_cli, is not used: importing it monkey-patches the whole process for gevent.)"""
+    from servekit.inventory import _loading_offline, load_fleet, pyinfra_groups
 
-    from servekit.inventory import _loading_offline
-
-    if not path.is_file():
-        raise _missing(path)
-    # doctor reads no secret (like `servekit plan`): the secret files need not be here
+    fleet = load_fleet(path)
     with _loading_offline():
-        inventory: Inventory = make_inventory(str(path))
-    return inventory
-
-
-def _missing(path: Path) -> FleetError:
-    from servekit.errors import Problem
-
-    return FleetError([Problem("inventory", f"{path} does not exist", "give an inventory file")])
+        groups = pyinfra_groups(fleet)
+    hosts: dict[str, dict[str, Any]] = {}
+    for entries in groups:
+        for name, data in entries:
+            hosts.setdefault(name, data)
+    names = [(name, data) for name, data in hosts.items()]
+    members = {
+        group: ([name for name, _ in entries], {}) for group, entries in groups._asdict().items()
+    }
+    return Inventory((names, {}), **members)  # type: ignore[no-untyped-call]
 
 
 def load(request: Request) -> Inventory:
     if request.local:
         return local_inventory(request.fleet)
     if request.inventory is None:
-        raise _missing(Path("(none given)"))
+        raise FleetError([Problem("inventory", "none given", "give an inventory, or --local")])
     return file_inventory(request.inventory)
 
 

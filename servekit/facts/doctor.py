@@ -193,14 +193,16 @@ class DiskUsage(TypedDict):
 
 
 def parse_disk(lines: list[str]) -> DiskUsage | None:
-    """`df -Pk` of the path's nearest existing directory (its last line), then `du -sk` of it."""
-    df = [line for line in lines if line.startswith("/") or line.split()[:1] == ["df"]]
-    du = [line for line in lines if line.startswith("du ")]
-    fields = df[-1].split() if df else []
+    """`df -Pk` of the path's nearest existing directory (its last line: device, 1024-blocks,
+    used, available, capacity, mount), then `du N` (KiB under the path) when it exists."""
+    df = [line.split() for line in lines if not line.startswith("du ")]
+    du = [line.split() for line in lines if line.startswith("du ")]
+    fields = df[-1] if df else []
     if len(fields) < 6 or not fields[3].isdigit():
         return None
-    used = int(du[-1].split()[1]) * 1024 if du and du[-1].split()[1].isdigit() else 0
-    return {"mount": fields[5], "free_bytes": int(fields[3]) * 1024, "used_below_bytes": used}
+    used = int(du[-1][1]) * 1024 if du and len(du[-1]) > 1 and du[-1][1].isdigit() else 0
+    mount = " ".join(fields[5:])
+    return {"mount": mount, "free_bytes": int(fields[3]) * 1024, "used_below_bytes": used}
 
 
 class DiskSpace(FactBase[DiskUsage | None]):

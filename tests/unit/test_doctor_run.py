@@ -1,0 +1,123 @@
+"""`servekit doctor` end to end on this machine: pyinfra's @local, an inventory file whose host
+cannot be reached, --host limits, a group that raises, and the command's exit status."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pyinfra.facts.server import Hostname
+from typer.testing import CliRunner
+
+from servekit.cli import app
+from servekit.doctor import gpu
+from servekit.doctor.result import Check, HostFindings
+from servekit.doctor.run import Request, run
+
+INVENTORIES = Path(__file__).resolve().parents[2] / "inventories"
+
+
+def unreachable_inventory(tmp_path: Path) -> Path:
+    """inventories/single_a100.py with its host on a closed port here (refused at once); its
+    secret files do not exist here, which doctor does not need."""
+    text = (INVENTORIES / "single_a100.py").read_text()
+    text = text.replace('address="10.0.0.11",', 'address="127.0.0.1", ssh_port=1,')
+    path = tmp_path / "fleet.py"
+    path.write_text(text)
+    return path
+
+
+def module(name: str, **attributes: Any) -> ModuleType:
+    group = ModuleType(name)
+    group.__dict__.update(attributes)
+    return group
+
+
+def test_local_without_a_fleet_runs_the_checks_that_need_none() -> None:
+    (local,) = run(Request(local=True))
+    assert local.host == "@local"
+    checks = {c.check: c for c in local.checks}
+    assert checks["system checks"].verdict == "skip"
+    assert "no fleet declaration" in checks["system checks"].found
+    if not Path("/dev/nvidiactl").exists():  # this machine has no NVIDIA GPU
+        assert checks["GPUs"].verdict == "skip"
+
+
+def test_local_with_a_fleet_file_gets_its_localhost_plan() -> None:
+    """A group gets the fleet file's LocalHost plan and reads a real fact through pyinfra."""
+    seen: list[Any] = []
+
+    def gather(host: Any, plan: Any, findings: HostFindings) -> None:
+        seen.append(plan)
+        findings.checks.append(Check(host.name, "probe", "-", host.get_fact(Hostname), "ok"))
+
+    probe = module("probe", GROUP="probe", gather=gather)
+    (local,) = run(Request(local=True, fleet=INVENTORIES / "laptop.py"), groups=[probe])
+    assert seen[0] is not None and seen[0].connection == "local"
+    assert [c.found for c in local.checks] == [socket.gethostname()]
+
+
+def test_an_unreachable_host_is_a_fail_row(tmp_path: Path) -> None:
+    (gpu1,) = run(Request(inventory=unreachable_inventory(tmp_path)))
+    (row,) = gpu1.checks
+    assert (row.host, row.check, row.verdict) == ("gpu1", "connect", "fail")
+    assert "Unable to connect to port 1 on 127.0.0.1" in row.found
+    assert "address" in row.fix
+
+
+def test_host_limit_and_an_unknown_host(tmp_path: Path) -> None:
+    found = run(Request(inventory=unreachable_inventory(tmp_path), hosts=("nope",)))
+    assert [(f.host, [c.verdict for c in f.checks]) for f in found] == [("nope", ["fail"])]
+    assert found[0].checks[0].found == "not in the inventory (gpu1)"
+
+
+def test_a_group_that_raises_is_a_fail_row_and_the_others_still_run() -> None:
+    def broken(host: Any, plan: Any, findings: HostFindings) -> None:
+        raise RuntimeError("unexpected answer")
+
+    groups = [module("broken", GROUP="broken", gather=broken, PLAN_OPTIONAL=True), gpu]
+    (local,) = run(Request(local=True), groups=groups)
+    first = local.checks[0]
+    assert (first.check, first.verdict) == ("broken checks", "fail")
+    assert first.found == "RuntimeError: unexpected answer"
+    assert any(c.check.startswith("GPU") for c in local.checks[1:])
+
+
+def test_across_rows_are_filed_under_their_host() -> None:
+    def gather(host: Any, plan: Any, findings: HostFindings) -> None:
+        findings.facts["cmp"] = 1
+
+    def across(plans: Any, findings: Any) -> list[Check]:
+        return [Check(name, "compared", "-", str(sorted(plans)), "ok") for name in findings]
+
+    group = module("cmp", GROUP="cmp", gather=gather, across=across)
+    (local,) = run(Request(local=True, fleet=INVENTORIES / "laptop.py"), groups=[group])
+    assert [(c.check, c.found) for c in local.checks] == [("compared", "['@local']")]
+
+
+def test_the_command_exits_1_on_a_failure_and_prints_json(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["doctor", str(unreachable_inventory(tmp_path)), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["failed"] is True and report["counts"]["fail"] == 1
+    assert report["hosts"][0]["checks"][0]["check"] == "connect"
+
+
+def test_the_command_passes_on_this_machine_and_refuses_bad_arguments() -> None:
+    result = CliRunner().invoke(app, ["doctor", "--local"])
+    if not Path("/dev/nvidiactl").exists():
+        assert result.exit_code == 0, result.output
+        assert "doctor passed: 1 host(s)" in result.stdout
+    assert CliRunner().invoke(app, ["doctor"]).exit_code == 2
+    assert CliRunner().invoke(app, ["doctor", "x.py", "--local"]).exit_code == 2
+    assert CliRunner().invoke(app, ["doctor", "x.py", "--fleet", "f.py"]).exit_code == 2
+
+
+def test_a_missing_inventory_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["doctor", str(tmp_path / "none.py")])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+    assert isinstance(result.exception, SystemExit)
