@@ -158,8 +158,9 @@ class KernelXidLog(FactBase[KernelXids]):
     def command(self) -> str:
         xid = "grep -a 'NVRM: Xid' | tail -n 200"
         return (
-            "if command -v journalctl >/dev/null 2>&1 && journalctl -k -b -q --no-pager -n 1 "
-            f">/dev/null 2>&1; then echo {XID_SOURCE}journal; "
+            # a booted kernel has logged something: an empty answer is no journal at all
+            'if command -v journalctl >/dev/null 2>&1 && [ -n "$(journalctl -k -b -q '
+            f'--no-pager -n 1 2>/dev/null)" ]; then echo {XID_SOURCE}journal; '
             f"journalctl -k -b -q --no-pager -o cat 2>/dev/null | {xid}; "
             f"elif dmesg >/dev/null 2>&1; then echo {XID_SOURCE}dmesg; dmesg | {xid}; "
             f"else echo {XID_SOURCE}none; fi; true"

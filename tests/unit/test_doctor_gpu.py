@@ -286,3 +286,28 @@ def test_the_inline_cuda_check_runs_here_without_an_upload() -> None:
     result = CudaCheck().process(shell(command))
     assert result["sandbox"] == "none" and result["ok"] is False
     assert str(result["error"]).startswith("libcuda.so.1: ")
+
+
+def stub(directory: Path, name: str, script: str) -> None:
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def test_xid_command_reads_the_journal_else_dmesg_else_says_none(tmp_path: Path) -> None:
+    """The fact's command here, with journalctl and dmesg stand-ins printing the driver's
+    format: an empty journal (no systemd) is not read as 'no Xid'."""
+    line = (DOCTOR / "journal-xid-79.txt").read_text().splitlines()[1]
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    stub(tmp_path, "journalctl", f"echo 'kernel: Linux version 6.8'; echo '{line}'")
+    stub(tmp_path, "dmesg", "exit 1")
+    journal = KernelXidLog().process(shell(KernelXidLog().command(), env))
+    assert journal == {
+        "source": "journal",
+        "events": [{"pci": "0000:4e:00", "xid": 79, "text": "GPU has fallen off the bus."}],
+    }
+    stub(tmp_path, "journalctl", "exit 0")
+    assert KernelXidLog().process(shell(KernelXidLog().command(), env))["source"] == "none"
+    stub(tmp_path, "dmesg", f"echo '[  12.5] {line}'")
+    ring = KernelXidLog().process(shell(KernelXidLog().command(), env))
+    assert ring["source"] == "dmesg" and ring["events"][0]["xid"] == 79

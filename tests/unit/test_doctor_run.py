@@ -4,7 +4,10 @@ cannot be reached, --host limits, a group that raises, and the command's exit st
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -121,3 +124,59 @@ def test_a_missing_inventory_file_is_an_error_not_a_traceback(tmp_path: Path) ->
     assert result.exit_code == 1
     assert "does not exist" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+ACCEPTANCE = Path(__file__).resolve().parents[1] / "gpu" / "acceptance.sh"
+H200 = Path(__file__).resolve().parents[1] / "data/gpu-hosts/h200-ubuntu2404"
+
+
+def test_the_acceptance_script_parses() -> None:
+    subprocess.run(["bash", "-n", str(ACCEPTANCE)], check=True)
+
+
+def test_the_acceptance_script_stops_clearly_without_nvidia_smi(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["/bin/bash", str(ACCEPTANCE), str(tmp_path / "out")],
+        env={"PATH": str(tmp_path)},  # nothing on PATH: no nvidia-smi
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: nvidia-smi not found: run this on a machine with")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_acceptance_script_records_a_machine(tmp_path: Path) -> None:
+    """With an nvidia-smi stand-in that prints the real H200's recordings: every file is
+    written in the fixture format and doctor's JSON is complete (its CUDA row fails here:
+    no libcuda on this machine)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        f"D={H200}\n"
+        'case "$*" in\n'
+        '  "-q -x") f=nvidia-smi-qx.txt;; "-q") f=nvidia-smi-q.txt;;\n'
+        '  "nvlink -s") f=nvidia-smi-nvlink.txt;;\n'
+        "  --query-gpu=*nounits) f=nvidia-smi-query-nounits.txt;;\n"
+        "  *) f=nvidia-smi-query.txt;;\n"
+        "esac\n"
+        "sed '1d;$d' \"$D/$f\"\n"
+    )
+    smi.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [str(ACCEPTANCE), str(out)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("proc-devices.txt", "nvidia-smi-q.txt", "cuda-check-sandboxed.txt"):
+        lines = (out / name).read_text().splitlines()
+        assert lines[0].startswith("$ ") and lines[-1].startswith("[rc="), name
+    assert (out / "nvidia-smi-qx.txt").read_text() == (H200 / "nvidia-smi-qx.txt").read_text()
+    report = json.loads((out / "doctor-local.json").read_text())
+    checks = {c["check"]: c for c in report["hosts"][0]["checks"]}
+    assert checks["GPUs"]["found"] == "1 × NVIDIA H200 (nothing declared to compare with)"
+    assert "servekit doctor --local exit status: 1" in (out / "README.md").read_text()
