@@ -74,8 +74,8 @@ def file_inventory(path: Path) -> Inventory:
     for entries in groups:
         for name, data in entries:
             hosts.setdefault(name, data)
-    names = [(name, data) for name, data in hosts.items()]
-    members = {
+    names = list(hosts.items())
+    members: dict[str, tuple[list[str], dict[str, Any]]] = {
         group: ([name for name, _ in entries], {}) for group, entries in groups._asdict().items()
     }
     return Inventory((names, {}), **members)  # type: ignore[no-untyped-call]
