@@ -103,8 +103,9 @@ def gpu_checks(host: str, target: GpuTarget, facts: GpuFacts) -> list[Check]:
     findings = nvidia.verify(
         target, smi, facts.fabric, facts.cuda, facts.nvswitch, device_allow=facts.device_allow
     )
+    expected = {**EXPECTED, **_expected_of(target)}
     rows = [
-        _row(host, f.check, EXPECTED.get(f.check, "-"), f.detail, f.ok, f.fix) for f in findings
+        _row(host, f.check, expected.get(f.check, "-"), f.detail, f.ok, f.fix) for f in findings
     ]
     rows += _bus_rows(host, facts)
     if facts.nvswitch:
@@ -115,6 +116,18 @@ def gpu_checks(host: str, target: GpuTarget, facts: GpuFacts) -> list[Check]:
     rows += [_ecc_row(host, facts.health), _clocks_row(host, facts.health)]
     rows.append(_xid_row(host, facts.xids))
     return rows
+
+
+def _expected_of(target: GpuTarget) -> dict[str, str]:
+    """The declared GPUs and the driver minimum in words, where the target has them."""
+    expected = {}
+    if target.declared and target.gpu_model:
+        expected["GPUs"] = f"{target.gpu_count} × {target.gpu_model} (the fleet's declaration)"
+    if target.minimum_drivers:
+        expected["driver version"] = "≥ " + ", ".join(
+            f"{m.version} ({m.reason})" for m in target.minimum_drivers
+        )
+    return expected
 
 
 def _bus_rows(host: str, facts: GpuFacts) -> list[Check]:

@@ -59,6 +59,14 @@ def h200_facts(**changes: object) -> GpuFacts:
     return GpuFacts(**{**facts, **changes})  # type: ignore[arg-type]
 
 
+def cuda_ok(devices: int) -> CudaCheckResult:
+    """A passing check's result on `devices` GPUs, in the engines' sandbox (constructed: the
+    H200's recorded result has one device)."""
+    result = {"ok": True, "error": None, "error_code": None, "devices": devices}
+    result |= {"driver_cuda_version": "13.0", "gpus": []}
+    return CudaCheck().process(["servekit-cuda-sandbox=systemd", json.dumps(result), ""])
+
+
 def a100_facts(**changes: object) -> GpuFacts:
     """The constructed 8 × A100 NVSwitch host, healthy."""
     facts = {
@@ -66,7 +74,7 @@ def a100_facts(**changes: object) -> GpuFacts:
         "pci_gpus": 8,
         "nvswitch": True,
         "fabric": FabricState().process(probed(A100 / "nvidia-smi-q.txt")),
-        "cuda": cuda(H200 / "cuda-driver-api-check.json"),
+        "cuda": cuda_ok(8),
         "fabric_manager": "active",
         "health": GpuHealthState().process(probed(A100 / "nvidia-smi-q.txt")),
         "nvlink": NvlinkStatus().process(probed(DOCTOR / "nvidia-smi-nvlink-8x.txt")),
@@ -106,6 +114,8 @@ def test_the_healthy_a100_nvswitch_host_passes_against_its_declaration() -> None
     assert [(r.check, r.verdict) for r in rows if r.verdict != "ok"] == [("ECC errors", "skip")]
     assert row(rows, "GPUs").found == "8 × NVIDIA A100-SXM4-80GB, as declared"
     assert row(rows, "NVSwitch fabric").found == "Completed on 8 GPUs"
+    assert row(rows, "CUDA").found.startswith("initialised 8 device(s), 1 MiB allocated on each")
+    assert row(rows, "driver version").expected == "≥ 580.65.06 (vLLM 0.33.0 (CUDA 13.0 build))"
     assert row(rows, "NVLink").found == "6 links up"
 
 
@@ -132,7 +142,8 @@ def test_a_gpu_fallen_off_the_bus() -> None:
     """GPU 3 (bus 4e) is gone: the driver lists 7 of 8, and the kernel logged Xid 79."""
     smi = NvidiaGpus().process(probed(DOCTOR / "nvidia-smi-query-a100-7of8.txt"))
     log = KernelXidLog().process(xids(DOCTOR / "journal-xid-79.txt"))
-    rows = gpu_checks("hgx1", a100_target(), a100_facts(smi=smi, xids=log))
+    rows = gpu_checks("hgx1", a100_target(), a100_facts(smi=smi, xids=log, cuda=cuda_ok(7)))
+    assert row(rows, "GPUs").expected == "8 × A100-SXM4-80GB (the fleet's declaration)"
     assert row(rows, "GPUs").found == (
         "the host has 7 × NVIDIA A100-SXM4-80GB; the fleet declares 8 × A100-SXM4-80GB"
     )
