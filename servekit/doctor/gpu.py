@@ -9,6 +9,7 @@ persistence, fabric and CUDA rows, so doctor and deploy say the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyinfra.api.host import Host
@@ -187,25 +188,42 @@ def _nvlink_row(host: str, links: list[NvlinkLink] | None, nvswitch: bool) -> Ch
     )
 
 
+def _health_row(
+    host: str,
+    check: str,
+    expected: str,
+    health: list[GpuHealth],
+    problem: Callable[[GpuHealth], str],
+    bad: tuple[Verdict, str],
+) -> Check:
+    """One row over every GPU's `nvidia-smi -q` health: `problem` says what is wrong with a GPU
+    ("" when nothing); `bad` is the verdict and fix when a GPU has a problem."""
+    problems = {g["bus_id"]: problem(g) for g in health}
+    found = "; ".join(f"{bus}: {text}" for bus, text in problems.items() if text)
+    if not found:
+        return Check(host, check, expected, f"none on {len(health)} GPUs", "ok")
+    return Check(host, check, expected, found, *bad)
+
+
 def _ecc_row(host: str, health: list[GpuHealth] | None) -> Check:
-    expected = "0 uncorrectable ECC errors since the driver loaded"
+    expected = "no uncorrectable ECC errors since the driver loaded"
     if health is None:
         return Check(host, "ECC errors", expected, "`nvidia-smi -q` failed", "warn")
-    counts = {g["bus_id"]: g["ecc_uncorrectable"] for g in health}
-    if all(count is None for count in counts.values()):
+    if all(g["ecc_uncorrectable"] is None for g in health):
         return Check(host, "ECC errors", expected, "ECC off or not reported on these GPUs", "skip")
-    bad = {bus: count for bus, count in counts.items() if count}
-    if not bad:
-        return Check(host, "ECC errors", expected, f"0 on {len(counts)} GPUs", "ok")
-    found = ", ".join(f"{bus}: {count}" for bus, count in bad.items())
-    return Check(
+    fix = (
+        "drain the host; `nvidia-smi -q -d ECC,ROW_REMAPPER`; reset the GPU (`nvidia-smi -r`) or "
+        "reboot; if errors come back, have the GPU replaced"
+    )
+    return _health_row(
         host,
         "ECC errors",
         expected,
-        f"uncorrectable (volatile) ECC errors on {found}",
-        "fail",
-        "drain the host; `nvidia-smi -q -d ECC,ROW_REMAPPER`; reset the GPU (`nvidia-smi -r`) or "
-        "reboot; if errors come back, have the GPU replaced",
+        health,
+        lambda g: (
+            f"{g['ecc_uncorrectable']} uncorrectable (volatile)" if g["ecc_uncorrectable"] else ""
+        ),
+        ("fail", fix),
     )
 
 
@@ -213,18 +231,14 @@ def _clocks_row(host: str, health: list[GpuHealth] | None) -> Check:
     expected = "no hardware or thermal slowdown"
     if health is None:
         return Check(host, "GPU clocks", expected, "`nvidia-smi -q` failed", "warn")
-    slowed = {g["bus_id"]: [r for r in g["clock_reasons"] if r in SLOWDOWN_REASONS] for g in health}
-    slowed = {bus: reasons for bus, reasons in slowed.items() if reasons}
-    if not slowed:
-        return Check(host, "GPU clocks", expected, f"none on {len(health)} GPUs", "ok")
-    found = "; ".join(f"{bus}: {', '.join(reasons)}" for bus, reasons in slowed.items())
-    return Check(
+    fix = "check cooling and power (`nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER`)"
+    return _health_row(
         host,
         "GPU clocks",
         expected,
-        f"slowed down: {found}",
-        "warn",
-        "check cooling and power (`nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER`)",
+        health,
+        lambda g: ", ".join(r for r in g["clock_reasons"] if r in SLOWDOWN_REASONS),
+        ("warn", fix),
     )
 
 
