@@ -320,6 +320,9 @@ def doctor(
         Path | None,
         typer.Option(help="with --local: the fleet file declaring this machine (LocalHost)"),
     ] = None,
+    sudo: Annotated[
+        bool, typer.Option("--sudo", help="with --local: read the facts with sudo")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check on the hosts what a deploy depends on (GPUs, driver, CUDA in the engines' sandbox,
@@ -330,9 +333,10 @@ def doctor(
 
     if (inventory is None) == (not local):
         raise fail("give an INVENTORY, or --local (with --fleet FILE to compare with it)", 2)
-    if fleet is not None and not local:
-        raise fail("--fleet is for --local; an inventory carries its fleet itself", 2)
-    request = Request(inventory=inventory, local=local, fleet=fleet, hosts=tuple(host or ()))
+    if (fleet is not None or sudo) and not local:
+        raise fail("--fleet and --sudo are for --local; an inventory carries them itself", 2)
+    hosts = tuple(host or ())
+    request = Request(inventory=inventory, local=local, fleet=fleet, hosts=hosts, sudo=sudo)
     try:
         findings = run(request)
     except FleetError as error:

@@ -20,6 +20,7 @@ from servekit.doctor.result import Check, HostFindings, Verdict
 from servekit.facts.cuda import CudaCheck
 from servekit.facts.devices import CharDevices
 from servekit.facts.doctor import (
+    EffectiveUid,
     GpuHealth,
     GpuHealthState,
     KernelXidLog,
@@ -85,6 +86,8 @@ class GpuFacts:
     health: list[GpuHealth] | None = None
     nvlink: list[NvlinkLink] | None = None
     xids: KernelXids | None = None
+    root: bool = True
+    """The facts were read as root: without it the CUDA check cannot enter the sandbox."""
 
 
 def _row(host: str, check: str, expected: str, found: str, ok: bool, fix: str = "") -> Check:
@@ -108,6 +111,8 @@ def gpu_checks(host: str, target: GpuTarget, facts: GpuFacts) -> list[Check]:
     rows = [
         _row(host, f.check, expected.get(f.check, "-"), f.detail, f.ok, f.fix) for f in findings
     ]
+    if facts.cuda is not None and not facts.root:
+        rows.append(_not_root_row(host))
     rows += _bus_rows(host, facts)
     if facts.nvswitch:
         rows.append(_fabric_manager_row(host, facts.fabric_manager))
@@ -129,6 +134,17 @@ def _expected_of(target: GpuTarget) -> dict[str, str]:
             f"{m.version} ({m.reason})" for m in target.minimum_drivers
         )
     return expected
+
+
+def _not_root_row(host: str) -> Check:
+    return Check(
+        host,
+        "CUDA in the engine sandbox",
+        "initialises in the engine units' sandbox",
+        "not checked: systemd-run starts the sandbox only as root (the CUDA row ran outside it)",
+        "warn",
+        "run doctor as root: `--sudo` with --local, or `sudo=True` on the fleet's machine",
+    )
 
 
 def _bus_rows(host: str, facts: GpuFacts) -> list[Check]:
@@ -291,8 +307,9 @@ def read_facts(host: Host) -> GpuFacts:
     if smi["state"] != "ok" and not facts.pci_gpus:
         return facts
     cuda = None
+    root = host.get_fact(EffectiveUid) == 0
     if smi["state"] == "ok":
-        run_args = systemd.systemd_run(sandbox)
+        run_args = systemd.systemd_run(sandbox) if root else None
         cuda = host.get_fact(CudaCheck, script="-", run_args=run_args, inline=True)
     return GpuFacts(
         smi=smi,
@@ -305,6 +322,7 @@ def read_facts(host: Host) -> GpuFacts:
         health=host.get_fact(GpuHealthState),
         nvlink=host.get_fact(NvlinkStatus),
         xids=host.get_fact(KernelXidLog),
+        root=root,
     )
 
 

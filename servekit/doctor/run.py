@@ -45,11 +45,13 @@ class Request:
     local: bool = False
     fleet: Path | None = None
     hosts: tuple[str, ...] = ()
+    sudo: bool = False
+    """--local: run the facts with sudo (the sandboxed CUDA check needs root)."""
 
 
-def local_inventory(fleet: Path | None) -> Inventory:
+def local_inventory(fleet: Path | None, sudo: bool = False) -> Inventory:
     """`@local`, with the plan of the fleet file's LocalHost when a fleet file is given."""
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = {"_sudo": True} if sudo else {}
     if fleet is not None:
         from servekit.fleetfile import pick_host_plan
         from servekit.inventory import load_fleet_and_plan
@@ -57,6 +59,7 @@ def local_inventory(fleet: Path | None) -> Inventory:
         loaded, fleet_plan = load_fleet_and_plan(fleet)
         plan = pick_host_plan(loaded, fleet_plan, LOCAL, local=True)
         data[HOST_DATA_KEY] = plan.to_host_data()
+        data["_sudo"] = sudo or plan.sudo
     return Inventory(([(LOCAL, data)], {}))  # type: ignore[no-untyped-call]
 
 
@@ -83,7 +86,7 @@ def file_inventory(path: Path) -> Inventory:
 
 def load(request: Request) -> Inventory:
     if request.local:
-        return local_inventory(request.fleet)
+        return local_inventory(request.fleet, request.sudo)
     if request.inventory is None:
         raise FleetError([Problem("inventory", "none given", "give an inventory, or --local")])
     return file_inventory(request.inventory)

@@ -261,3 +261,17 @@ class UnitProperties(FactBase[dict[str, str]]):
     @override
     def process(self, output: list[str]) -> dict[str, str]:
         return dict(line.partition("=")[::2] for line in output if "=" in line)
+
+
+class EffectiveUid(FactBase[int | None]):
+    """The uid commands run as (`id -u`: 0 under sudo), None if unknown. `systemd-run` starts
+    a system unit, the engines' sandbox, only as root."""
+
+    @override
+    def command(self) -> str:
+        return "id -u"
+
+    @override
+    def process(self, output: list[str]) -> int | None:
+        text = output[0].strip() if output else ""
+        return int(text) if text.isdigit() else None

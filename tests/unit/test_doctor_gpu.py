@@ -5,6 +5,7 @@ message the user sees."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from servekit.doctor.gpu import GpuFacts, gpu_checks
 from servekit.doctor.result import Check
 from servekit.facts.cuda import CudaCheck
 from servekit.facts.doctor import (
+    EffectiveUid,
     GpuHealthState,
     KernelXidLog,
     NvlinkStatus,
@@ -320,3 +322,14 @@ def test_xid_command_reads_the_journal_else_dmesg_else_says_none(tmp_path: Path)
     stub(tmp_path, "dmesg", f"echo '[  12.5] {line}'")
     ring = KernelXidLog().process(shell(KernelXidLog().command(), env))
     assert ring["source"] == "dmesg" and ring["events"][0]["xid"] == 79
+
+
+def test_without_root_the_sandbox_is_not_checked_and_says_so() -> None:
+    facts = h200_facts(cuda=cuda(H200 / "cuda-driver-api-check.json", "none"), root=False)
+    rows = gpu_checks("h200", h200_target(facts), facts)
+    assert row(rows, "CUDA").verdict == "ok"  # it works, outside the sandbox
+    sandbox = row(rows, "CUDA in the engine sandbox")
+    assert sandbox.verdict == "warn" and sandbox.found.startswith("not checked: systemd-run")
+    assert "--sudo" in sandbox.fix
+    uid = EffectiveUid()
+    assert uid.process(shell(uid.command())) == os.getuid()
