@@ -116,11 +116,12 @@ def gpu_checks(host: str, target: GpuTarget, facts: GpuFacts) -> list[Check]:
     rows += _bus_rows(host, facts)
     if facts.nvswitch:
         rows.append(_fabric_manager_row(host, facts.fabric_manager))
+    if facts.xids is not None or smi["state"] == "ok":  # Xid 79 matters most when smi fails
+        rows.append(_xid_row(host, facts.xids))
     if smi["state"] != "ok":
         return rows
     rows.append(_nvlink_row(host, facts.nvlink, facts.nvswitch))
     rows += [_ecc_row(host, facts.health), _clocks_row(host, facts.health)]
-    rows.append(_xid_row(host, facts.xids))
     return rows
 
 

@@ -165,6 +165,20 @@ def test_a_gpu_fallen_off_the_bus() -> None:
     assert "reboot" in xid.fix
 
 
+def test_when_nvidia_smi_fails_the_bus_and_xid_rows_still_say_why() -> None:
+    smi = NvidiaGpus().process(probed(ERRORS / "nvidia-smi-no-devices.txt"))
+    log = KernelXidLog().process(xids(DOCTOR / "journal-xid-79.txt"))
+    rows = gpu_checks("hgx1", a100_target(), GpuFacts(smi=smi, pci_gpus=8, xids=log))
+    assert [(r.check, r.verdict) for r in rows] == [
+        ("driver", "fail"),
+        ("GPUs on the PCI bus", "fail"),
+        ("Xid errors", "fail"),
+    ]
+    assert row(rows, "Xid errors").found.endswith(
+        "Xid 79 on 0000:4e:00: GPU has fallen off the bus"
+    )
+
+
 def test_fabric_manager_down_gives_cuda_error_802() -> None:
     fabric = FabricState().process(probed(A100 / "nvidia-smi-q-no-fabricmanager.txt"))
     facts = a100_facts(
