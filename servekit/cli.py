@@ -305,5 +305,49 @@ def render(
             out.print(str(path), highlight=False)
 
 
+@app.command()
+def doctor(
+    inventory: Annotated[
+        Path | None, typer.Argument(help="inventory file (or --local for this machine)")
+    ] = None,
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="check only this host (repeatable)")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="check this machine (pyinfra's @local)")
+    ] = False,
+    fleet: Annotated[
+        Path | None,
+        typer.Option(help="with --local: the fleet file declaring this machine (LocalHost)"),
+    ] = None,
+    sudo: Annotated[
+        bool, typer.Option("--sudo", help="with --local: read the facts with sudo")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check on the hosts what a deploy depends on (GPUs, driver, CUDA in the engines' sandbox,
+    disk, memory, limits...): a table per host. Exits 1 when a check fails."""
+    from servekit.doctor import report
+    from servekit.doctor.run import Request, run
+    from servekit.errors import FleetError
+
+    if (inventory is None) == (not local):
+        raise fail("give an INVENTORY, or --local (with --fleet FILE to compare with it)", 2)
+    if (fleet is not None or sudo) and not local:
+        raise fail("--fleet and --sudo are for --local; an inventory carries them itself", 2)
+    hosts = tuple(host or ())
+    request = Request(inventory=inventory, local=local, fleet=fleet, hosts=hosts, sudo=sudo)
+    try:
+        findings = run(request)
+    except FleetError as error:
+        raise fail(str(error)) from None
+    if as_json:
+        print(json.dumps(report.as_json(findings), indent=2))
+    else:
+        report.print_report(findings, out)
+    if report.failed(findings):
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app(prog_name="servekit")

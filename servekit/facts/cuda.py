@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from importlib import resources
 from typing import Literal
 
 from pyinfra.api.facts import FactBase
@@ -17,14 +18,16 @@ SANDBOX_MARK = "servekit-cuda-sandbox="
 UNSANDBOXED_MARK = "servekit-cuda-unsandboxed"
 
 
-def cuda_check_command(script: str, run_args: list[str]) -> str:
+def cuda_check_command(script: str, run_args: list[str], source: str | None = None) -> str:
     """Run the CUDA check in the engines' sandbox (`systemd-run ...` argv, built from
     servekit/systemd.py) where systemd runs; if it fails there, run it plainly too, to tell a
     sandbox that hides the GPUs from a driver that does not work. Without systemd (the
-    recorded H200 host had none), the check runs plainly and says so."""
-    plain = f"python3 {shlex.quote(script)} 2>&1"
+    recorded H200 host had none), the check runs plainly and says so. With `source`, the
+    check's text is given to `python3 -c` instead of a script path (nothing uploaded)."""
+    program = f"-c {shlex.quote(source)}" if source else shlex.quote(script)
+    plain = f"python3 {program} 2>&1"
     sandboxed = " ".join(shlex.quote(a) for a in run_args)
-    sandboxed += f' "$(command -v python3)" {shlex.quote(script)} 2>&1'
+    sandboxed += f' "$(command -v python3)" {program} 2>&1'
     return (
         f'if ! command -v python3 >/dev/null 2>&1; then echo "{STATUS_PREFIX}{MISSING}"; '
         "elif [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then "
@@ -53,10 +56,12 @@ class CudaCheck(FactBase[CudaCheckResult]):
     host runs systemd."""
 
     @override
-    def command(self, script: str, run_args: list[str] | None = None) -> str:
+    def command(self, script: str, run_args: list[str] | None = None, inline: bool = False) -> str:
+        source = resources.files("servekit").joinpath("cuda_check.py").read_text()
         if not run_args:
-            return probe("python3", f"python3 {shlex.quote(script)}")
-        return cuda_check_command(script, run_args)
+            program = f"-c {shlex.quote(source)}" if inline else shlex.quote(script)
+            return probe("python3", f"python3 {program}")
+        return cuda_check_command(script, run_args, source if inline else None)
 
     @staticmethod
     @override
