@@ -1,0 +1,402 @@
+"""`servekit doctor`'s network checks from recorded outputs (tests/data/doctor_network/, README
+there says which are real and which constructed): healthy and broken (MTU mismatch, the head's
+cluster port closed or filtered, clock skew, NCCL on the wrong interface, EFA without the plugin),
+each with the message the user sees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from servekit.doctor import network
+from servekit.doctor.result import Check, HostFindings
+from servekit.facts import doctor_network as facts
+from servekit.facts.doctor_network import Interface
+from servekit.hostplan import HostPlan
+from servekit.placement import plan_fleet
+from servekit.spec import Fleet, Gpu, SecretRef, Serve, SshHost
+
+DATA = Path(__file__).parents[1] / "data" / "doctor_network"
+
+
+def recorded(name: str) -> list[str]:
+    return (DATA / name).read_text().splitlines()
+
+
+def two_nodes(
+    backend: Literal["mp", "ray"] = "mp", env: dict[str, str] | None = None
+) -> dict[str, HostPlan]:
+    """A replica over n0 (192.0.2.2, the address the recorded `ip -j addr` holds) and n1."""
+    fleet = Fleet(
+        name="pair",
+        machines=[
+            SshHost(name="n0", address="192.0.2.2", gpu=Gpu(model="A100-80GB")),
+            SshHost(name="n1", address="192.0.2.3", gpu=Gpu(model="A100-80GB")),
+        ],
+        serve=[
+            Serve(
+                model="qwen2.5-7b-instruct",
+                nodes_per_replica=2,
+                pipeline_parallel=2,
+                distributed_backend=backend,
+            )
+        ],
+        engine_api_key=SecretRef(env="ENGINE_KEY"),
+    )
+    hosts = plan_fleet(fleet).hosts
+    if env:
+        for name, plan in hosts.items():
+            instances = [i.model_copy(update={"env": {**i.env, **env}}) for i in plan.vllm]
+            hosts[name] = plan.model_copy(update={"vllm": instances})
+    return hosts
+
+
+def interfaces_of_n0() -> list[Interface]:
+    """The real recording: eth0 (MTU 1400) holds 192.0.2.2."""
+    return facts.parse_interfaces((DATA / "ip-addr-container.json").read_text())
+
+
+def interfaces_of_n1(mtu: int = 1400) -> list[Interface]:
+    """The same machine's recording with n1's address on eth0, and the MTU given (constructed)."""
+    text = (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
+    found = facts.parse_interfaces(text)
+    return [{**i, "mtu": mtu} if i["name"] == "eth0" else i for i in found]
+
+
+def only(rows: list[Check], check: str) -> Check:
+    matching = [r for r in rows if r.check == check]
+    assert len(matching) == 1, rows
+    return matching[0]
+
+
+def test_recorded_interfaces_parse_with_mtu_and_addresses() -> None:
+    eth0 = next(i for i in interfaces_of_n0() if i["name"] == "eth0")
+    assert eth0["mtu"] == 1400 and eth0["up"]
+    assert "192.0.2.2" in eth0["addresses"]
+    assert network.holder(interfaces_of_n0(), "127.0.0.1") is not None
+
+
+@pytest.mark.parametrize(
+    ("spec", "name", "selected"),
+    [
+        ("eth", "eth0", True),
+        ("eth", "eth10", True),
+        ("=eth0", "eth0", True),
+        ("=eth0", "eth01", False),
+        ("=eth0,eth1", "eth1", True),
+        ("^docker", "docker0", False),
+        ("^docker", "eth0", True),
+        ("^=docker0", "docker01", True),
+        ("ib,eth", "sk-br0", False),
+    ],
+)
+def test_nccl_socket_ifname_follows_ncclss_documented_syntax(
+    spec: str, name: str, selected: bool
+) -> None:
+    assert network.nccl_selects(spec, name) is selected
+
+
+def test_nccl_interface_ok_when_the_variable_names_the_cluster_interface() -> None:
+    row = network.nccl_interface_check(
+        "n0", "192.0.2.2", {"NCCL_SOCKET_IFNAME": "=eth0"}, interfaces_of_n0()
+    )
+    assert (row.verdict, row.found) == ("ok", "NCCL_SOCKET_IFNAME==eth0 selects eth0")
+
+
+def test_nccl_interface_wrong_names_the_right_one() -> None:
+    row = network.nccl_interface_check(
+        "n0", "192.0.2.2", {"NCCL_SOCKET_IFNAME": "sk-br"}, interfaces_of_n0()
+    )
+    assert row.verdict == "fail"
+    assert row.found == "NCCL_SOCKET_IFNAME=sk-br selects sk-br0"
+    assert row.fix == "set NCCL_SOCKET_IFNAME==eth0 (192.0.2.2 is on eth0)"
+
+
+def test_nccl_interface_unset_is_a_warning_that_says_what_to_set() -> None:
+    row = network.nccl_interface_check("n0", "192.0.2.2", {}, interfaces_of_n0())
+    assert row.verdict == "warn"
+    assert "eth0 holds 192.0.2.2; NCCL_SOCKET_IFNAME unset" in row.found
+    assert row.fix == "set NCCL_SOCKET_IFNAME==eth0 and GLOO_SOCKET_IFNAME=eth0"
+
+
+def test_a_cluster_address_on_no_interface_fails() -> None:
+    row = network.nccl_interface_check("n0", "198.51.100.7", {}, interfaces_of_n0())
+    assert row.verdict == "fail"
+    assert row.expected == "an interface holds 198.51.100.7"
+    assert "eth0 192.0.2.2" in row.found
+
+
+def test_recorded_port_probes_tell_open_refused_and_dropped_apart() -> None:
+    reach = facts.parse_port_reach(recorded("port-reach-open-refused-timeout.txt"))
+    assert reach == {
+        "127.0.0.1:29501": "open",
+        "127.0.0.1:6379": "refused",
+        "192.0.2.123:29501": "timeout",
+    }
+
+
+def worker() -> Any:
+    return two_nodes()["n1"].vllm[0]
+
+
+def test_the_worker_reaches_the_heads_master_port() -> None:
+    assert network.cluster_targets(worker()) == [("192.0.2.2", 29501)]
+    assert network.cluster_targets(two_nodes()["n0"].vllm[0]) == []
+    rows = network.port_checks("n1", worker(), {"192.0.2.2:29501": "open"}, True)
+    assert [(r.check, r.verdict) for r in rows] == [("reach n0 192.0.2.2:29501", "ok")]
+
+
+def test_ray_workers_check_the_heads_gcs_and_manager_ports() -> None:
+    ray_worker = two_nodes("ray")["n1"].vllm[0]
+    assert network.cluster_targets(ray_worker) == [
+        ("192.0.2.2", 6379),
+        ("192.0.2.2", 6380),
+        ("192.0.2.2", 6381),
+    ]
+
+
+def test_a_closed_head_port_fails_once_the_engines_run() -> None:
+    closed = {"192.0.2.2:29501": "refused"}
+    before = network.port_checks("n1", worker(), closed, engines_running=False)[0]
+    after = network.port_checks("n1", worker(), closed, engines_running=True)[0]
+    assert before.verdict == "ok"
+    assert (after.verdict, after.found) == ("fail", "refused")
+    assert after.fix.startswith("nothing listens on n0 192.0.2.2:29501")
+    assert "journalctl -u vllm-qwen2-5-7b-instruct -b` on n0" in after.fix
+
+
+def test_a_dropped_head_port_fails_and_names_the_firewall() -> None:
+    row = network.port_checks("n1", worker(), {"192.0.2.2:29501": "timeout"}, False)[0]
+    assert row.verdict == "fail"
+    assert row.fix == (
+        "packets to n0 192.0.2.2:29501 are dropped: admit TCP 29501 from this node in the "
+        "security group or firewall between the nodes"
+    )
+
+
+def test_clock_without_systemd_is_read_and_ntp_unknown_warns() -> None:
+    clock = facts.parse_clock(recorded("clock-no-systemd.txt"))
+    assert clock["epoch"] is not None and clock["epoch"] > 1.7e9
+    row = network.ntp_check("n0", clock["ntp_synchronized"])
+    assert (row.verdict, row.found) == ("warn", "unknown (no timedatectl)")
+    assert network.ntp_check("n0", True).verdict == "ok"
+
+
+def test_clock_offset_is_taken_at_the_round_trips_midpoint() -> None:
+    offset = network.clock_offset(1000.5, sent=999.0, received=1000.0)
+    assert offset == {"offset_s": 1.0, "uncertainty_s": 0.5}
+    assert network.clock_offset(None, 1.0, 2.0) is None
+
+
+def findings_for(mtu_n1: int, skew_s: float) -> dict[str, HostFindings]:
+    key = "qwen2-5-7b-instruct replica 0"
+    found = {}
+    for host, rank, mtu, offset in (("n0", 0, 1400, 0.01), ("n1", 1, mtu_n1, 0.01 + skew_s)):
+        findings = HostFindings(host)
+        findings.facts["network"] = {
+            "offset": {"offset_s": offset, "uncertainty_s": 0.02},
+            "nodes": {key: {"rank": rank, "interface": "eth0", "mtu": mtu}},
+        }
+        found[host] = findings
+    return found
+
+
+def test_healthy_pair_passes_mtu_and_clock() -> None:
+    rows = network.across(two_nodes(), findings_for(1400, 0.2))
+    assert [(r.host, r.check, r.verdict) for r in rows] == [
+        ("n1", "MTU qwen2-5-7b-instruct replica 0", "ok"),
+        ("n1", "clock qwen2-5-7b-instruct replica 0", "ok"),
+    ]
+
+
+def test_mtu_mismatch_names_the_node_and_the_command() -> None:
+    rows = network.across(two_nodes(), findings_for(9001, 0.0))
+    row = only(rows, "MTU qwen2-5-7b-instruct replica 0")
+    assert (row.host, row.verdict) == ("n1", "fail")
+    assert (row.expected, row.found) == ("1400 (as n0 eth0)", "9001 on eth0")
+    assert "`ip link set dev eth0 mtu 1400`" in row.fix
+
+
+def test_clock_skew_beyond_a_second_fails() -> None:
+    row = only(
+        network.across(two_nodes(), findings_for(1400, 3.2)), "clock qwen2-5-7b-instruct replica 0"
+    )
+    assert (row.verdict, row.found) == ("fail", "+3.200 s (±0.040 s)")
+    assert row.expected == "within 1 s of n0"
+    assert "timedatectl set-ntp true" in row.fix
+
+
+def efa(**changes: Any) -> facts.EfaFacts:
+    base: facts.EfaFacts = {
+        "instance_type": "p4d.24xlarge",
+        "devices": {f"rdmap{n}s0": "efa" for n in range(4)},
+        "plugins": ["/opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so"],
+        "ld_cache": [],
+    }
+    return {**base, **changes}  # type: ignore[typeddict-item]
+
+
+PLUGIN_ENV = {"LD_LIBRARY_PATH": "/opt/amazon/ofi-nccl/lib", "FI_PROVIDER": "efa"}
+
+
+def test_efa_is_reported_only_on_efa_instance_types() -> None:
+    off_aws = facts.parse_efa(recorded("efa-no-devices.txt"))
+    assert off_aws == {"instance_type": None, "devices": {}, "plugins": [], "ld_cache": []}
+    assert network.efa_check("n0", off_aws, {}) is None
+    assert network.efa_check("n0", efa(instance_type="g6e.xlarge"), {}) is None
+
+
+def test_efa_used_when_devices_plugin_and_provider_are_there() -> None:
+    row = network.efa_check("n0", efa(), PLUGIN_ENV)
+    assert row is not None and row.verdict == "ok"
+    assert row.found == "EFA on 4 devices via /opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so"
+
+
+def test_efa_without_the_plugin_falls_back_to_sockets() -> None:
+    row = network.efa_check("n0", efa(plugins=[]), PLUGIN_ENV)
+    assert row is not None and row.verdict == "fail"
+    assert row.found == "sockets: no aws-ofi-nccl plugin"
+    assert row.fix == network.EFA_PLUGIN_FIX
+    unreachable = network.efa_check("n0", efa(), {"FI_PROVIDER": "efa"})
+    assert unreachable is not None and unreachable.verdict == "fail"
+    assert unreachable.found == "sockets: /opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so"
+
+
+def test_efa_instance_launched_without_efa_interfaces_fails() -> None:
+    row = network.efa_check("n0", efa(devices={}), PLUGIN_ENV)
+    assert row is not None and (row.verdict, row.found) == ("fail", "sockets: no EFA device")
+
+
+def test_efa_without_fi_provider_warns() -> None:
+    row = network.efa_check("n0", efa(plugins=[], ld_cache=["/usr/lib/libnccl-net.so"]), {})
+    assert row is not None and (row.verdict, row.fix) == (
+        "warn",
+        "set FI_PROVIDER=efa in the units",
+    )
+
+
+def test_efa_facts_parse_imds_type_devices_and_plugins() -> None:
+    parsed = facts.parse_efa(
+        [
+            "type=p5.48xlarge",
+            "device=rdmap79s0 efa",
+            "device=mlx5_0 mlx5_core",
+            "plugin=/opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so",
+            "ld=/opt/amazon/ofi-nccl/lib/libnccl-net.so",
+        ]
+    )
+    assert parsed["instance_type"] == "p5.48xlarge"
+    assert parsed["devices"] == {"rdmap79s0": "efa", "mlx5_0": "mlx5_core"}
+    assert parsed["ld_cache"] == ["/opt/amazon/ofi-nccl/lib/libnccl-net.so"]
+    assert facts.parse_efa(["type=<html>oops"])["instance_type"] is None
+
+
+def test_no_torch_in_the_venv_is_a_skip_that_says_so() -> None:
+    torch = facts.parse_torch(recorded("torch-missing.txt"))
+    assert torch["version"] is None
+    row = network.allreduce_check("n1", "m replica 0", torch, {})
+    assert row.verdict == "skip"
+    assert row.found == (
+        "skipped: the vLLM venv has no torch (ModuleNotFoundError: No module named 'torch')"
+    )
+    no_venv = facts.parse_torch(recorded("torch-no-venv.txt"))
+    assert "no such python" in network.allreduce_check("n1", "k", no_venv, {}).found
+
+
+def test_allreduce_result_reports_bus_bandwidth() -> None:
+    torch: facts.TorchFacts = {"version": "2.14.0", "cuda": True, "error": ""}
+    result = {"ok": True, "busbw_gbps": 11.5, "backend": "nccl", "world": 2, "megabytes": 256}
+    row = network.allreduce_check("n1", "m replica 0", torch, result)
+    assert (row.verdict, row.found) == ("ok", "11.50 GB/s bus bandwidth (nccl, 2 nodes, 256 MiB)")
+    failed = network.allreduce_check("n1", "k", torch, {"ok": False, "error": "timed out"})
+    assert (failed.verdict, failed.found) == ("fail", "timed out")
+
+
+def test_the_allreduce_program_reports_a_missing_torch_as_one_json_line() -> None:
+    program = Path(network.__file__).parents[1] / "host_scripts" / "doctor_allreduce.py"
+    spec = json.dumps(network.allreduce_spec(worker(), "gloo"))
+    done = subprocess.run(
+        [sys.executable, "-I", str(program), spec], capture_output=True, text=True, timeout=60
+    )
+    expected = json.loads((DATA / "allreduce-no-torch.json").read_text())
+    assert json.loads(done.stdout) == expected
+
+
+def test_allreduce_spec_meets_at_the_heads_master_port_with_the_units_nccl_env() -> None:
+    hosts = two_nodes(env={"NCCL_SOCKET_IFNAME": "=eth0", "HF_HOME": "/x"})
+    spec = network.allreduce_spec(hosts["n1"].vllm[0], "nccl")
+    assert (spec["master"], spec["port"], spec["rank"], spec["world"]) == ("192.0.2.2", 29501, 1, 2)
+    assert spec["env"] == {"NCCL_SOCKET_IFNAME": "=eth0"}
+    ray = network.allreduce_spec(two_nodes("ray")["n1"].vllm[0], "gloo")
+    assert ray["port"] == 19999
+
+
+class RecordedHost:
+    """A pyinfra host that answers each fact from recorded output, through the fact's own
+    `process`; it notes the facts asked for."""
+
+    def __init__(self, outputs: dict[type, Callable[[dict[str, Any]], list[str]]]) -> None:
+        self.outputs = outputs
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+
+    def get_fact(self, fact: type, **kwargs: Any) -> Any:
+        self.asked.append((fact.__name__, kwargs))
+        return fact().process(self.outputs[fact](kwargs))
+
+
+def recorded_host(reach: str, interfaces: str, active: bool) -> RecordedHost:
+    return RecordedHost(
+        {
+            facts.Interfaces: lambda _: [interfaces],
+            facts.ClockReading: lambda _: recorded("clock-no-systemd.txt"),
+            facts.UnitActive: lambda _: ["active" if active else "inactive"],
+            facts.VenvTorch: lambda _: recorded("torch-missing.txt"),
+            facts.EfaState: lambda _: recorded("efa-no-devices.txt"),
+            facts.PortReach: lambda _: [reach],
+        }
+    )
+
+
+def test_gather_on_a_worker_from_recorded_outputs() -> None:
+    plan = two_nodes(env={"NCCL_SOCKET_IFNAME": "=eth0"})["n1"]
+    text = (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
+    host = recorded_host("192.0.2.2 29501 1 bash: connect: Connection refused", text, True)
+    findings = HostFindings("n1")
+    network.gather(host, plan, findings)  # type: ignore[arg-type]
+    verdicts = {r.check: r.verdict for r in findings.checks}
+    assert verdicts == {
+        "clock synchronized (NTP)": "warn",
+        "reach n0 192.0.2.2:29501": "fail",
+        "NCCL interface": "ok",
+        "all-reduce qwen2-5-7b-instruct replica 0": "skip",
+    }
+    node = findings.facts["network"]["nodes"]["qwen2-5-7b-instruct replica 0"]
+    assert node == {"rank": 1, "interface": "eth0", "mtu": 1400}
+    assert ("PortReach", {"targets": [("192.0.2.2", 29501)]}) in host.asked
+    assert ("EfaState", {"ask_imds": False}) in host.asked
+
+
+def test_gather_skips_hosts_without_multinode_replicas() -> None:
+    fleet = Fleet(
+        name="one",
+        machines=[SshHost(name="g", address="192.0.2.9", gpu=Gpu(model="L4"))],
+        serve=[Serve(model="qwen2.5-7b-instruct")],
+        engine_api_key=SecretRef(env="ENGINE_KEY"),
+    )
+    host = RecordedHost({})
+    findings = HostFindings("g")
+    network.gather(host, plan_fleet(fleet).hosts["g"], findings)  # type: ignore[arg-type]
+    assert (findings.checks, findings.facts, host.asked) == ([], {}, [])
+
+
+def test_port_probe_command_quotes_addresses_and_checks_each_target() -> None:
+    command = facts.PortReach().command([("192.0.2.2", 29501), ("fd00::1", 6379)])
+    assert "exec 3<>/dev/tcp/192.0.2.2/29501" in command
+    assert "exec 3<>/dev/tcp/fd00::1/6379" in command
+    assert command.count("timeout 3 bash -c") == 2
