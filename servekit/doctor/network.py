@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from pyinfra.api.host import Host
@@ -22,6 +23,7 @@ from servekit.facts.doctor_network import EfaFacts, Interface, TorchFacts
 from servekit.host_scripts import script
 from servekit.hostplan import HostPlan, VllmInstance, uses_ray
 from servekit.spec import RAY_FIXED_PORTS, RAY_PORT, RAY_WORKER_PORTS
+from servekit.vllm_files import EFA_ENV
 from servekit.vllm_layout import LAYOUT
 
 GROUP = "network"
@@ -232,20 +234,39 @@ def _engines_running(host: Host, plan: HostPlan) -> bool:
     return any(host.get_fact(facts.UnitActive, unit=i.unit) for i in multinode(plan))
 
 
+def deploy_env(instance: VllmInstance, owner: Interface | None, efa: EfaFacts) -> dict[str, str]:
+    """The environment the deploy gives a multi-node unit (servekit.vllm_files._cluster_env):
+    NCCL and Gloo on the interface holding the cluster address; the EFA plugin's library path
+    and provider where the host has EFA devices."""
+    env = dict(instance.env)
+    if owner is not None:
+        env |= {"NCCL_SOCKET_IFNAME": owner["name"], "GLOO_SOCKET_IFNAME": owner["name"]}
+    if "efa" in efa["devices"].values():
+        env |= EFA_ENV
+    return env
+
+
 def _node_checks(
     host: Host, plan: HostPlan, instance: VllmInstance, running: bool, efa: EfaFacts
 ) -> tuple[list[Check], dict[str, Any]]:
-    """One replica's rows on this node, and what `across` compares (interface, MTU)."""
+    """One replica's rows on this node, and what `across` compares (interface, MTU). The unit's
+    own environment when it is installed, else the one the deploy will write."""
     interfaces = host.get_fact(facts.Interfaces)
     reach = host.get_fact(facts.PortReach, targets=cluster_targets(instance))
     address = plan.cluster_address or ""
+    owner = holder(interfaces, address)
+    env = host.get_fact(facts.UnitEnvironment, unit=f"{instance.unit}.service")
     rows = port_checks(plan.name, instance, reach, running)
-    rows.append(nccl_interface_check(plan.name, address, instance.env, interfaces))
-    if (efa_row := efa_check(plan.name, efa, instance.env)) is not None:
+    nccl = nccl_interface_check(
+        plan.name, address, env or deploy_env(instance, owner, efa), interfaces
+    )
+    if env is None:
+        nccl = replace(nccl, found=f"{nccl.found} (as the deploy will write it)")
+    rows.append(nccl)
+    if (efa_row := efa_check(plan.name, efa, env or deploy_env(instance, owner, efa))) is not None:
         rows.append(efa_row)
     if (reduce_row := allreduce_row(host, plan, instance, running)) is not None:
         rows.append(reduce_row)
-    owner = holder(interfaces, address)
     node = {
         "rank": instance.node_rank,
         "interface": owner["name"] if owner else None,

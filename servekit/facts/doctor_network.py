@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from typing import Any, TypedDict
 
 from pyinfra.api.facts import FactBase
@@ -17,6 +18,7 @@ from typing_extensions import override
 from servekit.facts.probe import split_status
 from servekit.hostplan import ip_literal
 from servekit.shell import quote as q
+from servekit.vllm_files import EFA_LIBRARY_PATH
 
 CONNECT_TIMEOUT_S = 3
 
@@ -132,15 +134,13 @@ def parse_port_reach(output: list[str]) -> dict[str, str]:
     return result
 
 
-# Where the aws-ofi-nccl plugin lives: the DLAMI and the EFA installer put it under /opt/amazon
-# (/opt/amazon/ofi-nccl, /opt/amazon/aws-ofi-nccl, github.com/NVIDIA-NeMo/RL/pull/2359: "NCCL
-# cannot discover the OFI plugin (libnccl-net-aws-ofi.so) because /opt/amazon/aws-ofi-nccl/lib
-# ... not on the library search path, causing fallback to Socket transport"); a source build
-# defaults to /opt/aws-ofi-nccl (gist.github.com/sean-smith/18e4832ba7b3d38c29cab95d09dd1355).
-PLUGIN_GLOBS = (
-    "/opt/amazon/ofi-nccl/lib*/libnccl-net*.so",
-    "/opt/amazon/aws-ofi-nccl/lib*/libnccl-net*.so",
-    "/opt/aws-ofi-nccl/lib*/libnccl-net*.so",
+# Where the aws-ofi-nccl plugin lives: the directories the engine units' LD_LIBRARY_PATH names on
+# EFA hosts (servekit.vllm_files.EFA_LIBRARY_PATH, sources there), and a source build's default
+# prefix /opt/aws-ofi-nccl (gist.github.com/sean-smith/18e4832ba7b3d38c29cab95d09dd1355).
+PLUGIN_GLOBS = tuple(
+    f"{directory}/libnccl-net*.so"
+    for directory in (*EFA_LIBRARY_PATH.split(":"), "/opt/aws-ofi-nccl/lib")
+    if not directory.endswith("/efa/lib")
 )
 # IMDSv2: a PUT for a session token, then the instance type (docs.aws.amazon.com/AWSEC2/latest/
 # UserGuide/instancedata-data-retrieval.html).
@@ -227,6 +227,27 @@ def parse_torch(output: list[str]) -> TorchFacts:
     if len(lines) == 2 and lines[1].strip() in ("True", "False"):
         return {"version": lines[0].strip(), "cuda": lines[1].strip() == "True", "error": ""}
     return {"version": None, "cuda": False, "error": (lines[-1] if lines else "").strip()}
+
+
+class UnitEnvironment(FactBase[dict[str, str] | None]):
+    """A unit's `Environment=` values as systemd loaded them (`systemctl show`); None when the
+    unit is not installed (before a deploy)."""
+
+    @override
+    def command(self, unit: str) -> str:
+        return f"systemctl show -p LoadState -p Environment {q(unit)} 2>/dev/null || true"
+
+    @override
+    def process(self, output: list[str]) -> dict[str, str] | None:
+        return parse_unit_environment(output)
+
+
+def parse_unit_environment(output: list[str]) -> dict[str, str] | None:
+    fields = dict(line.partition("=")[::2] for line in output if "=" in line)
+    if fields.get("LoadState") != "loaded":
+        return None
+    pairs = shlex.split(fields.get("Environment", ""))
+    return dict(p.partition("=")[::2] for p in pairs if "=" in p)
 
 
 class UnitActive(FactBase[bool]):

@@ -350,7 +350,9 @@ class RecordedHost:
         return fact().process(self.outputs[fact](kwargs))
 
 
-def recorded_host(reach: str, interfaces: str, active: bool) -> RecordedHost:
+def recorded_host(
+    reach: str, interfaces: str, active: bool, unit: list[str] | None = None
+) -> RecordedHost:
     return RecordedHost(
         {
             facts.Interfaces: lambda _: [interfaces],
@@ -359,21 +361,53 @@ def recorded_host(reach: str, interfaces: str, active: bool) -> RecordedHost:
             facts.VenvTorch: lambda _: recorded("torch-missing.txt"),
             facts.EfaState: lambda _: recorded("efa-no-devices.txt"),
             facts.PortReach: lambda _: [reach],
+            facts.UnitEnvironment: lambda _: unit or ["LoadState=not-found", "Environment="],
         }
     )
 
 
-def test_gather_on_a_worker_from_recorded_outputs() -> None:
-    plan = two_nodes(env={"NCCL_SOCKET_IFNAME": "=eth0"})["n1"]
+UNIT_SHOW = [
+    "LoadState=loaded",
+    'Environment=HOME=/var/lib/vllm "NCCL_SOCKET_IFNAME=sk-br" GLOO_SOCKET_IFNAME=sk-br',
+]
+"""`systemctl show -p LoadState -p Environment` of an installed unit (constructed, in systemd's
+quoting) whose NCCL interface was written for another network."""
+
+
+def test_unit_environment_parses_systemds_quoting() -> None:
+    env = facts.parse_unit_environment(UNIT_SHOW)
+    assert env == {
+        "HOME": "/var/lib/vllm",
+        "NCCL_SOCKET_IFNAME": "sk-br",
+        "GLOO_SOCKET_IFNAME": "sk-br",
+    }
+    assert facts.parse_unit_environment(["LoadState=not-found", "Environment="]) is None
+
+
+def test_gather_before_a_deploy_checks_what_the_deploy_will_write() -> None:
+    plan = two_nodes()["n1"]
     text = (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
-    host = recorded_host("192.0.2.2 29501 1 bash: connect: Connection refused", text, True)
+    host = recorded_host("192.0.2.2 29501 1 bash: connect: Connection refused", text, False)
+    findings = HostFindings("n1")
+    network.gather(host, plan, findings)  # type: ignore[arg-type]
+    nccl = only(findings.checks, "NCCL interface")
+    assert nccl.verdict == "ok"
+    assert nccl.found == "NCCL_SOCKET_IFNAME=eth0 selects eth0 (as the deploy will write it)"
+    assert only(findings.checks, "reach n0 192.0.2.2:29501").verdict == "ok"
+
+
+def test_gather_on_a_deployed_worker_from_recorded_outputs() -> None:
+    plan = two_nodes()["n1"]
+    text = (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
+    reach = "192.0.2.2 29501 1 bash: connect: Connection refused"
+    host = recorded_host(reach, text, True, UNIT_SHOW)
     findings = HostFindings("n1")
     network.gather(host, plan, findings)  # type: ignore[arg-type]
     verdicts = {r.check: r.verdict for r in findings.checks}
     assert verdicts == {
         "clock synchronized (NTP)": "warn",
         "reach n0 192.0.2.2:29501": "fail",
-        "NCCL interface": "ok",
+        "NCCL interface": "fail",
         "all-reduce qwen2-5-7b-instruct replica 0": "skip",
     }
     node = findings.facts["network"]["nodes"]["qwen2-5-7b-instruct replica 0"]
