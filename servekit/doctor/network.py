@@ -181,7 +181,10 @@ def allreduce_check(host: str, key: str, torch: TorchFacts, result: dict[str, An
         found = f"skipped: the vLLM venv has no torch ({torch['error'] or 'not importable'})"
         return Check(host, name, "bus bandwidth", found, "skip")
     if not result.get("ok"):
-        fix = "the nodes could not meet: see the rows above (ports, interface, firewall)"
+        fix = (
+            "the nodes did not meet: see the rows above (ports, interface, firewall); doctor "
+            "must check every node of the replica in one run (no --host for just one)"
+        )
         return Check(host, name, "bus bandwidth", str(result.get("error")), "fail", fix)
     found = (
         f"{result['busbw_gbps']:.2f} GB/s bus bandwidth ({result['backend']}, "

@@ -292,3 +292,24 @@ def test_journal_command_reads_the_current_invocation() -> None:
     assert "systemctl show -p InvocationID --value vllm-qwen2-5-7b-instruct.service" in command
     assert "journalctl -b" in command
     assert "'GPU KV cache size|Maximum concurrency for|Model loading took|Available KV" in command
+
+
+def test_the_fact_commands_run_in_a_real_shell_here(engine: str, tmp_path: Path) -> None:
+    """As pyinfra runs them (`sh -c`): the probe with the host's python3 against the local
+    engine, and the journal read on this machine (no systemd: no lines, no failure)."""
+    env_file = tmp_path / "unit.env"
+    env_file.write_text(f"VLLM_API_KEY={KEY}\n")
+    spec = {
+        "health_url": f"{engine}/health",
+        "models_url": f"{engine}/v1/models",
+        "env_file": str(env_file),
+    }
+    command = facts.EngineAnswers().command(json.dumps(spec)).get_raw_value()
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    found = facts.EngineAnswers().process(done.stdout.splitlines())
+    assert (found["health"], found["models"]) == (200, [SERVED])
+    assert KEY not in done.stdout + done.stderr + command
+    journal_command = facts.StartupLines().command("vllm-x.service")
+    read = subprocess.run(["sh", "-c", journal_command], capture_output=True, text=True, timeout=30)
+    assert read.returncode == 0
+    assert facts.StartupLines().process(read.stdout.splitlines()) == []

@@ -6,8 +6,10 @@ each with the message the user sees."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -434,3 +436,45 @@ def test_port_probe_command_quotes_addresses_and_checks_each_target() -> None:
     assert "exec 3<>/dev/tcp/192.0.2.2/29501" in command
     assert "exec 3<>/dev/tcp/fd00::1/6379" in command
     assert command.count("timeout 3 bash -c") == 2
+
+
+def run_here(command: str) -> list[str]:
+    """A fact's command as pyinfra runs it (`sh -c`), on this machine."""
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_fact_commands_run_in_a_real_shell_here() -> None:
+    """Every command, run for real (this machine: no systemd as PID 1, no EFA, no torch)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    open_port = listener.getsockname()[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]  # bound, never listening: connections are refused
+    try:
+        targets = [("127.0.0.1", open_port), ("127.0.0.1", closed_port)]
+        reach = facts.PortReach().process(run_here(facts.PortReach().command(targets)))
+    finally:
+        listener.close()
+        closed.close()
+    assert reach == {f"127.0.0.1:{open_port}": "open", f"127.0.0.1:{closed_port}": "refused"}
+    names = [i["name"] for i in facts.Interfaces().process(run_here(facts.Interfaces().command()))]
+    assert "lo" in names
+    clock = facts.ClockReading().process(run_here(facts.ClockReading().command()))
+    assert clock["epoch"] is not None and abs(clock["epoch"] - time.time()) < 30
+    torch = facts.VenvTorch().process(run_here(facts.VenvTorch().command(sys.executable)))
+    assert torch["version"] is None and "torch" in torch["error"]
+    unit = "vllm-qwen2-5-7b-instruct.service"
+    assert facts.UnitActive().process(run_here(facts.UnitActive().command(unit))) is False
+    environment = run_here(facts.UnitEnvironment().command(unit))
+    assert facts.UnitEnvironment().process(environment) is None
+    efa = facts.EfaState().process(run_here(facts.EfaState().command()))
+    assert network.efa_check("here", efa, {}) is None
+
+
+def test_a_command_with_an_address_that_is_not_an_ip_literal_is_refused() -> None:
+    with pytest.raises(ValueError):
+        facts.PortReach().command([("192.0.2.2;reboot", 29501)])
