@@ -152,14 +152,16 @@ EFA_PLUGIN_FIX = (
 
 
 def efa_check(host: str, efa: EfaFacts, env: Mapping[str, str]) -> Check | None:
-    """On an instance type with EFA (catalog's max_efa), whether NCCL would use it: EFA devices,
-    the aws-ofi-nccl plugin the engines can load, FI_PROVIDER=efa. None off EFA instances."""
+    """On an instance type with EFA (catalog's max_efa) or a host with EFA devices, whether NCCL
+    would use EFA: the devices, the aws-ofi-nccl plugin the engines can load, FI_PROVIDER=efa.
+    None elsewhere."""
     kind = efa["instance_type"]
     known = catalog.instance_types().get(kind or "")
-    if known is None or known.max_efa == 0:
-        return None
-    name, expected = "NCCL transport", f"EFA ({kind}: up to {known.max_efa} EFA interfaces)"
     devices = sorted(d for d, driver in efa["devices"].items() if driver == "efa")
+    if (known is None or known.max_efa == 0) and not devices:
+        return None
+    name = "NCCL transport"
+    expected = f"EFA ({kind}: up to {known.max_efa} EFA interfaces)" if known else "EFA"
     if not devices:
         fix = "launch with EFA interfaces (`servekit cloud apply` creates the EFA layout)"
         return Check(host, name, expected, "sockets: no EFA device", "fail", fix)

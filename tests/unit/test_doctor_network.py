@@ -251,7 +251,12 @@ def test_efa_is_reported_only_on_efa_instance_types() -> None:
     off_aws = facts.parse_efa(recorded("efa-no-devices.txt"))
     assert off_aws == {"instance_type": None, "devices": {}, "plugins": [], "ld_cache": []}
     assert network.efa_check("n0", off_aws, {}) is None
-    assert network.efa_check("n0", efa(instance_type="g6e.xlarge"), {}) is None
+    assert network.efa_check("n0", efa(instance_type="g6e.xlarge", devices={}), {}) is None
+    unknown_type = network.efa_check("n0", efa(instance_type=None), PLUGIN_ENV)
+    assert unknown_type is not None and (unknown_type.expected, unknown_type.verdict) == (
+        "EFA",
+        "ok",
+    )
 
 
 def test_efa_used_when_devices_plugin_and_provider_are_there() -> None:
