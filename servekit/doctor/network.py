@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -309,50 +309,57 @@ def _nodes(findings: Mapping[str, HostFindings]) -> dict[str, dict[str, dict[str
     return replicas
 
 
-def mtu_checks(key: str, nodes: Mapping[str, Mapping[str, Any]]) -> list[Check]:
-    """Every node of a replica has the head's MTU on its cluster interface."""
+Judged = tuple[str, str, str] | None
+"""(expected, found, fix) of a node against its replica's head; fix "" when it is fine; None
+when there is nothing to compare."""
+
+
+def _against_head(
+    name: str,
+    key: str,
+    nodes: Mapping[str, Mapping[str, Any]],
+    judge: Callable[[Mapping[str, Any], Mapping[str, Any], str], Judged],
+) -> list[Check]:
+    """One row per node of a replica but its head (rank 0), judged against the head."""
     head = min(nodes, key=lambda h: nodes[h]["rank"])
-    want = nodes[head]["mtu"]
     rows = []
     for host, node in sorted(nodes.items()):
-        if host == head or node["mtu"] is None or want is None:
-            continue
-        found = f"{node['mtu']} on {node['interface']}"
-        expected = f"{want} (as {head} {nodes[head]['interface']})"
-        if node["mtu"] == want:
-            rows.append(Check(host, f"MTU {key}", expected, found, "ok"))
-            continue
-        fix = (
-            f"set one MTU on every node of the replica: `ip link set dev {node['interface']} "
-            f"mtu {want}` here (and in the netplan/network config), or lower {head}'s"
-        )
-        rows.append(Check(host, f"MTU {key}", expected, found, "fail", fix))
+        judged = None if host == head else judge(node, nodes[head], head)
+        if judged is not None:
+            expected, found, fix = judged
+            verdict: Verdict = "fail" if fix else "ok"
+            rows.append(Check(host, f"{name} {key}", expected, found, verdict, fix))
     return rows
 
 
-def clock_checks(key: str, nodes: Mapping[str, Mapping[str, Any]]) -> list[Check]:
-    """Every node's clock against the head's, beyond what the round trips leave uncertain."""
-    head = min(nodes, key=lambda h: nodes[h]["rank"])
-    reference = nodes[head]["offset"]
-    rows = []
-    for host, node in sorted(nodes.items()):
-        if host == head or reference is None or node["offset"] is None:
-            continue
-        skew = node["offset"]["offset_s"] - reference["offset_s"]
-        margin = node["offset"]["uncertainty_s"] + reference["uncertainty_s"]
-        found = f"{skew:+.3f} s (±{margin:.3f} s)"
-        expected = f"within {CLOCK_SKEW_LIMIT_S:g} s of {head}"
-        if abs(skew) - margin <= CLOCK_SKEW_LIMIT_S:
-            rows.append(Check(host, f"clock {key}", expected, found, "ok"))
-            continue
-        fix = "enable NTP on both nodes (`timedatectl set-ntp true`, or chrony) and re-check"
-        rows.append(Check(host, f"clock {key}", expected, found, "fail", fix))
-    return rows
+def _mtu(node: Mapping[str, Any], head: Mapping[str, Any], head_name: str) -> Judged:
+    """The head's MTU on this node's cluster interface."""
+    if node["mtu"] is None or head["mtu"] is None:
+        return None
+    found = f"{node['mtu']} on {node['interface']}"
+    expected = f"{head['mtu']} (as {head_name} {head['interface']})"
+    fix = (
+        f"set one MTU on every node of the replica: `ip link set dev {node['interface']} "
+        f"mtu {head['mtu']}` here (and in the netplan/network config), or lower {head_name}'s"
+    )
+    return expected, found, "" if node["mtu"] == head["mtu"] else fix
+
+
+def _clock(node: Mapping[str, Any], head: Mapping[str, Any], head_name: str) -> Judged:
+    """This node's clock against the head's, beyond what the round trips leave uncertain."""
+    if node["offset"] is None or head["offset"] is None:
+        return None
+    skew = node["offset"]["offset_s"] - head["offset"]["offset_s"]
+    margin = node["offset"]["uncertainty_s"] + head["offset"]["uncertainty_s"]
+    found = f"{skew:+.3f} s (±{margin:.3f} s)"
+    expected = f"within {CLOCK_SKEW_LIMIT_S:g} s of {head_name}"
+    fix = "enable NTP on both nodes (`timedatectl set-ntp true`, or chrony) and re-check"
+    return expected, found, "" if abs(skew) - margin <= CLOCK_SKEW_LIMIT_S else fix
 
 
 def across(plans: Mapping[str, HostPlan], findings: Mapping[str, HostFindings]) -> list[Check]:
     """MTU and clock of each multi-node replica's nodes, compared with its head."""
     rows: list[Check] = []
     for key, nodes in sorted(_nodes(findings).items()):
-        rows += mtu_checks(key, nodes) + clock_checks(key, nodes)
+        rows += _against_head("MTU", key, nodes, _mtu) + _against_head("clock", key, nodes, _clock)
     return rows

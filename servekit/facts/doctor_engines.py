@@ -70,4 +70,4 @@ class StartupLines(FactBase[list[str]]):
 
     @override
     def process(self, output: list[str]) -> list[str]:
-        return [line.strip() for line in output if line.strip()]
+        return [line.strip() for line in output if any(m in line for m in STARTUP_MARKS)]
