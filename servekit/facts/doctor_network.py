@@ -2,7 +2,8 @@
 reaches its peers' cluster ports, the EFA pieces NCCL needs, and the torch of the vLLM venv.
 
 Each fact's `process` turns the raw output (recorded in tests/data/doctor_network/) into plain
-data; the verdicts are `servekit.doctor.network`'s.
+data; the verdicts are `servekit.doctor.network`'s. pyinfra hands a fact whose command printed
+nothing its `default()`: every fact here has one, so no check ever sees None.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class ClockReading(FactBase[Clock]):
             "date +%s.%N; timedatectl show -p NTPSynchronized --value 2>/dev/null || echo unknown"
         )
 
+    @staticmethod
+    @override
+    def default() -> Clock:
+        return {"epoch": None, "ntp_synchronized": None}
+
     @override
     def process(self, output: list[str]) -> Clock:
         return parse_clock(output)
@@ -107,6 +113,11 @@ class PortReach(FactBase[dict[str, str]]):
                 f'echo {q(f"{address} {int(port)}")} "$s" "$e" | head -n 1'
             )
         return "; ".join(parts)
+
+    @staticmethod
+    @override
+    def default() -> dict[str, str]:
+        return {}
 
     @override
     def process(self, output: list[str]) -> dict[str, str]:
@@ -177,13 +188,18 @@ class EfaState(FactBase[EfaFacts]):
             "ldconfig -p 2>/dev/null | awk '/libnccl-net/ {print \"ld=\" $NF}'; true"
         )
 
+    @staticmethod
+    @override
+    def default() -> EfaFacts:
+        return {"instance_type": None, "devices": {}, "plugins": [], "ld_cache": []}
+
     @override
     def process(self, output: list[str]) -> EfaFacts:
         return parse_efa(output)
 
 
 def parse_efa(output: list[str]) -> EfaFacts:
-    facts: EfaFacts = {"instance_type": None, "devices": {}, "plugins": [], "ld_cache": []}
+    facts = EfaState.default()
     for line in output:
         key, _sep, value = line.strip().partition("=")
         if key == "type" and re.fullmatch(r"[a-z0-9-]+\.[a-z0-9-]+", value):
@@ -214,6 +230,11 @@ class VenvTorch(FactBase[TorchFacts]):
             f"if [ -x {q(python)} ]; then {q(python)} -c {q(code)} 2>&1 | tail -n 2; "
             f'echo "servekit-status=$?"; else echo "servekit-status=missing"; fi'
         )
+
+    @staticmethod
+    @override
+    def default() -> TorchFacts:
+        return {"version": None, "cuda": False, "error": "no output"}
 
     @override
     def process(self, output: list[str]) -> TorchFacts:
@@ -257,6 +278,11 @@ class UnitActive(FactBase[bool]):
     def command(self, unit: str) -> str:
         return f"systemctl is-active {q(unit)} 2>/dev/null || true"
 
+    @staticmethod
+    @override
+    def default() -> bool:
+        return False
+
     @override
     def process(self, output: list[str]) -> bool:
         return bool(output) and output[0].strip() == "active"
@@ -277,6 +303,11 @@ class AllReduceRun(FactBase[dict[str, Any]]):
             detached = f"setsid nohup {run} >{ALLREDUCE_LOG} 2>&1 </dev/null &"
             return f"{detached} echo '{{\"started\": true}}'"
         return f"{run} 2>/dev/null | tail -n 1"
+
+    @staticmethod
+    @override
+    def default() -> dict[str, Any]:
+        return {"ok": False, "error": "no output"}
 
     @override
     def process(self, output: list[str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -483,3 +483,49 @@ def test_the_fact_commands_run_in_a_real_shell_here() -> None:
 def test_a_command_with_an_address_that_is_not_an_ip_literal_is_refused() -> None:
     with pytest.raises(ValueError):
         facts.PortReach().command([("192.0.2.2;reboot", 29501)])
+
+
+@pytest.fixture
+def local_host() -> Iterator[Any]:
+    """pyinfra's `@local` host, connected, in a fresh State (as `servekit doctor --local` has)."""
+    from pyinfra.api.config import Config
+    from pyinfra.api.inventory import Inventory
+    from pyinfra.api.state import State
+    from pyinfra.context import ctx_host, ctx_state
+
+    state = State()
+    inventory = Inventory((["@local"], {}))  # type: ignore[no-untyped-call]
+    with ctx_state.use(state):
+        state.init(inventory, Config())  # type: ignore[no-untyped-call]
+        host = inventory.get_host("@local")
+        state.activate_host(host)
+        with ctx_host.use(host):
+            host.connect(raise_exceptions=True)
+            yield host
+            host.disconnect()
+
+
+def test_gather_through_pyinfra_at_local(local_host: Any) -> None:
+    """The worker's checks through pyinfra's own fact machinery on this machine: its cluster
+    address is one this machine holds, the head's (127.0.0.1) master port is closed, no unit is
+    installed (before a deploy), no torch in /opt/vllm/current."""
+    here = facts.parse_interfaces(
+        subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True).stdout
+    )
+    address = next(
+        (a for i in here if i["up"] and i["name"] != "lo" for a in i["addresses"] if "." in a),
+        "127.0.0.1",
+    )
+    plan = two_nodes()["n1"]
+    instance = plan.vllm[0].model_copy(update={"head_address": "127.0.0.1", "master_port": 9})
+    plan = plan.model_copy(update={"cluster_address": address, "vllm": [instance]})
+    findings = HostFindings("n1")
+    network.gather(local_host, plan, findings)
+    rows = {r.check: r for r in findings.checks}
+    assert rows["reach n0 127.0.0.1:9"].found == "refused"
+    assert rows["reach n0 127.0.0.1:9"].verdict == "ok"  # nothing runs yet: refused is fine
+    assert rows["NCCL interface"].verdict == "ok", rows["NCCL interface"]
+    assert rows["all-reduce qwen2-5-7b-instruct replica 0"].verdict == "skip"
+    node = findings.facts["network"]["nodes"]["qwen2-5-7b-instruct replica 0"]
+    assert node["mtu"] == next(i["mtu"] for i in here if address in i["addresses"])
+    assert abs(findings.facts["network"]["offset"]["offset_s"]) < 5
