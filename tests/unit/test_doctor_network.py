@@ -529,3 +529,59 @@ def test_gather_through_pyinfra_at_local(local_host: Any) -> None:
     node = findings.facts["network"]["nodes"]["qwen2-5-7b-instruct replica 0"]
     assert node["mtu"] == next(i["mtu"] for i in here if address in i["addresses"])
     assert abs(findings.facts["network"]["offset"]["offset_s"]) < 5
+
+
+FAKE_TORCH = '''
+"""A torch stand-in for the all-reduce program's control flow: it records the calls; the
+collective itself does nothing (the real one needs torch and another node)."""
+calls = []
+float32 = "float32"
+def ones(n, dtype=None, device=None):
+    calls.append(["ones", n, device])
+    return [n]
+class cuda:
+    @staticmethod
+    def set_device(device): calls.append(["set_device", device])
+    @staticmethod
+    def synchronize(): pass
+'''
+FAKE_DISTRIBUTED = """
+import json, os, time
+from torch import calls
+def init_process_group(**kw):
+    calls.append(["init", kw["backend"], kw["init_method"], kw["rank"], kw["world_size"]])
+def all_reduce(buffer): time.sleep(0.01)
+def barrier(): pass
+def destroy_process_group():
+    calls.append(["env", os.environ.get("NCCL_SOCKET_IFNAME")])
+    with open(os.environ["FAKE_TORCH_LOG"], "w") as f: json.dump(calls, f)
+"""
+
+
+def test_the_allreduce_program_meets_at_the_spec_and_reports_nccl_tests_bus_bandwidth(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    (tmp_path / "torch" / "distributed.py").write_text(FAKE_DISTRIBUTED)
+    program = Path(network.__file__).parents[1] / "host_scripts" / "doctor_allreduce.py"
+    hosts = two_nodes(env={"NCCL_SOCKET_IFNAME": "eth0"})
+    spec = {**network.allreduce_spec(hosts["n1"].vllm[0], "nccl"), "megabytes": 4}
+    log = tmp_path / "calls.json"
+    done = subprocess.run(
+        [sys.executable, str(program), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(tmp_path), "FAKE_TORCH_LOG": str(log), "PATH": "/usr/bin:/bin"},
+    )
+    result = json.loads(done.stdout)
+    assert result["ok"], result
+    assert result["busbw_gbps"] == pytest.approx(result["algbw_gbps"] * 2 * (2 - 1) / 2)
+    assert result["algbw_gbps"] == pytest.approx(4 * 1024 * 1024 / result["seconds"] / 1e9)
+    assert json.loads(log.read_text()) == [
+        ["init", "nccl", "tcp://192.0.2.2:29501", 1, 2],
+        ["set_device", "cuda:0"],
+        ["ones", 4 * 1024 * 1024 // 4, "cuda:0"],
+        ["env", "eth0"],
+    ]
