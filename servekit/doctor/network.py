@@ -118,14 +118,20 @@ def nccl_interface_check(
     spec = env.get("NCCL_SOCKET_IFNAME")
     if spec is None:
         found = f"{owner['name']} holds {address}; NCCL_SOCKET_IFNAME unset (NCCL chooses)"
-        fix = f"set NCCL_SOCKET_IFNAME=={owner['name']} and GLOO_SOCKET_IFNAME={owner['name']}"
+        fix = (
+            f"run deploys/vllm.py: it writes NCCL_SOCKET_IFNAME={owner['name']} and "
+            f"GLOO_SOCKET_IFNAME={owner['name']} into the unit"
+        )
         return Check(host, name, f"NCCL uses {owner['name']}", found, "warn", fix)
     chosen = [i["name"] for i in interfaces if i["up"] and nccl_selects(spec, i["name"])]
     found = f"NCCL_SOCKET_IFNAME={spec} selects {', '.join(chosen) or 'no interface'}"
     if chosen == [owner["name"]]:
         return Check(host, name, f"NCCL uses {owner['name']}", found, "ok")
     verdict: Verdict = "warn" if owner["name"] in chosen else "fail"
-    fix = f"set NCCL_SOCKET_IFNAME=={owner['name']} ({address} is on {owner['name']})"
+    fix = (
+        f"{address} is on {owner['name']}: run deploys/vllm.py to write "
+        f"NCCL_SOCKET_IFNAME={owner['name']} into the unit (the interfaces changed since)"
+    )
     return Check(host, name, f"NCCL uses {owner['name']}", found, verdict, fix)
 
 

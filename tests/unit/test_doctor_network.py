@@ -117,14 +117,20 @@ def test_nccl_interface_wrong_names_the_right_one() -> None:
     )
     assert row.verdict == "fail"
     assert row.found == "NCCL_SOCKET_IFNAME=sk-br selects sk-br0"
-    assert row.fix == "set NCCL_SOCKET_IFNAME==eth0 (192.0.2.2 is on eth0)"
+    assert row.fix == (
+        "192.0.2.2 is on eth0: run deploys/vllm.py to write NCCL_SOCKET_IFNAME=eth0 into the "
+        "unit (the interfaces changed since)"
+    )
 
 
 def test_nccl_interface_unset_is_a_warning_that_says_what_to_set() -> None:
     row = network.nccl_interface_check("n0", "192.0.2.2", {}, interfaces_of_n0())
     assert row.verdict == "warn"
     assert "eth0 holds 192.0.2.2; NCCL_SOCKET_IFNAME unset" in row.found
-    assert row.fix == "set NCCL_SOCKET_IFNAME==eth0 and GLOO_SOCKET_IFNAME=eth0"
+    assert row.fix == (
+        "run deploys/vllm.py: it writes NCCL_SOCKET_IFNAME=eth0 and GLOO_SOCKET_IFNAME=eth0 "
+        "into the unit"
+    )
 
 
 def test_a_cluster_address_on_no_interface_fails() -> None:
