@@ -21,7 +21,7 @@ from servekit.doctor.result import Check, HostFindings, Verdict
 from servekit.facts import doctor_network as facts
 from servekit.facts.doctor_network import EfaFacts, Interface, TorchFacts
 from servekit.host_scripts import script
-from servekit.hostplan import HostPlan, VllmInstance, uses_ray
+from servekit.hostplan import HostPlan, VllmInstance, ray_unit, uses_ray
 from servekit.spec import RAY_FIXED_PORTS, RAY_PORT, RAY_WORKER_PORTS
 from servekit.vllm_files import EFA_ENV
 from servekit.vllm_layout import LAYOUT
@@ -201,11 +201,14 @@ def allreduce_check(host: str, key: str, torch: TorchFacts, result: dict[str, An
     return Check(host, name, "bus bandwidth", found, "ok")
 
 
-def allreduce_spec(instance: VllmInstance, backend: str) -> dict[str, Any]:
+def allreduce_spec(
+    instance: VllmInstance, backend: str, unit_env: Mapping[str, str]
+) -> dict[str, Any]:
     """The rank's input: the head's master port (mp), or the top of Ray's worker range (Ray),
-    both admitted between the replica's nodes and free while the engines are stopped."""
-    env = {k: v for k, v in instance.env.items() if k.startswith(("NCCL_", "GLOO_", "FI_"))}
-    env |= {k: v for k, v in instance.env.items() if k == "LD_LIBRARY_PATH"}
+    both admitted between the replica's nodes and free while the engines are stopped; the
+    unit's NCCL, Gloo and libfabric variables, so the test takes the engines' path."""
+    env = {k: v for k, v in unit_env.items() if k.startswith(("NCCL_", "GLOO_", "FI_"))}
+    env |= {k: v for k, v in unit_env.items() if k == "LD_LIBRARY_PATH"}
     return {
         "rank": instance.node_rank,
         "world": instance.nnodes,
@@ -219,7 +222,7 @@ def allreduce_spec(instance: VllmInstance, backend: str) -> dict[str, Any]:
 
 
 def allreduce_row(
-    host: Host, plan: HostPlan, instance: VllmInstance, running: bool
+    host: Host, plan: HostPlan, instance: VllmInstance, running: bool, env: Mapping[str, str]
 ) -> Check | None:
     """Start this node's rank: every node but the last in the background, the last in the
     foreground, so that when doctor gathers the nodes in order they meet; the last reports."""
@@ -235,14 +238,17 @@ def allreduce_row(
         facts.AllReduceRun,
         python=VENV_PYTHON,
         program=script("doctor_allreduce"),
-        spec=json.dumps(allreduce_spec(instance, "nccl" if torch["cuda"] else "gloo")),
+        spec=json.dumps(allreduce_spec(instance, "nccl" if torch["cuda"] else "gloo", env)),
         background=not last,
     )
     return allreduce_check(plan.name, key, torch, result) if last else None
 
 
 def _engines_running(host: Host, plan: HostPlan) -> bool:
-    return any(host.get_fact(facts.UnitActive, unit=i.unit) for i in multinode(plan))
+    """Whether a unit of a multi-node replica runs here (vLLM, or the Ray node beside it)."""
+    units = [i.unit for i in multinode(plan)]
+    units += [ray_unit(i) for i in multinode(plan) if uses_ray(i)]
+    return any(host.get_fact(facts.UnitActive, unit=f"{unit}.service") for unit in units)
 
 
 def deploy_env(instance: VllmInstance, owner: Interface | None, efa: EfaFacts) -> dict[str, str]:
@@ -266,17 +272,16 @@ def _node_checks(
     reach = host.get_fact(facts.PortReach, targets=cluster_targets(instance))
     address = plan.cluster_address or ""
     owner = holder(interfaces, address)
-    env = host.get_fact(facts.UnitEnvironment, unit=f"{instance.unit}.service")
+    installed = host.get_fact(facts.UnitEnvironment, unit=f"{instance.unit}.service")
+    env = installed if installed is not None else deploy_env(instance, owner, efa)
     rows = port_checks(plan.name, instance, reach, running)
-    nccl = nccl_interface_check(
-        plan.name, address, env or deploy_env(instance, owner, efa), interfaces
-    )
-    if env is None:
+    nccl = nccl_interface_check(plan.name, address, env, interfaces)
+    if installed is None:
         nccl = replace(nccl, found=f"{nccl.found} (as the deploy will write it)")
     rows.append(nccl)
-    if (efa_row := efa_check(plan.name, efa, env or deploy_env(instance, owner, efa))) is not None:
+    if (efa_row := efa_check(plan.name, efa, env)) is not None:
         rows.append(efa_row)
-    if (reduce_row := allreduce_row(host, plan, instance, running)) is not None:
+    if (reduce_row := allreduce_row(host, plan, instance, running, env)) is not None:
         rows.append(reduce_row)
     node = {
         "rank": instance.node_rank,

@@ -31,9 +31,7 @@ def recorded(name: str) -> list[str]:
     return (DATA / name).read_text().splitlines()
 
 
-def two_nodes(
-    backend: Literal["mp", "ray"] = "mp", env: dict[str, str] | None = None
-) -> dict[str, HostPlan]:
+def two_nodes(backend: Literal["mp", "ray"] = "mp") -> dict[str, HostPlan]:
     """A replica over n0 (192.0.2.2, the address the recorded `ip -j addr` holds) and n1."""
     fleet = Fleet(
         name="pair",
@@ -51,12 +49,7 @@ def two_nodes(
         ],
         engine_api_key=SecretRef(env="ENGINE_KEY"),
     )
-    hosts = plan_fleet(fleet).hosts
-    if env:
-        for name, plan in hosts.items():
-            instances = [i.model_copy(update={"env": {**i.env, **env}}) for i in plan.vllm]
-            hosts[name] = plan.model_copy(update={"vllm": instances})
-    return hosts
+    return plan_fleet(fleet).hosts
 
 
 def interfaces_of_n0() -> list[Interface]:
@@ -64,11 +57,9 @@ def interfaces_of_n0() -> list[Interface]:
     return facts.parse_interfaces((DATA / "ip-addr-container.json").read_text())
 
 
-def interfaces_of_n1(mtu: int = 1400) -> list[Interface]:
-    """The same machine's recording with n1's address on eth0, and the MTU given (constructed)."""
-    text = (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
-    found = facts.parse_interfaces(text)
-    return [{**i, "mtu": mtu} if i["name"] == "eth0" else i for i in found]
+def ip_addr_of_n1() -> str:
+    """The same recording with n1's address on eth0 (constructed)."""
+    return (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
 
 
 def only(rows: list[Check], check: str) -> Check:
@@ -333,7 +324,7 @@ def test_allreduce_result_reports_bus_bandwidth() -> None:
 
 def test_the_allreduce_program_reports_a_missing_torch_as_one_json_line() -> None:
     program = Path(network.__file__).parents[1] / "host_scripts" / "doctor_allreduce.py"
-    spec = json.dumps(network.allreduce_spec(worker(), "gloo"))
+    spec = json.dumps(network.allreduce_spec(worker(), "gloo", {}))
     done = subprocess.run(
         [sys.executable, "-I", str(program), spec], capture_output=True, text=True, timeout=60
     )
@@ -342,11 +333,11 @@ def test_the_allreduce_program_reports_a_missing_torch_as_one_json_line() -> Non
 
 
 def test_allreduce_spec_meets_at_the_heads_master_port_with_the_units_nccl_env() -> None:
-    hosts = two_nodes(env={"NCCL_SOCKET_IFNAME": "=eth0", "HF_HOME": "/x"})
-    spec = network.allreduce_spec(hosts["n1"].vllm[0], "nccl")
+    unit_env = {"NCCL_SOCKET_IFNAME": "=eth0", "HF_HOME": "/x"}
+    spec = network.allreduce_spec(two_nodes()["n1"].vllm[0], "nccl", unit_env)
     assert (spec["master"], spec["port"], spec["rank"], spec["world"]) == ("192.0.2.2", 29501, 1, 2)
     assert spec["env"] == {"NCCL_SOCKET_IFNAME": "=eth0"}
-    ray = network.allreduce_spec(two_nodes("ray")["n1"].vllm[0], "gloo")
+    ray = network.allreduce_spec(two_nodes("ray")["n1"].vllm[0], "gloo", {})
     assert ray["port"] == 19999
 
 
@@ -399,7 +390,7 @@ def test_unit_environment_parses_systemds_quoting() -> None:
 
 def test_gather_before_a_deploy_checks_what_the_deploy_will_write() -> None:
     plan = two_nodes()["n1"]
-    text = (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
+    text = ip_addr_of_n1()
     host = recorded_host("192.0.2.2 29501 1 bash: connect: Connection refused", text, False)
     findings = HostFindings("n1")
     network.gather(host, plan, findings)  # type: ignore[arg-type]
@@ -411,7 +402,7 @@ def test_gather_before_a_deploy_checks_what_the_deploy_will_write() -> None:
 
 def test_gather_on_a_deployed_worker_from_recorded_outputs() -> None:
     plan = two_nodes()["n1"]
-    text = (DATA / "ip-addr-container.json").read_text().replace("192.0.2.2", "192.0.2.3")
+    text = ip_addr_of_n1()
     reach = "192.0.2.2 29501 1 bash: connect: Connection refused"
     host = recorded_host(reach, text, True, UNIT_SHOW)
     findings = HostFindings("n1")
@@ -571,8 +562,8 @@ def test_the_allreduce_program_meets_at_the_spec_and_reports_nccl_tests_bus_band
     (tmp_path / "torch" / "__init__.py").write_text(FAKE_TORCH)
     (tmp_path / "torch" / "distributed.py").write_text(FAKE_DISTRIBUTED)
     program = Path(network.__file__).parents[1] / "host_scripts" / "doctor_allreduce.py"
-    hosts = two_nodes(env={"NCCL_SOCKET_IFNAME": "eth0"})
-    spec = {**network.allreduce_spec(hosts["n1"].vllm[0], "nccl"), "megabytes": 4}
+    unit_env = {"NCCL_SOCKET_IFNAME": "eth0"}
+    spec = {**network.allreduce_spec(worker(), "nccl", unit_env), "megabytes": 4}
     log = tmp_path / "calls.json"
     done = subprocess.run(
         [sys.executable, str(program), json.dumps(spec)],
@@ -591,3 +582,19 @@ def test_the_allreduce_program_meets_at_the_spec_and_reports_nccl_tests_bus_band
         ["ones", 4 * 1024 * 1024 // 4, "cuda:0"],
         ["env", "eth0"],
     ]
+
+
+def test_a_ray_worker_counts_its_ray_node_unit_as_running() -> None:
+    """On a Ray replica's worker the running unit is `ray-NAME`: with it active, the head's
+    closed GCS port is a failure, not "before a deploy"."""
+    plan = two_nodes("ray")["n1"]
+    text = ip_addr_of_n1()
+    host = recorded_host("192.0.2.2 6379 1 bash: connect: Connection refused", text, False)
+    host.outputs[facts.UnitActive] = lambda kw: [
+        "active" if kw["unit"].startswith("ray-") else "inactive"
+    ]
+    findings = HostFindings("n1")
+    network.gather(host, plan, findings)  # type: ignore[arg-type]
+    assert only(findings.checks, "reach n0 192.0.2.2:6379").verdict == "fail"
+    asked = [kw["unit"] for name, kw in host.asked if name == "UnitActive"]
+    assert asked == ["vllm-qwen2-5-7b-instruct.service", "ray-qwen2-5-7b-instruct.service"]
