@@ -288,9 +288,6 @@ class UnitActive(FactBase[bool]):
         return bool(output) and output[0].strip() == "active"
 
 
-ALLREDUCE_LOG = "/tmp/servekit-doctor-allreduce.log"
-
-
 class AllReduceRun(FactBase[dict[str, Any]]):
     """One node's rank of the all-reduce (host_scripts/doctor_allreduce.py) with the venv's
     python: in the foreground, its JSON result; in the background (detached, so the SSH command
@@ -300,7 +297,9 @@ class AllReduceRun(FactBase[dict[str, Any]]):
     def command(self, python: str, program: str, spec: str, background: bool) -> str:
         run = f"{q(python)} -c {q(program)} {q(spec)}"
         if background:
-            detached = f"setsid nohup {run} >{ALLREDUCE_LOG} 2>&1 </dev/null &"
+            # Nothing is written to a file: a fixed name in /tmp could be a planted symlink
+            # that root would write through; the last rank reports for the replica.
+            detached = f"setsid nohup {run} >/dev/null 2>&1 </dev/null &"
             return f"{detached} echo '{{\"started\": true}}'"
         return f"{run} 2>/dev/null | tail -n 1"
 

@@ -598,3 +598,18 @@ def test_a_ray_worker_counts_its_ray_node_unit_as_running() -> None:
     assert only(findings.checks, "reach n0 192.0.2.2:6379").verdict == "fail"
     asked = [kw["unit"] for name, kw in host.asked if name == "UnitActive"]
     assert asked == ["vllm-qwen2-5-7b-instruct.service", "ray-qwen2-5-7b-instruct.service"]
+
+
+def test_a_background_rank_returns_at_once_and_the_last_rank_reports() -> None:
+    fact = facts.AllReduceRun()
+    sleeper = "import time; time.sleep(20)"
+    started = time.monotonic()
+    output = run_here(fact.command(sys.executable, sleeper, "{}", background=True))
+    assert time.monotonic() - started < 10
+    assert fact.process(output) == {"started": True}
+    reporter = (
+        'import json, sys; print("noise"); print(json.dumps({"ok": True, "spec": sys.argv[1]}))'
+    )
+    output = run_here(fact.command(sys.executable, reporter, '{"rank": 1}', background=False))
+    assert fact.process(output) == {"ok": True, "spec": '{"rank": 1}'}
+    assert fact.process(["Traceback: boom"]) == {"ok": False, "error": "Traceback: boom"}
