@@ -128,18 +128,42 @@ def pyinfra_groups(fleet: Fleet) -> Groups:
     return Groups(**groups)
 
 
-def load_fleet(path: str | Path) -> Fleet:
-    """Run an inventory file the way pyinfra does and return the Fleet it declares."""
-    path = Path(path)
+def _run_inventory(path: Path) -> dict[str, Any]:
+    """An inventory file's module globals, run the way pyinfra runs it (offline: no secret is
+    read, no address is required)."""
     if not path.is_file():
         raise FleetError([Problem("inventory", f"{path} does not exist", "give an inventory file")])
     try:
         with _loading_offline():
-            module = runpy.run_path(str(path), run_name="__servekit_inventory__")
+            return runpy.run_path(str(path), run_name="__servekit_inventory__")
     except FleetError:
         raise
     except Exception as error:  # the inventory is Python: its own mistakes, without a traceback
         raise FleetError([_inventory_problem(path, error)]) from None
+
+
+def _is_group(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(
+        isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], dict)
+        for e in value
+    )
+
+
+def inventory_groups(path: str | Path) -> dict[str, list[HostEntry]]:
+    """The groups an inventory file gives pyinfra (every module-level list of `(name, data)`
+    entries), with whatever host data the file set after `pyinfra_groups`."""
+    module = _run_inventory(Path(path))
+    return {
+        name: list(value)
+        for name, value in module.items()
+        if not name.startswith("_") and value and _is_group(value)
+    }
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Run an inventory file the way pyinfra does and return the Fleet it declares."""
+    path = Path(path)
+    module = _run_inventory(path)
     fleets = [value for value in module.values() if isinstance(value, Fleet)]
     if len(fleets) != 1:
         raise FleetError(

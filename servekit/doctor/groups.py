@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from servekit.doctor import gpu, system
+from servekit.doctor import engines, gpu, network, system
 
-GROUPS: list[ModuleType] = [gpu, system]
+GROUPS: list[ModuleType] = [gpu, system, network, engines]

@@ -64,24 +64,22 @@ def local_inventory(fleet: Path | None, sudo: bool = False) -> Inventory:
 
 
 def file_inventory(path: Path) -> Inventory:
-    """The hosts and groups an inventory file gives pyinfra (`pyinfra_groups`: each host's
-    servekit plan and SSH settings). Loaded as `servekit plan` loads it: doctor reads no
-    secret, so the secret files need not be on this machine. (pyinfra's own loader,
-    pyinfra_cli, is not used: importing it monkey-patches the whole process for gevent.)"""
-    from servekit.inventory import _loading_offline, load_fleet, pyinfra_groups
+    """The hosts and groups the inventory file gives pyinfra (`pyinfra_groups`: each host's
+    servekit plan and SSH settings, and what the file set after it), run as `servekit plan`
+    runs it: doctor reads no secret, so the secret files need not be on this machine.
+    (pyinfra's own loader, pyinfra_cli, is not used: importing it monkey-patches the whole
+    process for gevent.)"""
+    from servekit.inventory import inventory_groups
 
-    fleet = load_fleet(path)
-    with _loading_offline():
-        groups = pyinfra_groups(fleet)
+    groups = inventory_groups(path)
     hosts: dict[str, dict[str, Any]] = {}
-    for entries in groups:
+    for entries in groups.values():
         for name, data in entries:
             hosts.setdefault(name, data)
-    names = list(hosts.items())
     members: dict[str, tuple[list[str], dict[str, Any]]] = {
-        group: ([name for name, _ in entries], {}) for group, entries in groups._asdict().items()
+        group: ([name for name, _ in entries], {}) for group, entries in groups.items()
     }
-    return Inventory((names, {}), **members)  # type: ignore[no-untyped-call]
+    return Inventory((list(hosts.items()), {}), **members)  # type: ignore[no-untyped-call]
 
 
 def load(request: Request) -> Inventory:

@@ -71,6 +71,22 @@ def test_an_unreachable_host_is_a_fail_row(tmp_path: Path) -> None:
     assert "address" in row.fix
 
 
+def test_host_data_the_inventory_sets_after_pyinfra_groups_is_kept(tmp_path: Path) -> None:
+    """Inventories may change host data after `pyinfra_groups` (the host tests' known_hosts
+    file, a user's SSH options): doctor connects with what pyinfra would."""
+    from servekit.doctor.run import file_inventory
+
+    path = unreachable_inventory(tmp_path)
+    path.write_text(
+        path.read_text()
+        + "\nfor _name, _data in gpu:\n    _data['ssh_known_hosts_file'] = '/tmp/doctor-kh'\n"
+    )
+    (host,) = list(file_inventory(path))
+    assert host.name == "gpu1" and host.data.get("ssh_known_hosts_file") == "/tmp/doctor-kh"
+    assert host.data.get("servekit") is not None
+    assert [h.name for h in file_inventory(path).get_group("gpu")] == ["gpu1"]
+
+
 def test_host_limit_and_an_unknown_host(tmp_path: Path) -> None:
     found = run(Request(inventory=unreachable_inventory(tmp_path), hosts=("nope",)))
     assert [(f.host, [c.verdict for c in f.checks]) for f in found] == [("nope", ["fail"])]
