@@ -10,8 +10,8 @@ so the CUDA check runs for real inside a sandboxed `systemd-run`. The tests run 
 
 from __future__ import annotations
 
+import base64
 import json
-import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,6 +37,8 @@ class DoctorFleet:
     a: BenchHost
     b: BenchHost
     inventory: Path
+    downloads: Path
+    """The same fleet with weights from the Hub: the disk check has a download to size."""
 
 
 def install_gpu_standins(host: BenchHost, library: bytes) -> None:
@@ -49,7 +51,7 @@ def install_gpu_standins(host: BenchHost, library: bytes) -> None:
     host.run(f"echo 'NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {DRIVER}' "
              "> /run/servekit-standin/nvidia-version")  # fmt: skip
     host.run("base64 -d > /usr/lib/x86_64-linux-gnu/libcuda.so.1 && ldconfig",
-             stdin=__import__("base64").b64encode(library).decode())  # fmt: skip
+             stdin=base64.b64encode(library).decode())  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +71,16 @@ def fleet(
     machines=[{ssh_host(a)}, {ssh_host(b)}],
     serve=[Serve(name="chat", model="llama-3.1-8b-instruct", nodes_per_replica=2)],
     engine_api_key=SecretRef(file={str(key)!r}),
-    sources=Sources(python_index={package_index.url!r}, weights=LocalPath(path="/srv/models")),
+    sources=Sources(python_index={package_index.url!r}, weights=WEIGHTS),
 )"""
-    yield DoctorFleet(a, b, write_fleet(workdir / "inventory" / "doc.py", source))
+    local = source.replace("WEIGHTS", 'LocalPath(path="/srv/models")')
+    hub = source.replace("WEIGHTS", "HuggingFace()")
+    yield DoctorFleet(
+        a,
+        b,
+        write_fleet(workdir / "inventory" / "doc.py", local),
+        write_fleet(workdir / "hub" / "doc.py", hub),
+    )
 
 
 def doctor(inventory: Path) -> tuple[int, dict[str, Any]]:
@@ -89,3 +98,109 @@ def rows(report: dict[str, Any], verdict: str) -> list[dict[str, str]]:
 
 def failed(report: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted((c["host"], c["check"]) for c in rows(report, "fail"))
+
+
+def all_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    return [c for h in report["hosts"] for c in h["checks"]]
+
+
+def only_failure(report: dict[str, Any]) -> dict[str, str]:
+    """The one failed row of a report (the test broke one thing)."""
+    failures = rows(report, "fail")
+    assert len(failures) == 1, json.dumps(failures, indent=1)
+    return failures[0]
+
+
+def test_doctor_passes_on_the_healthy_fleet(fleet: DoctorFleet) -> None:
+    code, report = doctor(fleet.inventory)
+    assert failed(report) == [] and code == 0 and report["failed"] is False
+    assert [h["host"] for h in report["hosts"]] == [fleet.a.name, fleet.b.name]
+    checks = {(c["host"], c["check"]): c for c in all_rows(report)}
+    for host in (fleet.a.name, fleet.b.name):
+        assert checks[(host, "CUDA in the engine sandbox")]["verdict"] == "ok"
+        assert checks[(host, "GPUs")]["verdict"] == "ok"
+    reach = [c for c in all_rows(report) if c["check"].startswith("reach ")]
+    assert reach and {c["host"] for c in reach} == {fleet.b.name}  # the worker reaches the head
+    assert all(c["found"] in ("open", "refused") for c in reach)  # nothing listens before deploy
+    assert any(c["check"].startswith("MTU") and c["verdict"] == "ok" for c in all_rows(report))
+    assert any(c["check"].startswith("clock ") and c["verdict"] == "ok" for c in all_rows(report))
+
+
+def test_a_different_mtu_on_one_node_is_named(fleet: DoctorFleet) -> None:
+    fleet.b.run("ip link set dev host0 mtu 1400")
+    try:
+        code, report = doctor(fleet.inventory)
+    finally:
+        fleet.b.run("ip link set dev host0 mtu 1500")
+    row = only_failure(report)
+    assert code == 1 and row["host"] == fleet.b.name and row["check"].startswith("MTU")
+    assert "1400" in row["found"] and "1500" in row["expected"] and "ip link set" in row["fix"]
+
+
+def test_packets_to_the_heads_cluster_port_dropped_are_named(fleet: DoctorFleet) -> None:
+    """The head drops what it would send back to the worker (a blackhole route): the worker's
+    connection to the head's cluster port times out, as behind a dropping firewall."""
+    fleet.a.run(f"ip route add blackhole {fleet.b.address}/32")
+    try:
+        code, report = doctor(fleet.inventory)
+    finally:
+        fleet.a.run(f"ip route del blackhole {fleet.b.address}/32")
+    row = only_failure(report)
+    assert code == 1 and row["host"] == fleet.b.name and row["check"].startswith("reach ")
+    assert fleet.a.address in row["check"] and row["found"] == "timeout"
+    assert "dropped" in row["fix"]
+
+
+def test_a_clock_ahead_on_one_node_is_named(fleet: DoctorFleet) -> None:
+    """Containers share the kernel's clock, so the worker's `date` reads 5 minutes ahead (a
+    `date` earlier on PATH): what doctor reads of the node's time is all that is faked."""
+    fleet.b.run(
+        'printf \'#!/bin/sh\\nexec /usr/bin/date -d "now + 300 seconds" "$@"\\n\' '
+        "> /usr/local/bin/date && chmod 755 /usr/local/bin/date"
+    )
+    try:
+        assert float(fleet.b.run("date +%s").stdout) - float(fleet.a.run("date +%s").stdout) > 250
+        code, report = doctor(fleet.inventory)
+    finally:
+        fleet.b.run("rm -f /usr/local/bin/date")
+    row = only_failure(report)
+    assert code == 1 and row["host"] == fleet.b.name and row["check"].startswith("clock ")
+    assert row["found"].startswith("+3") and "NTP" in row["fix"]
+
+
+def test_a_weights_filesystem_too_small_is_named(fleet: DoctorFleet) -> None:
+    """With weights from the Hub, a 64 MiB filesystem where they go cannot hold Llama 3.1 8B."""
+    hub = "/var/lib/vllm/huggingface/hub"
+    fleet.b.run(f"mkdir -p {hub} && mount -t tmpfs -o size=64m tmpfs {hub}")
+    try:
+        code, report = doctor(fleet.downloads)
+    finally:
+        fleet.b.run(f"umount {hub}")
+    row = only_failure(report)
+    assert code == 1 and row["host"] == fleet.b.name and row["check"] == "disk for weights"
+    assert "GiB" in row["found"] and "GiB" in row["expected"]
+
+
+def test_after_a_deploy_vllms_startup_numbers_sit_beside_the_plan(fleet: DoctorFleet) -> None:
+    """The stand-in logs the KV cache it has (vLLM 0.33's lines): half the plan's here, so the
+    plan over-promised, which doctor shows side by side and records for the planner."""
+    plan = json.loads(
+        subprocess.run(
+            [str(SERVEKIT), "plan", str(fleet.inventory), "--json"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    planned = plan[0]["kv_cache_tokens"]
+    blocks = planned // 2 // 16
+    fleet.a.run(f"echo VLLM_STANDIN_KV_BLOCKS={blocks} > /etc/vllm-standin.conf")
+    deploy(fleet.inventory).check()
+    code, report = doctor(fleet.inventory)
+    assert failed(report) == [] and code == 0
+    kv = [c for c in all_rows(report) if c["check"].startswith("KV cache tokens")]
+    assert [(c["host"], c["verdict"]) for c in kv] == [(fleet.a.name, "warn")]
+    assert f"{blocks * 16:,}" in kv[0]["found"] and f"{planned:,}" in kv[0]["expected"]
+    reach = [c for c in all_rows(report) if c["check"].startswith("reach ")]
+    assert reach and all(c["found"] == "open" for c in reach)  # the head listens now
+    saved = json.loads((fleet.inventory.parent / "cloud" / "doc.plan-vs-actual.json").read_text())
+    (record,) = saved["log"]
+    assert record["kv_cache_tokens"] == blocks * 16 and record["gpu"] == "A100-80GB"

@@ -88,7 +88,9 @@ def driver_packages(version: str, work: Path) -> list[Deb]:
             "libcuda1",
             v,
             files=[
-                DebFile("/usr/lib/x86_64-linux-gnu/libcuda.so.1", libcuda_library(version, work), 0o755)
+                DebFile(
+                    "/usr/lib/x86_64-linux-gnu/libcuda.so.1", libcuda_library(version, work), 0o755
+                )
             ],
             postinst="ldconfig",
         ),
