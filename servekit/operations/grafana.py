@@ -1,0 +1,183 @@
+"""Grafana on the monitoring host, in named steps: Grafana's apt source and key, the package,
+servekit's folders, grafana.ini + the admin password + provisioning + dashboard (contents on
+standard input, never shown), `grafana-server.service` enabled and running, and a restart only
+after a file changed (Grafana reads grafana.ini and the data sources at start).
+
+`grafana_server(plan)` runs them all for a monitoring host whose plan names Grafana; the
+monitoring deploy calls it after Prometheus's steps. Files: `servekit.monitoring.grafana`.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api.command import StringCommand
+from pyinfra.api.operation import OperationMeta, operation
+from pyinfra.context import host
+from pyinfra.facts.files import Directory
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+from servekit import secrets
+from servekit.hostplan import HostPlan
+from servekit.monitoring.grafana import (
+    GRAFANA,
+    grafana_apt_files,
+    grafana_config_files,
+    read_signing_key,
+)
+from servekit.operations.common import Commands, problem
+from servekit.operations.debian import install_missing
+from servekit.operations.hoststate import announce
+from servekit.operations.staged import STAGED, file_differs, stage_command
+from servekit.secrets import SecretError
+from servekit.shell import quote as q
+from servekit.templating import RenderedFile
+
+
+@operation()
+def grafana_files(files: list[RenderedFile]) -> Commands:
+    """
+    Write Grafana's files where they differ: each staged beside its place with its mode and
+    owner, then moved in. Contents travel on standard input and are never shown.
+
+    + files: rendered files (`servekit.monitoring.grafana`)
+
+    **Example:**
+
+    .. code:: python
+
+        config = grafana_files(name="Write Grafana's configuration", files=files)
+    """
+    changed = [f for f in files if file_differs(f)]
+    if not changed:
+        host.noop(f"Grafana's {len(files)} files are written")
+        return
+    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
+    for rendered in changed:
+        parent = q(rendered.path.rsplit("/", 1)[0])
+        yield f"[ -d {parent} ] || install -d -m 0755 {parent}"
+        yield StringCommand(stage_command(rendered), _stdin=rendered.content)
+        yield f"mv -f {q(rendered.path + STAGED)} {q(rendered.path)}"
+
+
+@operation()
+def grafana_package(package: str) -> Commands:
+    """
+    Install Grafana's package from the repository just written (apt lists refreshed first),
+    unless it is installed.
+
+    + package: `grafana` or `grafana-enterprise`
+
+    **Example:**
+
+    .. code:: python
+
+        grafana_package(name="Install Grafana", package="grafana")
+    """
+    yield from install_missing((package,))
+
+
+@operation()
+def grafana_directories() -> Commands:
+    """
+    Create the provisioning and dashboard folders: 0755 root:grafana, as the package makes
+    /etc/grafana's own.
+
+    **Example:**
+
+    .. code:: python
+
+        grafana_directories(name="Create Grafana's folders")
+    """
+    group = GRAFANA.group
+    missing = []
+    for path in GRAFANA.directories():
+        info = host.get_fact(Directory, path=path)
+        if not info or (info.get("user"), info.get("group"), info.get("mode")) != (
+            "root",
+            group,
+            755,
+        ):
+            missing.append(path)
+    if not missing:
+        host.noop("Grafana's folders exist (0755 root:grafana)")
+        return
+    announce(*(f"create {path} (0755 root:{group})" for path in missing))
+    for path in missing:
+        yield f"install -d -m 0755 -o root -g {q(group)} {q(path)}"
+
+
+@operation()
+def grafana_service() -> Commands:
+    """
+    Enable and start `grafana-server.service` (nothing when it is enabled and running).
+
+    **Example:**
+
+    .. code:: python
+
+        grafana_service(name="Enable and start Grafana")
+    """
+    unit = f"{GRAFANA.service}.service"
+    running = (host.get_fact(SystemdStatus) or {}).get(unit)
+    enabled = (host.get_fact(SystemdEnabled) or {}).get(unit)
+    if running and enabled:
+        host.noop(f"{unit} is running")
+        return
+    if not enabled:
+        announce(f"enable {unit}")
+        yield f"systemctl enable {q(unit)}"
+    if not running:
+        announce(f"start {unit}")
+        yield f"systemctl start {q(unit)}"
+
+
+@operation(is_idempotent=False)
+def grafana_restart() -> Commands:
+    """
+    Restart Grafana after its files changed: grafana.ini and the data sources are read at start.
+    Call it with `_if=` the files step's change.
+
+    **Example:**
+
+    .. code:: python
+
+        grafana_restart(name="Restart Grafana", _if=config.did_change)
+    """
+    yield f"systemctl restart {q(GRAFANA.service + '.service')}"
+
+
+def read_inputs(plan: HostPlan) -> tuple[str, str] | None:
+    """(admin password, repository key) read on the control machine; None after stopping this
+    host with why (never the password)."""
+    assert plan.monitoring is not None and plan.monitoring.grafana is not None
+    grafana = plan.monitoring.grafana
+    try:
+        password = secrets.read_secret(grafana.admin_password)
+    except SecretError as error:
+        problem(name="Read Grafana's admin password", message=str(error))
+        return None
+    try:
+        key = read_signing_key(grafana)
+    except ValueError as error:
+        problem(name="Read Grafana's repository key", message=str(error))
+        return None
+    return password, key
+
+
+def grafana_server(plan: HostPlan) -> OperationMeta | None:
+    """Every Grafana step on the monitoring host (nothing when its plan names no Grafana);
+    the files step, whose change restarts Grafana, or None."""
+    if plan.monitoring is None or plan.monitoring.grafana is None:
+        return None
+    inputs = read_inputs(plan)
+    if inputs is None:
+        return None
+    password, key = inputs
+    grafana_files(name="Write Grafana's apt source", files=grafana_apt_files(plan, key))
+    grafana_package(name="Install Grafana", package=plan.monitoring.grafana.package)
+    grafana_directories(name="Create Grafana's folders")
+    config = grafana_files(
+        name="Write Grafana's configuration", files=grafana_config_files(plan, password)
+    )
+    grafana_service(name="Enable and start Grafana")
+    grafana_restart(name="Restart Grafana after new files", _if=config.did_change)
+    return config
