@@ -3,14 +3,15 @@ servekit's folders, grafana.ini + the admin password + provisioning + dashboard 
 standard input, never shown), `grafana-server.service` enabled and running, and a restart only
 after a file changed (Grafana reads grafana.ini and the data sources at start).
 
-`grafana_server(plan)` runs them all for a monitoring host whose plan names Grafana; the
-monitoring deploy calls it after Prometheus's steps. Files: `servekit.monitoring.grafana`.
+`grafana_server(plan)` runs them all for a monitoring host whose plan names Grafana (the
+monitoring deploy calls it last; an unreadable password or key stops the host before Grafana
+changes). Files: `servekit.monitoring.grafana`.
 """
 
 from __future__ import annotations
 
 from pyinfra.api.command import StringCommand
-from pyinfra.api.operation import OperationMeta, operation
+from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import Directory
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
@@ -163,14 +164,15 @@ def read_inputs(plan: HostPlan) -> tuple[str, str] | None:
     return password, key
 
 
-def grafana_server(plan: HostPlan) -> OperationMeta | None:
-    """Every Grafana step on the monitoring host (nothing when its plan names no Grafana);
-    the files step, whose change restarts Grafana, or None."""
+def grafana_server(plan: HostPlan) -> bool:
+    """Every Grafana step on the monitoring host (nothing when its plan names no Grafana).
+    False after stopping this host (its password or key could not be read) before Grafana
+    changes."""
     if plan.monitoring is None or plan.monitoring.grafana is None:
-        return None
+        return True
     inputs = read_inputs(plan)
     if inputs is None:
-        return None
+        return False
     password, key = inputs
     grafana_files(name="Write Grafana's apt source", files=grafana_apt_files(plan, key))
     grafana_package(name="Install Grafana", package=plan.monitoring.grafana.package)
@@ -180,4 +182,4 @@ def grafana_server(plan: HostPlan) -> OperationMeta | None:
     )
     grafana_service(name="Enable and start Grafana")
     grafana_restart(name="Restart Grafana after new files", _if=config.did_change)
-    return config
+    return True

@@ -34,7 +34,8 @@ KEY = f"{KEY_BEGIN}\n\nmQINBGTnhmkBEADUE4uzyLHCmWXjS6pI\n=abcd\n{KEY_END}\n"
 def grafana_deploy() -> None:
     plan = host_plan()
     assert plan is not None
-    grafana_server(plan)
+    if not grafana_server(plan):
+        return
 
 
 def plan_data(key: Path) -> dict[str, Any]:
