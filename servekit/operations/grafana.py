@@ -10,11 +10,9 @@ changes). Files: `servekit.monitoring.grafana`.
 
 from __future__ import annotations
 
-from pyinfra.api.command import StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import Directory
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from servekit import secrets
 from servekit.hostplan import HostPlan
@@ -27,7 +25,8 @@ from servekit.monitoring.grafana import (
 from servekit.operations.common import Commands, problem
 from servekit.operations.debian import install_missing
 from servekit.operations.hoststate import announce
-from servekit.operations.staged import STAGED, file_differs, stage_command
+from servekit.operations.services import enable_and_start
+from servekit.operations.staged import STAGED, stage_changed
 from servekit.secrets import SecretError
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
@@ -47,16 +46,29 @@ def grafana_files(files: list[RenderedFile]) -> Commands:
 
         config = grafana_files(name="Write Grafana's configuration", files=files)
     """
-    changed = [f for f in files if file_differs(f)]
-    if not changed:
-        host.noop(f"Grafana's {len(files)} files are written")
+    changed = yield from stage_changed(files, "Grafana's")
+    for path in changed:
+        yield f"mv -f {q(path + STAGED)} {q(path)}"
+
+
+@operation()
+def keyring_directory() -> Commands:
+    """
+    Create apt's folder for repository keys (/etc/apt/keyrings, 0755 root:root) where the
+    release does not ship it.
+
+    **Example:**
+
+    .. code:: python
+
+        keyring_directory(name="Create /etc/apt/keyrings")
+    """
+    path = GRAFANA.keyring.rsplit("/", 1)[0]
+    if host.get_fact(Directory, path=path):
+        host.noop(f"{path} exists")
         return
-    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
-    for rendered in changed:
-        parent = q(rendered.path.rsplit("/", 1)[0])
-        yield f"[ -d {parent} ] || install -d -m 0755 {parent}"
-        yield StringCommand(stage_command(rendered), _stdin=rendered.content)
-        yield f"mv -f {q(rendered.path + STAGED)} {q(rendered.path)}"
+    announce(f"create {path} (0755 root:root)")
+    yield f"install -d -m 0755 {q(path)}"
 
 
 @operation()
@@ -117,18 +129,7 @@ def grafana_service() -> Commands:
 
         grafana_service(name="Enable and start Grafana")
     """
-    unit = f"{GRAFANA.service}.service"
-    running = (host.get_fact(SystemdStatus) or {}).get(unit)
-    enabled = (host.get_fact(SystemdEnabled) or {}).get(unit)
-    if running and enabled:
-        host.noop(f"{unit} is running")
-        return
-    if not enabled:
-        announce(f"enable {unit}")
-        yield f"systemctl enable {q(unit)}"
-    if not running:
-        announce(f"start {unit}")
-        yield f"systemctl start {q(unit)}"
+    yield from enable_and_start([f"{GRAFANA.service}.service"])
 
 
 @operation(is_idempotent=False)
@@ -174,6 +175,7 @@ def grafana_server(plan: HostPlan) -> bool:
     if inputs is None:
         return False
     password, key = inputs
+    keyring_directory(name="Create apt's keyring folder")
     grafana_files(name="Write Grafana's apt source", files=grafana_apt_files(plan, key))
     grafana_package(name="Install Grafana", package=plan.monitoring.grafana.package)
     grafana_directories(name="Create Grafana's folders")

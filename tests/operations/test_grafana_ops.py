@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from monitoring_fleet import team_fleet
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.command import StringCommand
 from pyinfra.api.connect import connect_all, disconnect_all
@@ -24,7 +25,7 @@ from servekit.hostplan import HOST_DATA_KEY, HostPlan
 from servekit.monitoring.grafana import GRAFANA, KEY_BEGIN, KEY_END, grafana_files
 from servekit.operations.grafana import grafana_server
 from servekit.placement import plan_fleet
-from servekit.spec import Fleet, Gpu, Grafana, Monitoring, SecretRef, Serve, SshHost
+from servekit.spec import Grafana, SecretRef
 
 PASSWORD = "zq-grafana-admin-Secret"
 KEY = f"{KEY_BEGIN}\n\nmQINBGTnhmkBEADUE4uzyLHCmWXjS6pI\n=abcd\n{KEY_END}\n"
@@ -39,19 +40,8 @@ def grafana_deploy() -> None:
 
 
 def plan_data(key: Path) -> dict[str, Any]:
-    fleet = Fleet(
-        name="team",
-        machines=[
-            SshHost(name="g1", address="10.0.0.1", gpu=Gpu(model="L4")),
-            SshHost(name="mon", address="10.0.0.8"),
-        ],
-        serve=[Serve(model="qwen2.5-7b-instruct", hosts=["g1"])],
-        monitoring=Monitoring(
-            host="mon",
-            grafana=Grafana(signing_key=str(key), admin_password=SecretRef(env="GRAFANA_ADMIN")),
-        ),
-        engine_api_key=SecretRef(env="ENGINE_KEY"),
-    )
+    grafana = Grafana(signing_key=str(key), admin_password=SecretRef(env="GRAFANA_ADMIN"))
+    fleet = team_fleet(grafana=grafana)
     return plan_fleet(fleet).hosts["mon"].to_host_data()
 
 
@@ -94,7 +84,7 @@ def answers(data: dict[str, Any] | None = None) -> dict[Any, Any]:
     responses["dpkg -l"] = ["ii  grafana  12.3.0  amd64  x"]
     responses["SubState"] = [f"Id={unit}", "SubState=running", ""]
     responses["UnitFileState"] = [f"Id={unit}", "UnitFileState=enabled", ""]
-    for directory in GRAFANA.directories():
+    for directory in (*GRAFANA.directories(), "/etc/apt/keyrings"):
         pattern = re.compile(rf"test -e '?{re.escape(directory)}'? ")
         responses[pattern] = stat_line(directory, "d", "rwxr-xr-x", "grafana")
     for file in grafana_files(HostPlan.from_host_data(data), PASSWORD, KEY):
@@ -118,6 +108,7 @@ def test_a_fresh_host_gets_the_source_then_grafana_then_its_files(key: Path) -> 
     steps, failed, executed = run(plan_data(key), answers())
     assert not failed, steps
     assert list(steps) == [
+        "Create apt's keyring folder",
         "Write Grafana's apt source",
         "Install Grafana",
         "Create Grafana's folders",

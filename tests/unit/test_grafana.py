@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from monitoring_fleet import team_fleet
 
 from servekit.errors import FleetError
 from servekit.hostplan import HostPlan
@@ -26,7 +27,7 @@ from servekit.monitoring.grafana import (
 )
 from servekit.placement import plan_fleet
 from servekit.render import review_files
-from servekit.spec import Fleet, Gpu, Grafana, Monitoring, SecretRef, Serve, SshHost
+from servekit.spec import Fleet, Grafana, SecretRef
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = f"{KEY_BEGIN}\n\nmQINBGTnhmkBEADUE4uzyLHCmWXjS6pI\n=abcd\n{KEY_END}\n"
@@ -34,16 +35,7 @@ PASSWORD = "zq-grafana-admin-Secret"
 
 
 def fleet(grafana: Grafana | None = None, **monitoring: Any) -> Fleet:
-    return Fleet(
-        name="team",
-        machines=[
-            SshHost(name="g1", address="10.0.0.1", gpu=Gpu(model="L4")),
-            SshHost(name="mon", address="10.0.0.8"),
-        ],
-        serve=[Serve(model="qwen2.5-7b-instruct", hosts=["g1"])],
-        monitoring=Monitoring(host="mon", grafana=grafana, **monitoring),
-        engine_api_key=SecretRef(env="ENGINE_KEY"),
-    )
+    return team_fleet(grafana=grafana, **monitoring)
 
 
 def grafana(**fields: Any) -> Grafana:

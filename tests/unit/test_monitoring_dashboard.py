@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from monitoring_fleet import team_fleet
 from standins.vllm._engine import Engine, Knobs
 
 from servekit.hostplan import HostPlan
@@ -20,17 +21,7 @@ from servekit.monitoring.grafana import GRAFANA, grafana_files
 from servekit.monitoring.metrics import KNOWN_METRICS, metric_names
 from servekit.monitoring.yamltext import dump
 from servekit.placement import plan_fleet
-from servekit.spec import (
-    Fleet,
-    Gateway,
-    Gpu,
-    GpuSetup,
-    Grafana,
-    Monitoring,
-    SecretRef,
-    Serve,
-    SshHost,
-)
+from servekit.spec import Gateway, GpuSetup, Grafana, SecretRef
 
 DASHBOARD = Path(__file__).parents[2] / "dashboards" / "servekit-fleet.json"
 LABEL_VALUES = re.compile(r"^label_values\((.*),\s*\w+\)$")
@@ -134,20 +125,12 @@ code=}`: tests/unit/test_monitoring_names.py reads it from the real binary)."""
 def monitored_plan() -> HostPlan:
     """A fleet with every kind of target: a vLLM replica, a gateway, node and DCGM exporters,
     and Grafana beside Prometheus."""
-    fleet = Fleet(
-        name="team",
-        machines=[
-            SshHost(name="g1", address="10.0.0.1", gpu=Gpu(model="L4")),
-            SshHost(name="mon", address="10.0.0.8"),
-        ],
-        serve=[Serve(model="qwen2.5-7b-instruct", hosts=["g1"])],
-        gateway=Gateway(host="mon", api_keys=SecretRef(env="KEYS")),
-        monitoring=Monitoring(
-            host="mon",
-            grafana=Grafana(signing_key="~/grafana.asc", admin_password=SecretRef(env="GF")),
-        ),
-        gpu_setup=GpuSetup(dcgm=True),
-        engine_api_key=SecretRef(env="ENGINE_KEY"),
+    fleet = team_fleet(
+        {
+            "gateway": Gateway(host="mon", api_keys=SecretRef(env="KEYS")),
+            "gpu_setup": GpuSetup(dcgm=True),
+        },
+        grafana=Grafana(signing_key="~/grafana.asc", admin_password=SecretRef(env="GF")),
     )
     return plan_fleet(fleet).hosts["mon"]
 
