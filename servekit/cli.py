@@ -287,18 +287,22 @@ def render(
     inventory: Annotated[Path, typer.Argument(help="inventory file")],
     outdir: Annotated[Path, typer.Argument(help="folder to write HOST/etc/... into")],
 ) -> None:
-    """Write each host's files (configs, units; secrets as placeholders) for review in git."""
+    """Write each host's files (configs, units, monitoring; secrets as placeholders) for review
+    in git."""
     from servekit.errors import FleetError
     from servekit.inventory import load_fleet_and_plan
-    from servekit.render import UnsafeOutput, render_host, write_tree
+    from servekit.render import UnsafeOutput, review_files, write_tree
 
     try:
         _fleet, fleet_plan = load_fleet_and_plan(inventory)
     except FleetError as error:
         raise fail(str(error)) from None
     for name, host in fleet_plan.hosts.items():
+        files, notes = review_files(host)
+        for note in notes:
+            err.print(f"note: {escape(name)}: {escape(note)}", highlight=False)
         try:
-            written = write_tree(render_host(host), outdir / name)
+            written = write_tree(files, outdir / name)
         except UnsafeOutput as error:
             raise fail(str(error)) from None
         for path in written:

@@ -238,6 +238,19 @@ class ScrapeJob(Plain):
     metrics_path: str = "/metrics"
 
 
+class GrafanaPlan(Plain):
+    """Grafana beside Prometheus (the fleet's `Monitoring.grafana`): its package source, port
+    and admin password, by reference."""
+
+    apt_url: str
+    suite: str
+    component: str
+    signing_key: str = Field(description="the repository's key file on the control machine")
+    package: str
+    port: int
+    admin_password: SecretSource
+
+
 class MonitoringHost(Plain):
     port: int
     scrape_interval: str
@@ -247,6 +260,7 @@ class MonitoringHost(Plain):
     ttft_p95_seconds: float = 5.0
     waiting_requests: int = 32
     ready_minutes: int = Field(15, description="the longest engine load bound, in minutes")
+    grafana: GrafanaPlan | None = None
 
 
 PortSpan = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}(-[0-9]{1,5})?$")]

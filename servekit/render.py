@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 from servekit.firewall import FIREWALL_RULES as FIREWALL_RULES  # where the firewall lives
@@ -21,6 +23,8 @@ from servekit.firewall import firewall_rules as firewall_rules
 from servekit.firewall import needs_firewall
 from servekit.hostfacts import HostFacts as HostFacts
 from servekit.hostplan import HostPlan, SecretSource, uses_ray
+from servekit.monitoring import monitoring_files
+from servekit.monitoring.grafana import grafana_files
 from servekit.nvidia import GPU_PATHS as GPU_PATHS  # the GPU host's files live with NVIDIA's policy
 from servekit.nvidia import UNATTENDED_UPGRADES_BLACKLIST as UNATTENDED_UPGRADES_BLACKLIST
 from servekit.nvidia import GpuFilePaths as GpuFilePaths
@@ -62,6 +66,41 @@ def render_host(
         files += firewall_files(plan)
     files += ollama_files(plan, facts)
     return files
+
+
+REVIEW_WEBHOOK = "https://servekit-placeholder.invalid/alert-webhook"
+"""A URL Alertmanager's file is rendered with for review, then replaced by the placeholder:
+the webhook's secret is never read (`.invalid` never resolves, RFC 2606)."""
+
+
+def monitoring_review_files(plan: HostPlan) -> list[RenderedFile]:
+    """The monitoring host's files for review: Prometheus, the rules, Alertmanager (its webhook
+    shown as a placeholder) and, when declared, Grafana's (its admin password and repository
+    key shown as placeholders). Nothing is read: no secret, no key file."""
+    monitoring = plan.monitoring
+    if monitoring is None:
+        return []
+    hook = monitoring.alert_webhook
+    files = monitoring_files(plan, None if hook is None else REVIEW_WEBHOOK)
+    if hook is not None:
+        sentinel, shown = json.dumps(REVIEW_WEBHOOK), json.dumps(placeholder(hook))
+        files = [replace(f, content=f.content.replace(sentinel, shown)) for f in files]
+    if monitoring.grafana is not None:
+        key = f"<OpenPGP key from {monitoring.grafana.signing_key}>\n"
+        files += grafana_files(plan, placeholder(monitoring.grafana.admin_password), key)
+    return files
+
+
+def review_files(plan: HostPlan) -> tuple[list[RenderedFile], list[str]]:
+    """What `servekit render` shows for a host: every file the deploys write there, secrets and
+    facts not yet gathered as placeholders; and notes on what cannot be rendered yet (scrape
+    targets on cloud hosts before `servekit cloud apply` gives them addresses)."""
+    files = render_host(plan)
+    try:
+        files += monitoring_review_files(plan)
+    except ValueError as error:
+        return files, [f"monitoring files not rendered: {error}"]
+    return files, []
 
 
 class UnsafeOutput(ValueError):

@@ -6,10 +6,13 @@ fails. The gateway and monitoring operations use it."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Generator
 
+from pyinfra.api.command import StringCommand
 from pyinfra.context import host
 from pyinfra.facts.files import File, Sha256File
 
+from servekit.operations.hoststate import announce
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
 
@@ -42,6 +45,22 @@ def stage_command(rendered: RenderedFile) -> str:
         f"umask 077 && cat > {q(staged)} && chown {q(rendered.user)}:{q(rendered.group)} "
         f"{q(staged)} && chmod {q(rendered.mode)} {q(staged)}"
     )
+
+
+def stage_changed(
+    files: list[RenderedFile], what: str
+) -> Generator[StringCommand, None, list[str]]:
+    """Commands staging each of `files` that differs from the host's (announced, contents on
+    standard input); returns the staged paths (`changed = yield from stage_changed(...)`), none
+    with a no-op said for `what` ("Grafana's") when every file is written."""
+    changed = [f for f in files if file_differs(f)]
+    if not changed:
+        host.noop(f"{what} {len(files)} files are written")
+        return []
+    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
+    for rendered in changed:
+        yield StringCommand(stage_command(rendered), _stdin=rendered.content)
+    return [f.path for f in changed]
 
 
 def swap_and_check(paths: list[str], check: str, explain: str) -> str:

@@ -7,6 +7,7 @@ from servekit.errors import Problem
 from servekit.hostplan import (
     GatewayHost,
     GatewayMember,
+    GrafanaPlan,
     MonitoringHost,
     Route,
     ScrapeJob,
@@ -132,6 +133,25 @@ def monitoring_plan(state: PlacementState, host: str) -> MonitoringHost | None:
         ttft_p95_seconds=monitoring.ttft_p95_seconds,
         waiting_requests=monitoring.waiting_requests,
         ready_minutes=max([15, *(-(-t // 60) for t in timeouts)]),
+        grafana=grafana_plan(state, host),
+    )
+
+
+def grafana_plan(state: PlacementState, host: str) -> GrafanaPlan | None:
+    """Grafana beside Prometheus when the fleet names a source for it: its port (claimed)."""
+    monitoring = state.fleet.monitoring
+    grafana = monitoring.grafana if monitoring is not None else None
+    if grafana is None:
+        return None
+    state.claim_port(host, grafana.port, "grafana", "monitoring.grafana.port")
+    return GrafanaPlan(
+        apt_url=grafana.apt_url,
+        suite=grafana.suite,
+        component=grafana.component,
+        signing_key=str(grafana.signing_key),
+        package=grafana.package,
+        port=grafana.port,
+        admin_password=SecretSource.of(grafana.admin_password),
     )
 
 

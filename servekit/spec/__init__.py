@@ -39,7 +39,7 @@ from servekit.spec.ports import VLLM_PORT as VLLM_PORT
 from servekit.spec.serving import OllamaSettings, Serve
 from servekit.spec.sources import GpuSetup, HuggingFace, LocalPath, S3Bucket, Sources, Versions
 from servekit.spec.sources import WeightsSource as WeightsSource
-from servekit.spec.surroundings import Gateway, Monitoring
+from servekit.spec.surroundings import Gateway, Grafana, Monitoring
 
 # What `from servekit.spec import *` gives an inventory: the schema, nothing else. pyinfra reads
 # every list or tuple an inventory module holds as a host group, so no tuple may leak in.
@@ -49,6 +49,7 @@ __all__ = [
     "Gateway",
     "Gpu",
     "GpuSetup",
+    "Grafana",
     "HuggingFace",
     "LocalHost",
     "LocalPath",

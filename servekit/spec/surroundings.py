@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import (
     Field,
+    StringConstraints,
 )
 
 from servekit.fields import (
+    ControlPath,
     PrometheusDuration,
     Text,
+    Url,
 )
 from servekit.spec.base import Port, SecretRef, Spec
 
@@ -27,6 +32,32 @@ class Gateway(Spec):
     )
 
 
+AptWord = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+"""An apt suite or component name (`stable`, `main`): one deb822 word."""
+
+
+class Grafana(Spec):
+    """Grafana on the monitoring host, from Grafana's apt repository or a mirror of it (Debian
+    has no grafana package), with servekit's dashboard. Grafana's install guide:
+    https://grafana.com/docs/grafana/latest/setup-grafana/installation/debian/ (repository
+    `https://apt.grafana.com stable main`, key https://apt.grafana.com/gpg-full.key, packages
+    `grafana` and `grafana-enterprise`)."""
+
+    apt_url: Url = Field("https://apt.grafana.com", description="the repository or its mirror")
+    suite: AptWord = "stable"
+    component: AptWord = "main"
+    signing_key: ControlPath = Field(
+        description="the repository's OpenPGP key (ASCII-armored, e.g. apt.grafana.com/gpg-full.key"
+        " downloaded once and checked) on the control machine; apt trusts it for this "
+        "repository only"
+    )
+    package: Literal["grafana", "grafana-enterprise"] = "grafana"
+    port: Port = 3000
+    admin_password: SecretRef = Field(
+        description="the admin user's password (Grafana sets it at its first start only)"
+    )
+
+
 class Monitoring(Spec):
     """Prometheus scraping the engines, node exporters and (GPU hosts) DCGM exporters."""
 
@@ -42,4 +73,7 @@ class Monitoring(Spec):
     )
     waiting_requests: int = Field(
         32, ge=1, le=1_000_000, description="requests waiting in one replica for 5 min that alert"
+    )
+    grafana: Grafana | None = Field(
+        None, description="Grafana beside Prometheus, with servekit's dashboard (none: no Grafana)"
     )

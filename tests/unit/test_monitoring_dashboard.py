@@ -1,6 +1,8 @@
 """The Grafana dashboard (dashboards/servekit-fleet.json): valid panels, every query parsed by
-Prometheus's own parser (`promtool check rules` on the queries as recording rules), and only
-metric names from servekit's checked list (the one the alert rules are held to)."""
+Prometheus's own parser (`promtool check rules` on the queries as recording rules), only metric
+names from servekit's checked list (the one the alert rules are held to) and, for vLLM, names the
+stand-in's /metrics serves; only labels the targets carry (servekit's target labels, Prometheus's
+`job`/`instance`, the exporters' own); and Grafana's provisioning loads this very file."""
 
 from __future__ import annotations
 
@@ -11,8 +13,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from monitoring_fleet import team_fleet
+from standins.vllm._engine import Engine, Knobs
+
+from servekit.hostplan import HostPlan
+from servekit.monitoring.grafana import GRAFANA, grafana_files
 from servekit.monitoring.metrics import KNOWN_METRICS, metric_names
 from servekit.monitoring.yamltext import dump
+from servekit.placement import plan_fleet
+from servekit.spec import Gateway, GpuSetup, Grafana, SecretRef
 
 DASHBOARD = Path(__file__).parents[2] / "dashboards" / "servekit-fleet.json"
 LABEL_VALUES = re.compile(r"^label_values\((.*),\s*\w+\)$")
@@ -96,3 +105,82 @@ def test_prometheus_parses_every_query(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+LABEL_MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+EXPOSED_LABEL = re.compile(r"[{,]([A-Za-z_][A-Za-z0-9_]*)=")
+PROMETHEUS_LABELS = {"job", "instance", "le", "alertname", "alertstate"}
+"""Prometheus adds `job` and `instance` to every target; `le` is every histogram's bucket label;
+`ALERTS` carries `alertname` and `alertstate`
+(https://prometheus.io/docs/concepts/jobs_instances/,
+https://prometheus.io/docs/prometheus/latest/configuration/alerting_rules/)."""
+DCGM_LABELS = {"gpu", "UUID"}
+"""dcgm-exporter's own labels (https://github.com/NVIDIA/dcgm-exporter#quickstart)."""
+HAPROXY_LABELS = {"proxy", "code"}
+"""HAProxy's exporter (Debian's haproxy answers `haproxy_backend_http_responses_total{proxy=,
+code=}`: tests/unit/test_monitoring_names.py reads it from the real binary)."""
+
+
+def monitored_plan() -> HostPlan:
+    """A fleet with every kind of target: a vLLM replica, a gateway, node and DCGM exporters,
+    and Grafana beside Prometheus."""
+    fleet = team_fleet(
+        {
+            "gateway": Gateway(host="mon", api_keys=SecretRef(env="KEYS")),
+            "gpu_setup": GpuSetup(dcgm=True),
+        },
+        grafana=Grafana(signing_key="~/grafana.asc", admin_password=SecretRef(env="GF")),
+    )
+    return plan_fleet(fleet).hosts["mon"]
+
+
+def standin_exposition() -> str:
+    engine = Engine(
+        model_name="m", max_model_len=4096, max_num_seqs=8, cache_info={}, knobs=Knobs()
+    )
+    return engine.render_metrics()
+
+
+def test_every_vllm_name_is_served_by_the_standin() -> None:
+    exposition = standin_exposition()
+    used = {n for e in queries() for n in metric_names(e) if n.startswith("vllm:")}
+    assert used, "the dashboard shows no engine metric"
+    missing = {n for n in used if not re.search(rf"^{re.escape(n)}[{{ ]", exposition, re.M)}
+    assert not missing, sorted(missing)
+
+
+def test_every_label_the_queries_use_exists_on_the_targets() -> None:
+    plan = monitored_plan()
+    assert plan.monitoring is not None
+    jobs = {job.job for job in plan.monitoring.jobs}
+    assert {"vllm", "node", "gateway", "dcgm"} <= jobs
+    target_labels = {k for job in plan.monitoring.jobs for t in job.targets for k in t.labels}
+    vllm_labels = set(EXPOSED_LABEL.findall(standin_exposition()))
+    known = target_labels | vllm_labels | PROMETHEUS_LABELS | DCGM_LABELS | HAPROXY_LABELS
+    for expr in queries():
+        used = set(LABEL_MATCHER.findall(expr))
+        for grouping in GROUPING.findall(expr):
+            used |= {label.strip() for label in grouping.split(",") if label.strip()}
+        assert used <= known, f"unknown labels {sorted(used - known)} in {expr!r}"
+        for job in re.findall(r'job="([^"]+)"', expr):
+            assert job in jobs, f"no scrape job {job!r}: {expr!r}"
+
+
+def test_the_label_check_catches_an_unknown_label() -> None:
+    expr = 'sum by (modle) (vllm:num_requests_waiting{fleet="x"})'
+    used = set(LABEL_MATCHER.findall(expr)) | {
+        label.strip() for grouping in GROUPING.findall(expr) for label in grouping.split(",")
+    }
+    assert used == {"fleet", "modle"}
+
+
+def test_grafana_provisioning_loads_this_dashboard_from_its_prometheus() -> None:
+    files = {f.path: f for f in grafana_files(monitored_plan(), "password", "key")}
+    assert files[GRAFANA.dashboard_file].content == DASHBOARD.read_text()
+    provider = files[GRAFANA.dashboard_provider_file].content
+    assert f'path: "{GRAFANA.dashboards_directory}"' in provider
+    assert GRAFANA.dashboard_file.startswith(GRAFANA.dashboards_directory + "/")
+    source = files[GRAFANA.datasource_file].content
+    for panel in panels():
+        assert f'type: "{panel["datasource"]["type"]}"' in source, panel["title"]

@@ -229,3 +229,77 @@ def test_fallback_instance_type_replans_with_the_launched_gpus() -> None:
     assert launched.vllm[0].plan.gpu == "A100-SXM4-40GB"
     assert launched.price_usd_hour == 21.96
     assert plan.hosts["a100-0"].gpu_model == "A100-SXM4-80GB"
+
+
+MONITORED_INVENTORY = """
+from servekit.inventory import pyinfra_groups
+from servekit.spec import Fleet, Gpu, Grafana, Monitoring, SecretRef, Serve, SshHost
+
+fleet = Fleet(
+    name="team",
+    machines=[
+        SshHost(name="g1", address="10.0.0.1", gpu=Gpu(model="L4")),
+        SshHost(name="mon", address="10.0.0.8"),
+    ],
+    serve=[Serve(model="qwen2.5-7b-instruct", hosts=["g1"])],
+    monitoring=Monitoring(
+        host="mon",
+        alert_webhook=SecretRef(file="~/.config/team/hook"),
+        grafana=Grafana(
+            signing_key="~/.config/team/grafana.asc",
+            admin_password=SecretRef(file="~/.config/team/grafana-admin"),
+        ),
+    ),
+    engine_api_key=SecretRef(env="ENGINE_KEY"),
+)
+
+gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)
+"""
+
+
+def test_servekit_render_writes_the_monitoring_host_files(tmp_path: Path) -> None:
+    """The command itself: the monitoring host's Prometheus, rules, Alertmanager and Grafana
+    files, secrets as placeholders (none of them exists here: nothing is read)."""
+    import shutil
+    import subprocess
+    import sys
+
+    inventory = tmp_path / "team.py"
+    inventory.write_text(MONITORED_INVENTORY)
+    command = shutil.which("servekit", path=str(Path(sys.executable).parent)) or "servekit"
+    done = subprocess.run(
+        [command, "render", str(inventory), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0, done.stderr
+    mon = tmp_path / "out" / "mon"
+    listed = set(done.stdout.split())
+    for path in (
+        "etc/prometheus/prometheus.yml",
+        "etc/prometheus/servekit/servekit.rules.yml",
+        "etc/prometheus/alertmanager.yml",
+        "etc/grafana/grafana.ini",
+        "etc/grafana/provisioning/datasources/servekit.yaml",
+        "etc/grafana/dashboards/servekit/servekit-fleet.json",
+    ):
+        assert (mon / path).is_file() and str(mon / path) in listed, path
+    hook = yaml.safe_load((mon / "etc/prometheus/alertmanager.yml").read_text())
+    urls = [c["url"] for r in hook["receivers"] for c in r.get("webhook_configs", [])]
+    assert urls == ["<secret from file ~/.config/team/hook>"]
+    password = mon / "etc/grafana/servekit-admin-password"
+    assert password.read_text() == "<secret from file ~/.config/team/grafana-admin>\n"
+    assert oct(password.stat().st_mode & 0o777) == "0o640"
+    assert not (tmp_path / "out" / "g1" / "etc" / "prometheus").exists()
+
+
+def test_servekit_render_says_why_cloud_monitoring_waits_for_addresses() -> None:
+    _fleet, plan = load_fleet_and_plan(ROOT / "inventories/prod.py")
+    from servekit.render import review_files
+
+    files, notes = review_files(plan.hosts["a100-0"])
+    assert files == render_host(plan.hosts["a100-0"])
+    (note,) = notes
+    assert note.startswith("monitoring files not rendered:") and "cloud apply" in note
