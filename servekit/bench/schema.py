@@ -154,6 +154,25 @@ class Ceiling(Record):
     share: float
 
 
+class TimeRange(Record):
+    """When the load ran (wall clock), to find it again in the fleet's metrics."""
+
+    start_unix: float
+    end_unix: float
+    start: str = Field(description="ISO 8601, UTC")
+    end: str = Field(description="ISO 8601, UTC")
+
+
+class PrometheusLink(Record):
+    """The run's time range in the fleet's Prometheus: its expression browser with the engines'
+    load and the GPUs over the run, and the queries it graphs."""
+
+    url: str = Field(description="Prometheus as this machine reached it (often an SSH tunnel)")
+    graph_url: str
+    queries: list[str]
+    step_s: float = Field(description="a resolution that shows the run in about 250 points")
+
+
 class BenchResult(Record):
     """The whole `--json` file."""
 
@@ -166,6 +185,8 @@ class BenchResult(Record):
     sweep: SweepAnalysis | None = None
     ceiling: Ceiling | None = None
     warnings: list[str] = Field(default_factory=list)
+    time_range: TimeRange | None = Field(None, description="absent in files before it existed")
+    prometheus: PrometheusLink | None = Field(None, description="when the fleet has monitoring")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
