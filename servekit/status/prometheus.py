@@ -145,6 +145,8 @@ def _replicas(api: PrometheusApi, plan: FleetPlan, window: str, at: float) -> li
             reason = "Prometheus does not scrape it: run deploys/monitoring.py"
         elif up != 1:
             reason = errors.get((ENGINE_JOB, key), "Prometheus cannot scrape its /metrics")
+        if up != 1:  # rates over the window would still show its load from before it went down
+            values = dict.fromkeys(values)
         rows.append(
             ReplicaStatus(
                 host=engine.host,

@@ -295,6 +295,7 @@ def test_engines_mode_reads_each_replica(rig: Rig) -> None:
 def test_a_stopped_replica_exits_non_zero_and_is_named(rig: Rig) -> None:
     rig.engines["g2"].stop()
     rig.wait_for('up{job="vllm",host="g2"} == 0')
+    rig.wait_for('ALERTS{alertname="EngineDown",host="g2"}')  # pending: its `for` is 1m
     name = f"replica {MODEL}#1 on g2 (vllm-{MODEL})"
     done = rig.status("--prometheus", rig.prometheus_url, "--once", "--json")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -304,6 +305,11 @@ def test_a_stopped_replica_exits_non_zero_and_is_named(rig: Rig) -> None:
     rows = {r["host"]: r for r in status["replicas"]}
     assert rows["g1"]["up"] and not rows["g2"]["up"]
     assert "connection refused" in rows["g2"]["reason"]
+    assert rows["g2"]["requests_per_s"] is None  # not its load of the last minute, before it died
+    alerts = [(a["name"], a["host"], a["state"]) for a in status["alerts"]]
+    assert ("EngineDown", "g2", "pending") in alerts
+    summary = next(a["summary"] for a in status["alerts"] if a["name"] == "EngineDown")
+    assert f"vllm-{MODEL}" in summary  # the summary tells the operator what to run
     direct = rig.status("--engines", "--once", "--json", "--interval", "0.5")
     assert direct.returncode == 1, direct.stdout + direct.stderr
     assert [d.split(":")[0] for d in json.loads(direct.stdout)["down"]] == [name]
