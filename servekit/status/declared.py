@@ -6,10 +6,12 @@ Prometheus listens."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from servekit.bench.target import TargetError, reach_url
 from servekit.hostplan import MonitoringHost
 from servekit.placement import FleetPlan
+from servekit.status.report import ReplicaStatus
 
 ENGINE_JOB = "vllm"
 """The scrape job of the vLLM servers (servekit/placement/services.py `scrape_jobs`)."""
@@ -40,6 +42,12 @@ class DeclaredEngine:
 
     def key(self) -> tuple[str, str, str]:
         return (self.host, self.model, str(self.replica))
+
+    def row(self, **fields: Any) -> ReplicaStatus:
+        """Its status row: who it is, and the `fields` measured."""
+        return ReplicaStatus(
+            host=self.host, model=self.model, replica=self.replica, unit=self.unit, **fields
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ def declared_engines(plan: FleetPlan) -> list[DeclaredEngine]:
                 )
             )
     return engines
+
+
+def declared_hosts(plan: FleetPlan) -> list[tuple[str, list[str], int]]:
+    """Every machine of the fleet: its name, roles and declared GPU count."""
+    return [(h.name, list(h.roles), h.gpu_count) for h in plan.hosts.values()]
 
 
 def monitoring_of(plan: FleetPlan) -> MonitoringHost | None:

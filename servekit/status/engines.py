@@ -21,6 +21,7 @@ from servekit.status.declared import (
     WAITING,
     DeclaredEngine,
     declared_engines,
+    declared_hosts,
 )
 from servekit.status.expositions import (
     ExpositionError,
@@ -33,7 +34,7 @@ from servekit.status.expositions import (
     peak,
     total,
 )
-from servekit.status.report import FleetStatus, ReplicaStatus, down_names
+from servekit.status.report import FleetStatus, ReplicaStatus, down_names, host_rows
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,7 @@ def _per_second(
 
 def replica_row(engine: DeclaredEngine, before: Scrape | None, after: Scrape) -> ReplicaStatus:
     """One replica's row from its latest scrape and the one before (rates need both)."""
-    row = ReplicaStatus(
-        host=engine.host,
-        model=engine.model,
-        replica=engine.replica,
-        unit=engine.unit,
+    row = engine.row(
         up=after.samples is not None,
         ready=after.healthy,
         reason=after.error if after.samples is None else None,
@@ -141,5 +138,6 @@ class EngineWatcher:
             at=max(times),
             window_s=round(max(times) - min(earlier), 3),
             replicas=rows,
+            hosts=host_rows(declared_hosts(self.plan), rows, [], None),
             down=down_names(rows, []),
         )

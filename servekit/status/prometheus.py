@@ -28,6 +28,7 @@ from servekit.status.declared import (
     TTFT,
     WAITING,
     declared_engines,
+    declared_hosts,
     declared_targets,
     monitoring_of,
     prometheus_duration,
@@ -40,6 +41,7 @@ from servekit.status.report import (
     ReplicaStatus,
     TargetStatus,
     down_names,
+    host_rows,
 )
 
 REPLICA = "host, model, replica"
@@ -147,17 +149,7 @@ def _replicas(api: PrometheusApi, plan: FleetPlan, window: str, at: float) -> li
             reason = errors.get((ENGINE_JOB, key), "Prometheus cannot scrape its /metrics")
         if up != 1:  # rates over the window would still show its load from before it went down
             values = dict.fromkeys(values)
-        rows.append(
-            ReplicaStatus(
-                host=engine.host,
-                model=engine.model,
-                replica=engine.replica,
-                unit=engine.unit,
-                up=up == 1,
-                reason=reason,
-                **values,
-            )
-        )
+        rows.append(engine.row(up=up == 1, reason=reason, **values))
     return rows
 
 
@@ -241,6 +233,7 @@ def collect(
         at=at,
         window_s=window_s,
         replicas=replicas,
+        hosts=host_rows(declared_hosts(plan), replicas, targets, gpus),
         targets=targets,
         gpus=gpus,
         alerts=alerts,

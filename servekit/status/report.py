@@ -64,6 +64,19 @@ class TargetStatus(Record):
         return f"{self.job} exporter on {self.host}"
 
 
+class HostStatus(Record):
+    """One declared machine: its roles, its replicas up, its exporters, its GPUs reporting."""
+
+    host: str
+    roles: list[str]
+    replicas_up: int
+    replicas: int
+    exporters_down: list[str] = Field(default_factory=list, description="jobs not answering")
+    exporters: int = Field(0, description="exporters declared (prometheus mode)")
+    gpus: int = Field(description="GPUs declared")
+    gpus_reporting: int | None = Field(None, description="GPUs DCGM reports (None: not read)")
+
+
 class AlertStatus(Record):
     """A firing (or pending) alert, from Prometheus' /api/v1/alerts."""
 
@@ -85,6 +98,7 @@ class FleetStatus(Record):
     at: float = Field(description="evaluation time (Unix seconds): Prometheus answers the same")
     window_s: float = Field(description="rates and quantiles cover this many seconds before `at`")
     replicas: list[ReplicaStatus]
+    hosts: list[HostStatus] = Field(default_factory=list)
     targets: list[TargetStatus] = Field(default_factory=list)
     gpus: list[GpuStatus] = Field(default_factory=list)
     alerts: list[AlertStatus] = Field(default_factory=list)
@@ -94,6 +108,35 @@ class FleetStatus(Record):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=1)
+
+
+def host_rows(
+    declared: list[tuple[str, list[str], int]],
+    replicas: list[ReplicaStatus],
+    targets: list[TargetStatus],
+    gpus: list[GpuStatus] | None,
+) -> list[HostStatus]:
+    """A row per declared (host, roles, GPUs); `gpus` None when no GPU exporter was read."""
+    rows = []
+    for host, roles, gpu_count in declared:
+        own = [r for r in replicas if r.host == host]
+        exporters = [t for t in targets if t.host == host]
+        reporting = None
+        if gpus is not None and any(t.job == "dcgm" for t in exporters):
+            reporting = sum(1 for g in gpus if g.host == host)
+        rows.append(
+            HostStatus(
+                host=host,
+                roles=roles,
+                replicas_up=sum(1 for r in own if r.up),
+                replicas=len(own),
+                exporters_down=[t.job for t in exporters if not t.up],
+                exporters=len(exporters),
+                gpus=gpu_count,
+                gpus_reporting=reporting,
+            )
+        )
+    return rows
 
 
 def down_names(replicas: list[ReplicaStatus], targets: list[TargetStatus]) -> list[str]:

@@ -70,6 +70,32 @@ def replicas_table(status: FleetStatus) -> Table:
     return table
 
 
+def hosts_table(status: FleetStatus) -> Table:
+    """A row per declared machine: roles, replicas up, exporters, GPUs reporting."""
+    table = Table(title="hosts", title_justify="left")
+    for column in ("host", "roles", "replicas up", "exporters", "GPUs"):
+        table.add_column(column, justify="left" if column in ("host", "roles") else "right")
+    for host in status.hosts:
+        replicas = f"{host.replicas_up} of {host.replicas}" if host.replicas else "-"
+        exporters: str | Text = "-"
+        if host.exporters_down:
+            exporters = Text("down: " + ", ".join(host.exporters_down), style="bold red")
+        elif host.exporters:
+            exporters = f"{host.exporters} up"
+        gpus = "-" if not host.gpus else f"{host.gpus} declared"
+        if host.gpus_reporting is not None:
+            gpus = f"{host.gpus_reporting} of {host.gpus} report"
+        style = "bold red" if host.replicas_up < host.replicas else ""
+        table.add_row(
+            Text(host.host),
+            Text(", ".join(host.roles)),
+            Text(replicas, style=style),
+            exporters,
+            gpus,
+        )
+    return table
+
+
 def gpus_table(status: FleetStatus) -> Table:
     table = Table(title="GPUs (DCGM)", title_justify="left")
     for column in ("host", "gpu", "util", "memory", "temp"):
@@ -99,16 +125,13 @@ def problems(status: FleetStatus) -> list[Text]:
         where = f" on {alert.host}" if alert.host else ""
         summary = f": {alert.summary}" if alert.summary else ""
         lines.append(Text(f"{alert.state.upper()} {alert.name}{where}{summary}", style=style))
-    exporters_up = sum(1 for t in status.targets if t.up)
-    if status.targets:
-        lines.append(Text(f"exporters: {exporters_up} of {len(status.targets)} up"))
     if not status.down and not any(a.state == "firing" for a in status.alerts):
         lines.append(Text("everything declared is up; no alert is firing", style="green"))
     return lines
 
 
 def render(status: FleetStatus) -> RenderableType:
-    parts: list[RenderableType] = [replicas_table(status)]
+    parts: list[RenderableType] = [replicas_table(status), hosts_table(status)]
     if status.gpus:
         parts.append(gpus_table(status))
     parts.extend(problems(status))

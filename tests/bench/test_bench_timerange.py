@@ -5,8 +5,6 @@ engine during the run, the link's own queries over its own range show the run's 
 from __future__ import annotations
 
 import datetime as dt
-import shlex
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from bench_helpers import Server, bench, free_port
+from standins.prometheus import start_prometheus
 from typer.testing import CliRunner
 
 from servekit.bench.schema import BenchResult, TimeRange
@@ -24,7 +23,6 @@ from servekit.bench.timerange import MARGIN_S, fleet_prometheus, prometheus_link
 from servekit.cli import app
 from servekit.hostplan import ScrapeJob
 from servekit.inventory import load_fleet_and_plan
-from servekit.monitoring import MonitoringLayout, monitoring_files
 from servekit.monitoring.metrics import KNOWN_METRICS, metric_names
 from servekit.placement import FleetPlan
 
@@ -89,8 +87,6 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[FleetPlan, int], str]]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(plan: FleetPlan, engine_port: int) -> str:
-        binary = shutil.which("prometheus")
-        assert binary, "install prometheus (apt-get install prometheus; .ci/run does)"
         mon = plan.hosts["mon"]
         assert mon.monitoring is not None
         engines = [job for job in mon.monitoring.jobs if job.job == "vllm"]
@@ -99,15 +95,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[FleetPlan, int], str]]:
         plan_mon = mon.model_copy(
             update={"monitoring": mon.monitoring.model_copy(update={"jobs": jobs})}
         )
-        layout = MonitoringLayout.under(str(tmp_path / "etc"))
-        for rendered in monitoring_files(plan_mon, None, layout):
-            Path(rendered.path).parent.mkdir(parents=True, exist_ok=True)
-            Path(rendered.path).write_text(rendered.content)
-        defaults = Path(layout.prometheus_defaults).read_text().splitlines()[-1]
-        args = shlex.split(defaults.removeprefix("ARGS="))[0].split()
-        argv = [binary, f"--config.file={layout.prometheus_config}", *args]
-        argv.append(f"--storage.tsdb.path={tmp_path / 'data'}")
-        started.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        started.append(start_prometheus(plan_mon, tmp_path))
         return f"http://127.0.0.1:{mon.monitoring.port}"
 
     yield start

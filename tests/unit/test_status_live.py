@@ -7,7 +7,6 @@ stopped replica makes both modes exit 1 naming it."""
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import subprocess
 import sys
@@ -22,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 from standins import harness as h
+from standins.prometheus import start_prometheus
 
 from servekit.hostplan import HostPlan, ScrapeJob, ScrapeTarget
 from servekit.inventory import load_fleet_and_plan
-from servekit.monitoring import MonitoringLayout, monitoring_files
 from servekit.status.declared import TTFT
 from servekit.status.expositions import bucket_quantile, buckets, parse, total
 from servekit.status.prometheus import gpu_queries, replica_queries
@@ -144,20 +143,6 @@ def monitoring_plan(plan: HostPlan, ports: dict[str, int]) -> HostPlan:
     return plan.model_copy(update={"monitoring": plan.monitoring.model_copy(update={"jobs": jobs})})
 
 
-def start_prometheus(plan: HostPlan, folder: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("prometheus")
-    assert binary, "install prometheus (apt-get install prometheus; .ci/run does)"
-    layout = MonitoringLayout.under(str(folder / "etc"))
-    for rendered in monitoring_files(plan, None, layout):
-        Path(rendered.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(rendered.path).write_text(rendered.content)
-    defaults = Path(layout.prometheus_defaults).read_text().splitlines()[-1]
-    args = shlex.split(defaults.removeprefix("ARGS="))[0].split()  # as Debian's unit passes them
-    argv = [binary, f"--config.file={layout.prometheus_config}", *args]
-    argv.append(f"--storage.tsdb.path={folder / 'data'}")
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     folder = tmp_path_factory.mktemp("status")
@@ -225,6 +210,21 @@ def test_json_values_are_prometheus_own_answers(rig: Rig) -> None:
     assert targets == [("dcgm", "g1", True), ("dcgm", "g2", True)] + [
         ("node", host, True) for host in ("g1", "g2", "mon")
     ]
+    hosts = {h["host"]: h for h in status["hosts"]}
+    assert hosts["mon"] == {
+        "host": "mon",
+        "roles": ["monitoring"],
+        "replicas_up": 0,
+        "replicas": 0,
+        "exporters_down": [],
+        "exporters": 1,  # its node exporter
+        "gpus": 0,
+        "gpus_reporting": None,
+    }
+    for host in ("g1", "g2"):
+        assert hosts[host]["replicas_up"] == hosts[host]["replicas"] == 1
+        assert hosts[host]["exporters"] == 2 and hosts[host]["exporters_down"] == []
+        assert hosts[host]["gpus"] == hosts[host]["gpus_reporting"] == 1
     gpus = {g["host"]: g for g in status["gpus"]}
     for host, (util, used, free, temp) in GPUS.items():
         assert gpus[host] == {
@@ -247,7 +247,7 @@ def test_the_text_view_shows_every_replica_and_gpu(rig: Rig) -> None:
     assert "fleet stat at" in text and rig.prometheus_url in text
     for host in ("g1", "g2"):
         assert text.count(f"│ {host} ") >= 2  # its replica row and its GPU row
-    assert "exporters: 5 of 5 up" in text
+    assert "1 of 1" in text and "2 up" in text  # g1's replica, g1's exporters
     assert "37 %" in text and "74 °C" in text
 
 
@@ -290,6 +290,9 @@ def test_engines_mode_reads_each_replica(rig: Rig) -> None:
     assert rows["g2"]["requests_per_s"] > 0 and rows["g2"]["tokens_per_s"] > 0
     assert rows["g2"]["ttft_p50_s"] is not None and rows["g2"]["kv_cache_pct"] is not None
     assert rows["g1"]["requests_per_s"] == 0 and rows["g1"]["ttft_p50_s"] is None  # idle
+    hosts = {h["host"]: h for h in status["hosts"]}
+    assert hosts["g2"]["replicas_up"] == 1 and hosts["g2"]["exporters"] == 0
+    assert hosts["g2"]["gpus"] == 1 and hosts["g2"]["gpus_reporting"] is None  # not read here
 
 
 def test_a_stopped_replica_exits_non_zero_and_is_named(rig: Rig) -> None:
@@ -304,6 +307,8 @@ def test_a_stopped_replica_exits_non_zero_and_is_named(rig: Rig) -> None:
     assert name in done.stderr
     rows = {r["host"]: r for r in status["replicas"]}
     assert rows["g1"]["up"] and not rows["g2"]["up"]
+    hosts = {h["host"]: h for h in status["hosts"]}
+    assert (hosts["g1"]["replicas_up"], hosts["g2"]["replicas_up"]) == (1, 0)
     assert "connection refused" in rows["g2"]["reason"]
     assert rows["g2"]["requests_per_s"] is None  # not its load of the last minute, before it died
     alerts = [(a["name"], a["host"], a["state"]) for a in status["alerts"]]
