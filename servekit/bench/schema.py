@@ -8,9 +8,15 @@ version. Times are seconds in per-request records and milliseconds in summaries,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 SCHEMA = "servekit.bench/1"
 
@@ -189,6 +195,16 @@ class BenchResult(Record):
     prometheus: PrometheusLink | None = Field(None, description="when the fleet has monitoring")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Fields added within servekit.bench/1 are left out when absent, so a file written
+        before them reads and writes back unchanged."""
+        data = handler(self)
+        for name in ("time_range", "prometheus"):
+            if isinstance(data, dict) and data.get(name, 0) is None:
+                del data[name]
+        return data
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(by_alias=True, indent=1) + "\n", encoding="utf-8")
