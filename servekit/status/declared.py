@@ -82,6 +82,31 @@ def declared_engines(plan: FleetPlan) -> list[DeclaredEngine]:
     return engines
 
 
+@dataclass(frozen=True)
+class DeclaredOllama:
+    """An Ollama server the fleet declares and its models; `url` as for DeclaredEngine."""
+
+    host: str
+    models: tuple[str, ...]
+    url: str | None
+    unreachable: str | None = None
+
+
+def declared_ollamas(plan: FleetPlan) -> list[DeclaredOllama]:
+    """Every Ollama server of the fleet, in host order."""
+    found: list[DeclaredOllama] = []
+    for host in plan.hosts.values():
+        if host.ollama is None:
+            continue
+        bind, _, port = host.ollama.listen.rpartition(":")
+        try:
+            url, why = reach_url(host, bind.strip("[]"), int(port), "Ollama"), None
+        except TargetError as error:
+            url, why = None, str(error)
+        found.append(DeclaredOllama(host.name, tuple(host.ollama.models), url, why))
+    return found
+
+
 def declared_hosts(plan: FleetPlan) -> list[tuple[str, list[str], int]]:
     """Every machine of the fleet: its name, roles and declared GPU count."""
     return [(h.name, list(h.roles), h.gpu_count) for h in plan.hosts.values()]

@@ -34,6 +34,7 @@ from servekit.status.expositions import (
     peak,
     total,
 )
+from servekit.status.ollama import probe_all
 from servekit.status.report import FleetStatus, ReplicaStatus, down_names, host_rows
 
 
@@ -132,12 +133,14 @@ class EngineWatcher:
         times = [s.at for s in latest.values()] or [time.time()]
         earlier = [s.at for s in self.previous.values()] or times
         self.previous = latest
+        ollama = probe_all(self.plan, self.timeout_s)
         return FleetStatus(
             fleet=self.plan.fleet,
             source="engines",
             at=max(times),
             window_s=round(max(times) - min(earlier), 3),
             replicas=rows,
+            ollama=ollama,
             hosts=host_rows(declared_hosts(self.plan), rows, [], None),
-            down=down_names(rows, []),
+            down=down_names(rows, [], ollama),
         )

@@ -34,6 +34,7 @@ from servekit.status.declared import (
     prometheus_duration,
     window_seconds,
 )
+from servekit.status.ollama import probe_all
 from servekit.status.report import (
     AlertStatus,
     FleetStatus,
@@ -226,6 +227,7 @@ def collect(
         targets = _targets(api, plan, at)
         gpus = _gpus(api, plan.fleet, at)
         alerts = _alerts(api, plan.fleet)
+    ollama = probe_all(plan)
     return FleetStatus(
         fleet=plan.fleet,
         source="prometheus",
@@ -233,9 +235,10 @@ def collect(
         at=at,
         window_s=window_s,
         replicas=replicas,
+        ollama=ollama,
         hosts=host_rows(declared_hosts(plan), replicas, targets, gpus),
         targets=targets,
         gpus=gpus,
         alerts=alerts,
-        down=down_names(replicas, targets),
+        down=down_names(replicas, targets, ollama),
     )

@@ -64,6 +64,20 @@ class TargetStatus(Record):
         return f"{self.job} exporter on {self.host}"
 
 
+class OllamaStatus(Record):
+    """One Ollama server (it has no /metrics: its version route says whether it answers)."""
+
+    host: str
+    models: list[str]
+    up: bool | None = Field(description="None: this machine cannot reach it (loopback there)")
+    version: str | None = None
+    reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"ollama on {self.host}"
+
+
 class HostStatus(Record):
     """One declared machine: its roles, its replicas up, its exporters, its GPUs reporting."""
 
@@ -98,6 +112,7 @@ class FleetStatus(Record):
     at: float = Field(description="evaluation time (Unix seconds): Prometheus answers the same")
     window_s: float = Field(description="rates and quantiles cover this many seconds before `at`")
     replicas: list[ReplicaStatus]
+    ollama: list[OllamaStatus] = Field(default_factory=list)
     hosts: list[HostStatus] = Field(default_factory=list)
     targets: list[TargetStatus] = Field(default_factory=list)
     gpus: list[GpuStatus] = Field(default_factory=list)
@@ -139,8 +154,14 @@ def host_rows(
     return rows
 
 
-def down_names(replicas: list[ReplicaStatus], targets: list[TargetStatus]) -> list[str]:
-    """Every declared replica or exporter that is down, named with the reason."""
+def down_names(
+    replicas: list[ReplicaStatus],
+    targets: list[TargetStatus],
+    ollama: list[OllamaStatus] | None = None,
+) -> list[str]:
+    """Every declared replica, exporter or Ollama server that is down, named with the reason
+    (an Ollama server this machine cannot reach is not known to be down)."""
     names = [f"{r.name}: {r.reason or 'down'}" for r in replicas if not r.up]
     names += [f"{r.name}: {r.reason or 'not ready'}" for r in replicas if r.up and r.ready is False]
+    names += [f"{o.name}: {o.reason or 'down'}" for o in ollama or [] if o.up is False]
     return names + [f"{t.name}: {t.reason or 'down'}" for t in targets if not t.up]

@@ -96,6 +96,23 @@ def hosts_table(status: FleetStatus) -> Table:
     return table
 
 
+def ollama_table(status: FleetStatus) -> Table:
+    """A row per Ollama server: its models, whether it answers, its version."""
+    table = Table(title="Ollama", title_justify="left")
+    for column in ("host", "models", "state", "version"):
+        table.add_column(column)
+    for server in status.ollama:
+        state = Text("up", style="green")
+        if server.up is None:
+            state = Text("not reachable from here", style="yellow")
+        elif not server.up:
+            state = Text("down", style="bold red")
+        table.add_row(
+            Text(server.host), Text(", ".join(server.models)), state, Text(server.version or "-")
+        )
+    return table
+
+
 def gpus_table(status: FleetStatus) -> Table:
     table = Table(title="GPUs (DCGM)", title_justify="left")
     for column in ("host", "gpu", "util", "memory", "temp"):
@@ -131,7 +148,10 @@ def problems(status: FleetStatus) -> list[Text]:
 
 
 def render(status: FleetStatus) -> RenderableType:
-    parts: list[RenderableType] = [replicas_table(status), hosts_table(status)]
+    parts: list[RenderableType] = [replicas_table(status)]
+    if status.ollama:
+        parts.append(ollama_table(status))
+    parts.append(hosts_table(status))
     if status.gpus:
         parts.append(gpus_table(status))
     parts.extend(problems(status))

@@ -4,13 +4,17 @@ command's exits when Prometheus cannot be asked (test_status_live.py runs it aga
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from rich.text import Text
-from standins.harness import free_port
+from standins.harness import HERE as STANDINS
+from standins.harness import free_port, request, running, wait_http
 from typer.testing import CliRunner
 
 from servekit.cli import app
@@ -177,3 +181,48 @@ def test_status_without_a_reachable_prometheus_exits_3_with_the_tunnel(tmp_path:
     assert f"ssh -N -L {port}:127.0.0.1:{port} 10.0.0.8" in result.output
     bad = CliRunner().invoke(app, ["status", str(inventory), "--window", "soon"])
     assert bad.exit_code == 2 and "not a Prometheus duration" in bad.output
+
+
+OLLAMA_FLEET = """
+from servekit.inventory import pyinfra_groups
+from servekit.spec import Fleet, LocalHost, Serve
+
+fleet = Fleet(
+    name="lap",
+    machines=[LocalHost(name="me")],
+    serve=[Serve(model="llama3.1:8b", engine="ollama", port={port})],
+)
+gpu, vllm, ollama, gateway, monitoring = pyinfra_groups(fleet)
+"""
+
+
+def test_ollama_servers_answer_their_version_or_are_named_down(tmp_path: Path) -> None:
+    port = free_port()
+    inventory = tmp_path / "lap.py"
+    inventory.write_text(OLLAMA_FLEET.format(port=port))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "OLLAMA_HOST": f"127.0.0.1:{port}",
+        "OLLAMA_MODELS": str(tmp_path / "models"),
+        "HOME": str(tmp_path),
+    }
+    argv = [sys.executable, str(STANDINS / "ollama" / "bin" / "ollama"), "serve"]
+    with running(argv, env, tmp_path, "ollama"):
+        wait_http(port, "/api/version")
+        version = json.loads(request(port, "GET", "/api/version")[2])["version"]
+        result = CliRunner().invoke(app, ["status", str(inventory), "--json"])
+        assert result.exit_code == 0, result.output
+        status = json.loads(result.stdout)
+        assert status["ollama"] == [
+            {
+                "host": "me",
+                "models": ["llama3.1:8b"],
+                "up": True,
+                "version": version,
+                "reason": None,
+            }
+        ]
+        assert status["replicas"] == [] and status["down"] == []
+    result = CliRunner().invoke(app, ["status", str(inventory), "--once", "--interval", "0.5"])
+    assert result.exit_code == 1, result.output
+    assert "DOWN ollama on me: cannot reach http://127.0.0.1:" in result.output
