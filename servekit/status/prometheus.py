@@ -131,13 +131,17 @@ def _replica_key(labels: dict[str, str]) -> tuple[str, str, str]:
     return (labels.get("host", ""), labels.get("model", ""), labels.get("replica", ""))
 
 
-def _replicas(api: PrometheusApi, plan: FleetPlan, window: str, at: float) -> list[ReplicaStatus]:
+ScrapeErrors = dict[tuple[str, tuple[str, str, str]], str]
+
+
+def _replicas(
+    api: PrometheusApi, plan: FleetPlan, window: str, at: float, errors: ScrapeErrors
+) -> list[ReplicaStatus]:
     """A row per declared vLLM server: the answer of each query for its labels."""
     answers = {
         field: {_replica_key(labels): value for labels, value in api.query(expr, at)}
         for field, expr in replica_queries(plan.fleet, window).items()
     }
-    errors = _scrape_errors(api)
     rows = []
     for engine in declared_engines(plan):
         key = engine.key()
@@ -154,7 +158,7 @@ def _replicas(api: PrometheusApi, plan: FleetPlan, window: str, at: float) -> li
     return rows
 
 
-def _scrape_errors(api: PrometheusApi) -> dict[tuple[str, tuple[str, str, str]], str]:
+def _scrape_errors(api: PrometheusApi) -> ScrapeErrors:
     """Each unhealthy target's last scrape error, by job and (host, model, replica)."""
     found = {}
     for target in api.get("/api/v1/targets", state="active").get("activeTargets", []):
@@ -165,7 +169,9 @@ def _scrape_errors(api: PrometheusApi) -> dict[tuple[str, tuple[str, str, str]],
     return found
 
 
-def _targets(api: PrometheusApi, plan: FleetPlan, at: float) -> list[TargetStatus]:
+def _targets(
+    api: PrometheusApi, plan: FleetPlan, at: float, errors: ScrapeErrors
+) -> list[TargetStatus]:
     monitoring = monitoring_of(plan)
     if monitoring is None:
         return []
@@ -173,7 +179,6 @@ def _targets(api: PrometheusApi, plan: FleetPlan, at: float) -> list[TargetStatu
         (lb.get("job", ""), lb.get("host", "")): v
         for lb, v in api.query(targets_query(plan.fleet), at)
     }
-    errors = _scrape_errors(api)
     rows = []
     for target in declared_targets(monitoring):
         value = up.get((target.job, target.host))
@@ -220,11 +225,12 @@ def collect(
     """The fleet's status as Prometheus at `url` sees it at `at` (default: now)."""
     window_s = window_s or window_seconds(monitoring_of(plan))
     window = prometheus_duration(window_s)
-    at = time.time() if at is None else at
+    at = round(time.time() if at is None else at, 3)  # Prometheus evaluates at milliseconds
     with httpx.Client(timeout=10) as client:
         api = PrometheusApi(url, client)
-        replicas = _replicas(api, plan, window, at)
-        targets = _targets(api, plan, at)
+        errors = _scrape_errors(api)
+        replicas = _replicas(api, plan, window, at, errors)
+        targets = _targets(api, plan, at, errors)
         gpus = _gpus(api, plan.fleet, at)
         alerts = _alerts(api, plan.fleet)
     ollama = probe_all(plan)
