@@ -353,5 +353,45 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def status(
+    inventory: Annotated[Path, typer.Argument(help="inventory file")],
+    prometheus: Annotated[
+        str | None,
+        typer.Option(help="Prometheus URL (default http://127.0.0.1:<monitoring.port>: tunnel)"),
+    ] = None,
+    engines: Annotated[
+        bool, typer.Option("--engines", help="read each engine's /metrics, not Prometheus")
+    ] = False,
+    once: Annotated[bool, typer.Option("--once", help="one snapshot, no live view")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one snapshot as JSON")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="seconds between refreshes")] = 5.0,
+    window: Annotated[
+        str | None, typer.Option(help="rate window, e.g. 1m (default: 1m or 4 scrapes)")
+    ] = None,
+) -> None:
+    """Every host and replica: up, req/s, TTFT, tokens/s, KV cache, GPUs, alerts (live).
+
+    Exits 1 naming what is declared and down, 3 when Prometheus cannot be asked.
+    """
+    from servekit.errors import FleetError
+    from servekit.inventory import load_fleet_and_plan
+    from servekit.status.command import StatusOptions, run_status
+    from servekit.status.declared import duration_seconds
+
+    try:
+        window_s = duration_seconds(window) if window else None
+    except ValueError as error:
+        raise fail(str(error), 2) from None
+    try:
+        _fleet, fleet_plan = load_fleet_and_plan(inventory)
+    except FleetError as error:
+        raise fail(str(error)) from None
+    options = StatusOptions(prometheus, engines, once, as_json, interval, window_s)
+    code = run_status(fleet_plan, options, out, err)
+    if code:
+        raise typer.Exit(code)
+
+
 if __name__ == "__main__":
     app(prog_name="servekit")

@@ -102,14 +102,21 @@ def parse_rate(text: str | None) -> float | None:
 
 
 def _resolve(
-    target: str, model: str | None, api_key_file: Path | None, via: str, host: str | None
+    target: str,
+    model: str | None,
+    api_key_file: Path | None,
+    via: str,
+    host: str | None,
+    prometheus: str | None = None,
 ) -> Resolved:
+    """The endpoint (and, for a fleet, its Prometheus) from a URL or an inventory."""
     from servekit.bench.target import Resolved, base_url, from_fleet, read_key_file
     from servekit.errors import FleetError
     from servekit.secrets import SecretError
 
     path = Path(target)
     if target.endswith(".py") or path.is_file():
+        from servekit.bench.timerange import fleet_prometheus
         from servekit.inventory import load_fleet_and_plan
 
         try:
@@ -117,6 +124,8 @@ def _resolve(
         except FleetError as error:
             raise _fail(str(error)) from None
         resolved = from_fleet(plan, model, via, host)  # type: ignore[arg-type]
+        url = fleet_prometheus(plan, prometheus)
+        resolved = dataclasses.replace(resolved, fleet=plan.fleet, prometheus_url=url)
     else:
         resolved = Resolved(base_url=base_url(target), model=model, api_key=None)
     if api_key_file is not None:
@@ -177,6 +186,10 @@ LabelOption = Annotated[str | None, typer.Option(help="name in tables and charts
 ViaOption = Annotated[str, typer.Option(help="inventory: auto, gateway or engine")]
 HostOption = Annotated[str | None, typer.Option(help="inventory: benchmark this host's engine")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+PrometheusOption = Annotated[
+    str | None,
+    typer.Option(help="inventory: the fleet's Prometheus as reached here (default: its tunnel)"),
+]
 
 
 @app.command("run")
@@ -204,6 +217,7 @@ def run(
     via: ViaOption = "auto",
     host: HostOption = None,
     quiet: QuietOption = False,
+    prometheus: PrometheusOption = None,
 ) -> None:
     """Benchmark one endpoint: TTFT, TPOT, ITL, E2E latency, throughput, goodput, timeouts."""
     from servekit.bench.options import Options
@@ -228,7 +242,7 @@ def run(
         endpoint=endpoint,
         label=label,
     )
-    resolved, info, tok = _connect(target, model, api_key_file, via, host, tokenizer)
+    resolved, info, tok = _connect(target, model, api_key_file, (via, host, prometheus), tokenizer)
     result = _measure(resolved, info, options, tok, quiet)
     print_result(result, out)
     if json_file is not None:
@@ -287,16 +301,16 @@ def _connect(
     target: str,
     model: str | None,
     api_key_file: Path | None,
-    via: str,
-    host: str | None,
+    fleet_options: tuple[str, str | None, str | None],
     tokenizer: str | None,
 ) -> tuple[Resolved, ServerInfo, HfTokenizer | None]:
-    """Find the endpoint, ask the server what it runs, and load the tokenizer for its model."""
+    """Find the endpoint, ask the server what it runs, and load the tokenizer for its model.
+    `fleet_options`: --via, --host and --prometheus (inventories only)."""
     from servekit.bench.prompts import TokenizerError, load_tokenizer
     from servekit.bench.target import TargetError, inspect_server, with_engine
 
     try:
-        resolved = _resolve(target, model, api_key_file, via, host)
+        resolved = _resolve(target, model, api_key_file, *fleet_options)
         info = inspect_server(resolved)
         resolved = with_engine(resolved, info)
         tok = load_tokenizer(tokenizer, _served_model(resolved, info) or "")

@@ -127,3 +127,18 @@ def print_result(result: BenchResult, console: Console) -> None:
         )
     for warning in result.warnings:
         console.print(f"  [yellow]warning:[/] {warning}", highlight=False)
+    print_time_range(result, console)
+
+
+def print_time_range(result: BenchResult, console: Console) -> None:
+    """When the load ran, and where to see it in the fleet's Prometheus."""
+    if result.time_range is not None:
+        span = result.time_range
+        console.print(f"  load ran {span.start} to {span.end}", highlight=False, markup=False)
+    if result.prometheus is not None:
+        console.print(
+            f"  in Prometheus: {result.prometheus.graph_url}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )

@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from servekit.bench.prompts import HfTokenizer, PromptMaker
 from servekit.bench.result import add_analysis, config_of, level_run, target_of
 from servekit.bench.schema import BenchResult, Run
 from servekit.bench.target import Resolved, ServerInfo, TargetError
+from servekit.bench.timerange import prometheus_link, time_range
 
 LEVEL_SEED_STRIDE = 1_000_003
 
@@ -158,7 +160,9 @@ async def run_benchmark(
     if repeated is not None:
         warnings.append(repeated)
     runner = _LevelRunner(options, tokenizer, progress, on_run)
+    began = time.time()
     runs = await runner.run_all(endpoint, levels, collect_text=not has_usage, warnings=warnings)
+    span = time_range(began, time.time())
     result = BenchResult(
         servekit_version=__version__,
         started_at=started,
@@ -166,7 +170,10 @@ async def run_benchmark(
         config=config_of(options, levels, endpoint.ignore_eos, tokenizer),
         runs=runs,
         warnings=warnings,
+        time_range=span,
     )
+    if resolved.prometheus_url is not None and resolved.fleet is not None:
+        result.prometheus = prometheus_link(resolved.prometheus_url, resolved.fleet, span)
     add_analysis(result, options, has_usage, tokenizer)
     return result
 

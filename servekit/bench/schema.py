@@ -8,9 +8,15 @@ version. Times are seconds in per-request records and milliseconds in summaries,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 SCHEMA = "servekit.bench/1"
 
@@ -154,6 +160,25 @@ class Ceiling(Record):
     share: float
 
 
+class TimeRange(Record):
+    """When the load ran (wall clock), to find it again in the fleet's metrics."""
+
+    start_unix: float
+    end_unix: float
+    start: str = Field(description="ISO 8601, UTC")
+    end: str = Field(description="ISO 8601, UTC")
+
+
+class PrometheusLink(Record):
+    """The run's time range in the fleet's Prometheus: its expression browser with the engines'
+    load and the GPUs over the run, and the queries it graphs."""
+
+    url: str = Field(description="Prometheus as this machine reached it (often an SSH tunnel)")
+    graph_url: str
+    queries: list[str]
+    step_s: float = Field(description="a resolution that shows the run in about 250 points")
+
+
 class BenchResult(Record):
     """The whole `--json` file."""
 
@@ -166,8 +191,20 @@ class BenchResult(Record):
     sweep: SweepAnalysis | None = None
     ceiling: Ceiling | None = None
     warnings: list[str] = Field(default_factory=list)
+    time_range: TimeRange | None = Field(None, description="absent in files before it existed")
+    prometheus: PrometheusLink | None = Field(None, description="when the fleet has monitoring")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Fields added within servekit.bench/1 are left out when absent, so a file written
+        before them reads and writes back unchanged."""
+        data = handler(self)
+        for name in ("time_range", "prometheus"):
+            if isinstance(data, dict) and data.get(name, 0) is None:
+                del data[name]
+        return data
 
     def write(self, path: Path) -> None:
         path.write_text(self.model_dump_json(by_alias=True, indent=1) + "\n", encoding="utf-8")

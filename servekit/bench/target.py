@@ -41,6 +41,9 @@ class Resolved:
     host: str | None = None
     gpu: str | None = None
     decode_ceiling: float | None = None
+    fleet: str | None = None
+    prometheus_url: str | None = None
+    """The fleet's Prometheus (from this machine): the result links the run's time range."""
 
 
 def base_url(url: str) -> str:
@@ -60,7 +63,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _reach(host: HostPlan, bind: str, port: int, what: str) -> str:
+def reach_url(host: HostPlan, bind: str, port: int, what: str) -> str:
     """The URL this machine uses to reach a service bound to `bind` on `host`."""
     if host.connection == "local":
         address = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
@@ -140,7 +143,7 @@ def _gateways(
             gpu, tokens = ceiling(route.model)
             candidates.append(
                 Resolved(
-                    base_url=_reach(host, "0.0.0.0", host.gateway.port, "the gateway"),
+                    base_url=reach_url(host, "0.0.0.0", host.gateway.port, "the gateway"),
                     model=route.model,
                     api_key=_key(host.gateway.api_keys),
                     engine=route.engine if route.engine in ("vllm", "ollama") else "unknown",  # type: ignore[arg-type]
@@ -166,7 +169,7 @@ def _engines(hosts: list[HostPlan], model: str | None, ceiling: Ceiling) -> list
             gpu, tokens = ceiling(name)
             candidates.append(
                 Resolved(
-                    base_url=_reach(host, instance.bind_address, instance.port, "vLLM"),
+                    base_url=reach_url(host, instance.bind_address, instance.port, "vLLM"),
                     model=name,
                     api_key=_key(instance.secret_env.get("VLLM_API_KEY")),
                     engine="vllm",
@@ -183,7 +186,7 @@ def _engines(hosts: list[HostPlan], model: str | None, ceiling: Ceiling) -> list
                 gpu, tokens = ceiling(tags[0])
                 candidates.append(
                     Resolved(
-                        base_url=_reach(host, bind, int(port), "Ollama"),
+                        base_url=reach_url(host, bind, int(port), "Ollama"),
                         model=tags[0],
                         api_key=None,
                         engine="ollama",
