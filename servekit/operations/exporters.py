@@ -82,17 +82,24 @@ def node_exporter_service() -> Commands:
 
         node_exporter_service(name="Enable and start the node exporter")
     """
-    running = (host.get_fact(SystemdStatus) or {}).get(NODE_UNIT)
-    enabled = (host.get_fact(SystemdEnabled) or {}).get(NODE_UNIT)
-    if running and enabled:
-        host.noop(f"{NODE_UNIT} is enabled and running")
+    yield from enable_and_start([NODE_UNIT])
+
+
+def enable_and_start(units: list[str]) -> Commands:
+    """Commands enabling and starting those of `units` (`name.service`) that are not; a no-op,
+    said so, when every one is enabled and running."""
+    status = host.get_fact(SystemdStatus) or {}
+    enabled = host.get_fact(SystemdEnabled) or {}
+    if all(status.get(u) and enabled.get(u) for u in units):
+        host.noop(f"{', '.join(units)}: enabled and running")
         return
-    if not enabled:
-        announce(f"enable {NODE_UNIT}")
-        yield f"systemctl enable {q(NODE_UNIT)}"
-    if not running:
-        announce(f"start {NODE_UNIT}")
-        yield f"systemctl start {q(NODE_UNIT)}"
+    for unit in units:
+        if not enabled.get(unit):
+            announce(f"enable {unit}")
+            yield f"systemctl enable {q(unit)}"
+        if not status.get(unit):
+            announce(f"start {unit}")
+            yield f"systemctl start {q(unit)}"
 
 
 @operation(is_idempotent=False)

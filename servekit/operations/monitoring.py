@@ -17,11 +17,11 @@ from pyinfra.api.command import StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import Directory
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from servekit.monitoring.layout import MONITORING, MonitoringLayout
 from servekit.operations.common import Commands
 from servekit.operations.debian import install_missing
+from servekit.operations.exporters import enable_and_start
 from servekit.operations.hoststate import announce
 from servekit.operations.staged import file_differs, stage_command, swap_and_check
 from servekit.shell import quote as q
@@ -132,19 +132,7 @@ def monitoring_services() -> Commands:
 
         monitoring_services(name="Enable and start Prometheus")
     """
-    status = host.get_fact(SystemdStatus) or {}
-    enabled = host.get_fact(SystemdEnabled) or {}
-    units = [f"{service}.service" for service in SERVICES]
-    if all(status.get(u) and enabled.get(u) for u in units):
-        host.noop(f"{', '.join(SERVICES)} are running")
-        return
-    for unit in units:
-        if not enabled.get(unit):
-            announce(f"enable {unit}")
-            yield f"systemctl enable {q(unit)}"
-        if not status.get(unit):
-            announce(f"start {unit}")
-            yield f"systemctl start {q(unit)}"
+    yield from enable_and_start([f"{service}.service" for service in SERVICES])
 
 
 @operation(is_idempotent=False)

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -150,3 +151,17 @@ def test_the_blackbox_names_are_the_blackbox_exporters_and_it_probes_ollama(
     assert names(answered) >= BLACKBOX_METRICS, sorted(BLACKBOX_METRICS - names(answered))
     assert probe_value(answered, "probe_success") == 1
     assert probe_value(closed, "probe_success") == 0
+
+
+def test_the_dcgm_standin_serves_every_dcgm_name_from_servekits_counters(tmp_path: Path) -> None:
+    """The host tests' stand-in DCGM exporter (tests/standins/dcgm_exporter.py) exposes what
+    servekit's counters file enables, under the flags servekit's drop-in passes."""
+    counters = tmp_path / "servekit-counters.csv"
+    counters.write_text(dcgm_counters())
+    standin = Path(__file__).parents[1] / "standins" / "dcgm_exporter.py"
+    port = free_port()
+    argv = [sys.executable, str(standin), "-f", str(counters), "-a", f"127.0.0.1:{port}"]
+    with running(argv, f"http://127.0.0.1:{port}/metrics") as body:
+        exposed = names(body)
+    assert exposed >= DCGM_METRICS, sorted(DCGM_METRICS - exposed)
+    assert 'DCGM_FI_DEV_XID_ERRORS{gpu="0",' in body
