@@ -89,23 +89,43 @@ class Fleet:
     def deploy(self, *deploys: Path) -> PyinfraRun:
         return run_pyinfra(self.inventory(), *(deploys or DEPLOYS), timeout=1500)
 
-    def get(self, url: str) -> Any:
-        """JSON of a GET run on the monitoring host (Prometheus and Alertmanager answer its
-        loopback only)."""
-        command = f"python3 -c {shlex.quote(FETCH)} {shlex.quote(url)}"
-        return json.loads(self.m.run(command, timeout=30).stdout)
-
     def query(self, promql: str) -> list[dict[str, Any]]:
-        url = "http://127.0.0.1:9090/api/v1/query?query=" + quote(promql, safe="")
-        answer = self.get(url)
-        assert answer["status"] == "success", answer
-        result: list[dict[str, Any]] = answer["data"]["result"]
-        return result
+        return query(self.m, promql)
 
     def alerts(self, name: str) -> list[dict[str, Any]]:
         """Alertmanager's active alerts named `name` (API v2)."""
-        found: list[dict[str, Any]] = self.get("http://127.0.0.1:9093/api/v2/alerts")
+        found: list[dict[str, Any]] = get_json(self.m, "http://127.0.0.1:9093/api/v2/alerts")
         return [a for a in found if a["labels"].get("alertname") == name]
+
+
+def get_json(host: BenchHost, url: str) -> Any:
+    """JSON of a GET run on `host` (Prometheus and Alertmanager answer the monitoring host's
+    loopback only)."""
+    command = f"python3 -c {shlex.quote(FETCH)} {shlex.quote(url)}"
+    return json.loads(host.run(command, timeout=30).stdout)
+
+
+def query(host: BenchHost, promql: str) -> list[dict[str, Any]]:
+    """Prometheus's answer to an instant query, asked on the monitoring host `host`."""
+    answer = get_json(host, "http://127.0.0.1:9090/api/v1/query?query=" + quote(promql, safe=""))
+    assert answer["status"] == "success", answer
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def declared_targets(inventory: Path, monitoring: str) -> set[tuple[str, str]]:
+    """(job, host) of every target the inventory's plan declares, and Prometheus's own three."""
+    plan = plan_fleet(runpy.run_path(str(inventory))["fleet"]).hosts[monitoring]
+    assert plan.monitoring is not None
+    own = {(job, monitoring) for job in ("prometheus", "alertmanager", "blackbox")}
+    return own | {(j.job, t.labels["host"]) for j in plan.monitoring.jobs for t in j.targets}
+
+
+def all_up(host: BenchHost, declared: set[tuple[str, str]]) -> bool:
+    """Whether Prometheus on `host` has exactly the declared targets, every one up."""
+    up = query(host, "up")
+    seen = {(s["metric"]["job"], s["metric"].get("host", "")) for s in up}
+    return seen == declared and all(s["value"][1] == "1" for s in up)
 
 
 def wait_until(check: Any, timeout: float, what: str, step: float = 1.0) -> float:
@@ -141,14 +161,6 @@ def fleet(
     yield Fleet(a, b, g, m, package_index, workdir)
 
 
-def declared_targets(fleet: Fleet) -> set[tuple[str, str]]:
-    """(job, host) of every target the plan declares, and Prometheus's own three."""
-    plan = plan_fleet(runpy.run_path(str(fleet.inventory()))["fleet"]).hosts[fleet.m.name]
-    assert plan.monitoring is not None
-    own = {(job, fleet.m.name) for job in ("prometheus", "alertmanager", "blackbox")}
-    return own | {(j.job, t.labels["host"]) for j in plan.monitoring.jobs for t in j.targets}
-
-
 def test_the_deploys_converge_and_every_declared_target_is_up(fleet: Fleet) -> None:
     started = time.monotonic()
     run = fleet.deploy().check()
@@ -157,17 +169,12 @@ def test_the_deploys_converge_and_every_declared_target_is_up(fleet: Fleet) -> N
     assert set(changed["servekit monitoring | Install the node exporter"]) == {
         h.name for h in (fleet.a, fleet.b, fleet.g, fleet.m)
     }
-    declared = declared_targets(fleet)
+    declared = declared_targets(fleet.inventory(), fleet.m.name)
     assert {job for job, _ in declared} == {
         "prometheus", "alertmanager", "blackbox", "vllm", "node", "gateway", "dcgm"
     }  # fmt: skip
 
-    def all_up() -> bool:
-        up = fleet.query("up")
-        seen = {(s["metric"]["job"], s["metric"].get("host", "")) for s in up}
-        return seen == declared and all(s["value"][1] == "1" for s in up)
-
-    waited = wait_until(all_up, 60, "every declared target up")
+    waited = wait_until(lambda: all_up(fleet.m, declared), 60, "every declared target up")
     fleet.timings["all_up_after_deploy_s"] = waited
     up = fleet.query("up")
     assert len(up) == len(declared) == 12, up
