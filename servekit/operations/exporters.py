@@ -60,15 +60,20 @@ def exporter_config(files: list[RenderedFile]) -> Commands:
 
         written = exporter_config(name="Write the exporters' files", files=files)
     """
-    changed = [f for f in files if file_differs(f)]
-    if not changed:
-        host.noop(f"the exporters' {len(files)} files are written")
-        return
-    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group})" for f in changed))
-    for rendered in changed:
+    for rendered in changed_files(files, "the exporters'"):
         yield f"install -d -m 0755 {q(posixpath.dirname(rendered.path))}"
         yield StringCommand(stage_command(rendered), _stdin=rendered.content)
         yield f"mv -f {q(rendered.path + STAGED)} {q(rendered.path)}"
+
+
+def changed_files(files: list[RenderedFile], whose: str) -> list[RenderedFile]:
+    """The files that differ on the host, each announced (content never shown); none: a no-op,
+    said so."""
+    changed = [f for f in files if file_differs(f)]
+    if not changed:
+        host.noop(f"{whose} {len(files)} files are written")
+    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
+    return changed
 
 
 @operation()

@@ -21,9 +21,9 @@ from pyinfra.facts.files import Directory
 from servekit.monitoring.layout import MONITORING, MonitoringLayout
 from servekit.operations.common import Commands
 from servekit.operations.debian import install_missing
-from servekit.operations.exporters import enable_and_start
+from servekit.operations.exporters import changed_files, enable_and_start
 from servekit.operations.hoststate import announce
-from servekit.operations.staged import file_differs, stage_command, swap_and_check
+from servekit.operations.staged import stage_command, swap_and_check
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
 
@@ -110,11 +110,9 @@ def monitoring_config(files: list[RenderedFile]) -> Commands:
 
         config = monitoring_config(name="Write the monitoring configuration", files=files)
     """
-    changed = [f for f in files if file_differs(f)]
+    changed = changed_files(files, "the monitoring's")
     if not changed:
-        host.noop(f"the monitoring's {len(files)} files are written")
         return
-    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
     for rendered in changed:
         yield StringCommand(stage_command(rendered), _stdin=rendered.content)
     yield swap_and_check_command([f.path for f in changed], check_command())
