@@ -147,7 +147,8 @@ def firewall_plan(
         return None
     names: dict[str, list[str]] = {}
     admitted: set[str] = set()
-    for ref in admitted_hosts(state, host):
+    engines = bool(vllm or ollama_port)  # else only exporters: the monitoring host alone
+    for ref in admitted_hosts(state, host) if engines else []:
         address = state.hosts[ref].cluster_address
         if address:
             admitted.update(ip_addresses(state, address, state.address_field(ref), names))

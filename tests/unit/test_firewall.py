@@ -284,6 +284,7 @@ def test_a_loopback_ollama_gets_no_firewall_rule_and_no_dependency() -> None:
     assert "servekit-firewall" not in files["/etc/systemd/system/ollama.service"]
     assert plan.firewall is not None and plan.firewall.monitoring == ["10.9.0.98"]
     assert nft_set(text, "monitoring4") == ["10.9.0.98"] and plan.ollama_clients == []
+    assert plan.firewall_allow == []  # nothing but the exporters is protected here
 
 
 def test_an_ollama_behind_a_gateway_on_another_host_admits_only_it() -> None:
