@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,9 +46,13 @@ SETS = {
     "clients6": "clients6",
     "protected": "protected",
     "ollama": "ollama",
+    "monitoring4": "monitoring4",
+    "monitoring6": "monitoring6",
+    "exporters": "exporters",
 }
 """The named sets of the table: the fleet's own hosts per family, an exposed Ollama's clients per
-family, the protected ports, and the Ollama port."""
+family, the protected ports, the Ollama port, the monitoring host per family and the exporter
+ports only it may reach."""
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Named sets: `type ipv4_addr` / `ipv6_addr` / `inet_service`, `flags interval` for port ranges,
@@ -125,6 +129,8 @@ class FirewallRules:
     ollama_ports: list[int]
     admitted: list[str]
     clients: list[str]
+    exporter_ports: list[int] = field(default_factory=list)
+    monitoring: list[str] = field(default_factory=list)
 
     @property
     def protected(self) -> list[PortRange]:
@@ -138,6 +144,11 @@ class FirewallRules:
     @property
     def ollama(self) -> list[PortRange]:
         return without([PortRange(p, p) for p in self.ollama_ports], self.ssh_port)
+
+    @property
+    def exporters(self) -> list[PortRange]:
+        """Exporter ports (the monitoring host only), the SSH port taken out."""
+        return without([PortRange(p, p) for p in self.exporter_ports], self.ssh_port)
 
     def family(self, addresses: list[str], version: int) -> list[IpAddress]:
         return [a for a in _addresses(addresses) if a.version == version]
@@ -168,6 +179,8 @@ def firewall_rules(plan: HostPlan) -> FirewallRules:
         ollama_ports=list(firewall.ollama_ports),
         admitted=[str(a) for a in _addresses(firewall.admitted)],
         clients=[str(a) for a in _addresses(firewall.clients)] if firewall.ollama_ports else [],
+        exporter_ports=list(firewall.exporter_ports),
+        monitoring=[str(a) for a in _addresses(firewall.monitoring)],
     )
 
 
@@ -183,7 +196,7 @@ def nft_elements(values: Iterable[IpAddress | PortRange]) -> str:
 
 def check_rules(rules: FirewallRules) -> None:
     """Refuse rules that would match the host's SSH port (they could lock the operator out)."""
-    for item in rules.protected + rules.ollama:
+    for item in rules.protected + rules.ollama + rules.exporters:
         if rules.ssh_port in item:
             raise FirewallError(f"the rules would match the SSH port {rules.ssh_port} ({item})")
 
@@ -220,6 +233,10 @@ def render_rules(plan: HostPlan) -> str:
         clients6=nft_elements(rules.family(rules.clients, 6)),
         protected=nft_elements(rules.protected),
         ollama=nft_elements(rules.ollama),
+        exporter_ports=rules.exporter_ports,
+        monitoring4=nft_elements(rules.family(rules.monitoring, 4)),
+        monitoring6=nft_elements(rules.family(rules.monitoring, 6)),
+        exporters=nft_elements(rules.exporters),
     )
     return text
 
@@ -279,5 +296,8 @@ def firewall_lines(fleet_plan: FleetPlan) -> list[str]:
         )
         if rules.clients:
             line += f"; Ollama {rules.ollama_ports[0]} also admits {shown(rules.clients)}"
+        if rules.exporters:
+            exporters = ", ".join(str(p) for p in rules.exporters)
+            line += f"; exporters {exporters} admit only {shown(rules.monitoring) or 'loopback'}"
         lines.append(line)
     return lines

@@ -236,6 +236,9 @@ class ScrapeJob(Plain):
     job: str
     targets: list[ScrapeTarget]
     metrics_path: str = "/metrics"
+    probe_module: str | None = Field(
+        None, description="probed through the blackbox exporter with this module (targets: URLs)"
+    )
 
 
 class GrafanaPlan(Plain):
@@ -287,6 +290,12 @@ class FirewallPlan(Plain):
     ollama_ports: list[int] = Field(
         default_factory=list, description="an exposed Ollama: admitted addresses and clients"
     )
+    exporter_ports: list[int] = Field(
+        default_factory=list, description="node and DCGM exporters: the monitoring host only"
+    )
+    monitoring: list[IpLiteral] = Field(
+        default_factory=list, description="the monitoring host's addresses (exporter ports)"
+    )
     admitted: list[IpLiteral] = Field(
         default_factory=list, description="addresses admitted to engine, metrics and cluster ports"
     )
@@ -296,6 +305,16 @@ class FirewallPlan(Plain):
     names: dict[str, list[IpLiteral]] = Field(
         default_factory=dict, description="host names behind those addresses, resolved at plan time"
     )
+
+
+class ExportersPlan(Plain):
+    """The exporters Prometheus scrapes on a Linux host of a fleet with monitoring: Debian's node
+    exporter, and NVIDIA's DCGM exporter where `GpuSetup(dcgm=True)` puts one, both listening
+    where the monitoring host reaches this host (loopback on the monitoring host itself)."""
+
+    listen_address: str = Field(description="an IP literal, or 0.0.0.0 behind the firewall")
+    node_port: int
+    dcgm_port: int | None = Field(None, description="None: no DCGM exporter on this host")
 
 
 class HostPlan(Plain):
@@ -318,6 +337,7 @@ class HostPlan(Plain):
     ollama: OllamaHost | None = None
     gateway: GatewayHost | None = None
     monitoring: MonitoringHost | None = None
+    exporters: ExportersPlan | None = Field(None, description="None: no monitoring, or not Linux")
     ssh_port: int = Field(22, ge=1, le=65535, description="the port the firewall never matches")
     firewall: FirewallPlan | None = Field(None, description="None: servekit writes no firewall")
     versions: VersionsPlan

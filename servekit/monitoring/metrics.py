@@ -23,6 +23,9 @@ Sources, checked Dec 2026:
 - HAProxy 2.6's built-in exporter (`http-request use-service prometheus-exporter`),
   https://github.com/haproxy/haproxy/blob/master/addons/promex/README (read from Debian's haproxy's
   /metrics in tests/unit/test_monitoring_names.py).
+- blackbox exporter 0.23 (Debian `prometheus-blackbox-exporter`): `probe_success`,
+  `probe_duration_seconds` (prober/handler.go in https://github.com/prometheus/blackbox_exporter;
+  read from the binary's own /probe in tests/unit/test_monitoring_names.py).
 - Prometheus itself: `up` (https://prometheus.io/docs/concepts/jobs_instances/) and `ALERTS`
   (https://prometheus.io/docs/prometheus/latest/configuration/alerting_rules/).
 """
@@ -102,9 +105,18 @@ HAPROXY_METRICS = frozenset(
     }
 )
 
+BLACKBOX_METRICS = frozenset({"probe_success", "probe_duration_seconds"})
+
 PROMETHEUS_METRICS = frozenset({"up", "ALERTS"})
 
-KNOWN_METRICS = VLLM_METRICS | DCGM_METRICS | NODE_METRICS | HAPROXY_METRICS | PROMETHEUS_METRICS
+KNOWN_METRICS = (
+    VLLM_METRICS
+    | DCGM_METRICS
+    | NODE_METRICS
+    | HAPROXY_METRICS
+    | BLACKBOX_METRICS
+    | PROMETHEUS_METRICS
+)
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")

@@ -8,12 +8,17 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from servekit.gateway.haproxy import server_address
-from servekit.hostplan import HostPlan, MonitoringHost
-from servekit.monitoring.layout import ALERTMANAGER_PORT, MONITORING, MonitoringLayout
+from servekit.hostplan import HostPlan, MonitoringHost, ScrapeJob
+from servekit.monitoring.layout import (
+    ALERTMANAGER_PORT,
+    BLACKBOX_PORT,
+    MONITORING,
+    OLLAMA_PROBE_MODULE,
+    MonitoringLayout,
+)
 from servekit.monitoring.rules import rules_file
 from servekit.monitoring.yamltext import Value, dump
 from servekit.secrets import SecretError
-from servekit.spec import NODE_EXPORTER_PORT
 from servekit.templating import RenderedFile
 
 HEADER = "# Written by servekit (deploys/monitoring.py) from the fleet's plan: changes are lost.\n"
@@ -33,6 +38,31 @@ def _monitoring(plan: HostPlan) -> MonitoringHost:
     return plan.monitoring
 
 
+def probe_config(job: ScrapeJob, layout: MonitoringLayout) -> Value:
+    """A job probed through the blackbox exporter on loopback: each target's URL becomes the
+    `target` parameter and the `instance` label, and the scrape goes to the exporter (the
+    relabelling of https://github.com/prometheus/blackbox_exporter#prometheus-configuration and
+    https://prometheus.io/docs/guides/multi-target-exporter/)."""
+    static: list[Value] = [
+        {"targets": [f"http://{target_address(t.address)}/"], "labels": dict(t.labels)}
+        for t in job.targets
+    ]
+    return {
+        "job_name": job.job,
+        "metrics_path": job.metrics_path,
+        "params": {"module": [str(job.probe_module)]},
+        "static_configs": static,
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+            {
+                "target_label": "__address__",
+                "replacement": f"{layout.listen_address}:{BLACKBOX_PORT}",
+            },
+        ],
+    }
+
+
 def scrape_configs(plan: HostPlan, layout: MonitoringLayout) -> list[Value]:
     monitoring = _monitoring(plan)
     own = {"fleet": plan.fleet, "host": plan.name, "role": "monitoring"}
@@ -42,9 +72,13 @@ def scrape_configs(plan: HostPlan, layout: MonitoringLayout) -> list[Value]:
         for job, address in (
             ("prometheus", f"{local}:{monitoring.port}"),
             ("alertmanager", f"{local}:{ALERTMANAGER_PORT}"),
+            ("blackbox", f"{local}:{BLACKBOX_PORT}"),
         )
     ]
     for job in monitoring.jobs:
+        if job.probe_module is not None:
+            configs.append(probe_config(job, layout))
+            continue
         static: list[Value] = [
             {"targets": [target_address(t.address)], "labels": dict(t.labels)} for t in job.targets
         ]
@@ -90,19 +124,28 @@ def alertmanager_defaults(layout: MonitoringLayout = MONITORING) -> str:
     return f'{HEADER}ARGS="{" ".join([*args, "--cluster.listen-address="])}"\n'
 
 
-NODE_UNITS = "(nvidia-fabricmanager|nvidia-persistenced|vllm-.*|ray-.*|haproxy|ollama)[.]service"
-"""Units whose state the node exporter reports (`node_systemd_unit_state`; FabricManagerDown
-reads nvidia-fabricmanager's). Flags: `prometheus-node-exporter --help` (1.5),
-https://github.com/prometheus/node_exporter#collectors (systemd is off by default)."""
+PROBE_TIMEOUT = "5s"
+"""How long a probe of an Ollama API may take (below the scrape timeout of the shortest
+interval servekit accepts); OllamaSlow fires well before it."""
 
 
-def node_exporter_defaults(layout: MonitoringLayout = MONITORING) -> str:
-    """/etc/default/prometheus-node-exporter on the monitoring host: loopback (Prometheus beside
-    it scrapes 127.0.0.1), and the systemd collector for the units above."""
+def blackbox_config() -> str:
+    """/etc/prometheus/blackbox.yml: the Ollama module, an HTTP GET that must answer 200
+    (modules: https://github.com/prometheus/blackbox_exporter/blob/master/CONFIGURATION.md)."""
+    module: Value = {
+        "prober": "http",
+        "timeout": PROBE_TIMEOUT,
+        "http": {"method": "GET", "valid_status_codes": [200], "no_follow_redirects": True},
+    }
+    return dump({"modules": {OLLAMA_PROBE_MODULE: module}}, HEADER)
+
+
+def blackbox_defaults(layout: MonitoringLayout = MONITORING) -> str:
+    """/etc/default/prometheus-blackbox-exporter: servekit's modules, loopback only (Prometheus
+    beside it asks it to probe)."""
     args = [
-        f"--web.listen-address={layout.listen_address}:{NODE_EXPORTER_PORT}",
-        "--collector.systemd",
-        f"--collector.systemd.unit-include={NODE_UNITS}",
+        f"--config.file={layout.blackbox_config}",
+        f"--web.listen-address={layout.listen_address}:{BLACKBOX_PORT}",
     ]
     return f'{HEADER}ARGS="{" ".join(args)}"\n'
 
@@ -167,7 +210,8 @@ def monitoring_files(
         config(layout.prometheus_config, prometheus_config(plan, layout)),
         config(layout.rules_file, rules_file(plan)),
         config(layout.alertmanager_config, alertmanager_config(webhook)),
+        defaults(layout.blackbox_config, blackbox_config()),
         defaults(layout.prometheus_defaults, prometheus_defaults(plan, layout)),
         defaults(layout.alertmanager_defaults, alertmanager_defaults(layout)),
-        defaults(layout.node_exporter_defaults, node_exporter_defaults(layout)),
+        defaults(layout.blackbox_defaults, blackbox_defaults(layout)),
     ]

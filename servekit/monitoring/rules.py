@@ -23,6 +23,9 @@ THROTTLED_FRACTION = 0.1
 KV_CACHE_FULL = 0.9
 GATEWAY_5XX_FRACTION = 0.05
 DISK_FULL_FRACTION = 0.9
+OLLAMA_SLOW_SECONDS = 1
+"""`GET /` of Ollama answers without touching a model: a second for it means the server or its
+host is overloaded (the probe itself gives up after 5 s, servekit.monitoring.prometheus)."""
 REAL_FILESYSTEMS = 'fstype!~"tmpfs|ramfs|overlay|squashfs|nsfs|fuse.*"'
 SSH = "ssh {{ $labels.host }}"
 
@@ -204,12 +207,13 @@ def host_alerts() -> list[Alert]:
         ),
         Alert(
             "ExporterDown",
-            'up{job=~"dcgm|gateway"} == 0',
+            'up{job=~"dcgm|gateway|blackbox"} == 0',
             "5m",
             "warning",
             "The {{ $labels.job }} exporter on {{ $labels.host }} does not answer: "
-            f"`{SSH} systemctl status nvidia-dcgm-exporter` (dcgm) or `systemctl status "
-            "haproxy` (gateway)",
+            f"`{SSH} systemctl status nvidia-dcgm-exporter` (dcgm), `systemctl status "
+            "haproxy` (gateway) or `systemctl status prometheus-blackbox-exporter` (blackbox: "
+            "no Ollama probes)",
         ),
         Alert(
             "DiskAlmostFull",
@@ -236,8 +240,31 @@ def host_alerts() -> list[Alert]:
     ]
 
 
+def ollama_alerts() -> list[Alert]:
+    """Ollama has no /metrics: the blackbox exporter probes its API (`job="ollama"`)."""
+    server = "Ollama ({{ $labels.model }} replica {{ $labels.replica }}) on {{ $labels.host }}"
+    return [
+        Alert(
+            "OllamaDown",
+            'probe_success{job="ollama"} == 0',
+            "1m",
+            "warning",
+            f"{server} does not answer {{{{ $labels.instance }}}}: "
+            f"`{SSH} systemctl status ollama; journalctl -u ollama -n 100`",
+        ),
+        Alert(
+            "OllamaSlow",
+            f'probe_duration_seconds{{job="ollama"}} > {OLLAMA_SLOW_SECONDS}',
+            "10m",
+            "warning",
+            f"{server} takes {{{{ $value | humanizeDuration }}}} to answer `GET /`: the host is "
+            f"overloaded; `{SSH} uptime; free -h; journalctl -u ollama -n 100`",
+        ),
+    ]
+
+
 def alerts(monitoring: MonitoringHost) -> list[Alert]:
-    return engine_alerts(monitoring) + gpu_alerts(monitoring) + host_alerts()
+    return engine_alerts(monitoring) + gpu_alerts(monitoring) + host_alerts() + ollama_alerts()
 
 
 def rules_text(monitoring: MonitoringHost) -> str:

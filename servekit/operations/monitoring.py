@@ -1,11 +1,12 @@
 """Monitoring on its host, in named steps: Debian's `prometheus`, `prometheus-alertmanager` and
-`prometheus-node-exporter` packages, servekit's rules directory (0750 root:prometheus), the
+`prometheus-blackbox-exporter` packages, servekit's rules directory (0750 root:prometheus), the
 configurations and Debian's ARGS files, the three services enabled and running, and a reload
-only after a file changed.
+only after a file changed. (The node exporter, on every host, is `servekit.operations.exporters`.)
 
 A configuration Prometheus or Alertmanager refuses never replaces a working one: the new files
 are staged beside the old ones, moved into place, checked with `promtool check config` (which
-checks the rule files too) and `amtool check-config`, and the previous files are put back when
+checks the rule files too), `amtool check-config` and the blackbox exporter's
+`--config.check`, and the previous files are put back when
 a check fails. Alertmanager's file holds the webhook URL: contents travel on standard input and
 are never shown.
 """
@@ -16,31 +17,31 @@ from pyinfra.api.command import StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import Directory
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from servekit.monitoring.layout import MONITORING, MonitoringLayout
 from servekit.operations.common import Commands
 from servekit.operations.debian import install_missing
+from servekit.operations.exporters import changed_files, enable_and_start
 from servekit.operations.hoststate import announce
-from servekit.operations.staged import file_differs, stage_command, swap_and_check
+from servekit.operations.staged import stage_command, swap_and_check
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
 
-PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
-"""Debian bookworm: prometheus 2.42, prometheus-alertmanager 0.25, prometheus-node-exporter 1.5
-(https://packages.debian.org/bookworm/prometheus and the same page for the others)."""
+PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter")
+"""Debian bookworm: prometheus 2.42, prometheus-alertmanager 0.25, prometheus-blackbox-exporter
+0.23 (https://packages.debian.org/bookworm/prometheus and the same page for the others)."""
 SERVICES = (
     MONITORING.prometheus_service,
     MONITORING.alertmanager_service,
-    MONITORING.node_exporter_service,
+    MONITORING.blackbox_service,
 )
 
 
 @operation()
 def monitoring_packages() -> Commands:
     """
-    Install Debian's Prometheus, Alertmanager and node exporter (apt lists refreshed first),
-    unless they are installed.
+    Install Debian's Prometheus, Alertmanager and blackbox exporter (apt lists refreshed
+    first), unless they are installed.
 
     **Example:**
 
@@ -72,11 +73,13 @@ def rules_directory() -> Commands:
 
 
 def check_command(layout: MonitoringLayout = MONITORING) -> str:
-    """Shell: Prometheus's and Alertmanager's own checks of the files in place (promtool also
-    checks the rule files prometheus.yml names)."""
+    """Shell: Prometheus's, Alertmanager's and the blackbox exporter's own checks of the files
+    in place (promtool also checks the rule files prometheus.yml names)."""
     return (
         f"promtool check config {q(layout.prometheus_config)} >/dev/null 2>&1 && "
-        f"amtool check-config {q(layout.alertmanager_config)} >/dev/null 2>&1"
+        f"amtool check-config {q(layout.alertmanager_config)} >/dev/null 2>&1 && "
+        "prometheus-blackbox-exporter --config.check "
+        f"--config.file={q(layout.blackbox_config)} >/dev/null 2>&1"
     )
 
 
@@ -84,7 +87,8 @@ def swap_and_check_command(paths: list[str], check: str) -> str:
     """Shell: the staged files in, checked by `check`; refused, the previous ones back and a
     failure saying so."""
     explain = (
-        "printf '%s\\n' 'servekit: promtool or amtool refused the new monitoring "
+        "printf '%s\\n' 'servekit: promtool, amtool or the blackbox exporter refused the new "
+        "monitoring "
         "configuration; the previous files are back in place (run promtool check config "
         f"{MONITORING.prometheus_config} on the host to see why)' >&2"
     )
@@ -106,11 +110,9 @@ def monitoring_config(files: list[RenderedFile]) -> Commands:
 
         config = monitoring_config(name="Write the monitoring configuration", files=files)
     """
-    changed = [f for f in files if file_differs(f)]
+    changed = changed_files(files, "the monitoring's")
     if not changed:
-        host.noop(f"the monitoring's {len(files)} files are written")
         return
-    announce(*(f"write {f.path} ({f.mode} {f.user}:{f.group}; content not shown)" for f in changed))
     for rendered in changed:
         yield StringCommand(stage_command(rendered), _stdin=rendered.content)
     yield swap_and_check_command([f.path for f in changed], check_command())
@@ -120,7 +122,7 @@ def monitoring_config(files: list[RenderedFile]) -> Commands:
 def monitoring_services() -> Commands:
     """
     Enable and start Debian's prometheus, prometheus-alertmanager and
-    prometheus-node-exporter services (nothing for those enabled and running).
+    prometheus-blackbox-exporter services (nothing for those enabled and running).
 
     **Example:**
 
@@ -128,27 +130,15 @@ def monitoring_services() -> Commands:
 
         monitoring_services(name="Enable and start Prometheus")
     """
-    status = host.get_fact(SystemdStatus) or {}
-    enabled = host.get_fact(SystemdEnabled) or {}
-    units = [f"{service}.service" for service in SERVICES]
-    if all(status.get(u) and enabled.get(u) for u in units):
-        host.noop("prometheus, prometheus-alertmanager, prometheus-node-exporter are running")
-        return
-    for unit in units:
-        if not enabled.get(unit):
-            announce(f"enable {unit}")
-            yield f"systemctl enable {q(unit)}"
-        if not status.get(unit):
-            announce(f"start {unit}")
-            yield f"systemctl start {q(unit)}"
+    yield from enable_and_start([f"{service}.service" for service in SERVICES])
 
 
 @operation(is_idempotent=False)
 def monitoring_reload() -> Commands:
     """
-    Reload Prometheus and Alertmanager (Debian's units send SIGHUP: the scrape configuration,
-    rules and routes are reread, nothing is dropped). Call it with `_if=` the configuration
-    step's change.
+    Reload Prometheus, Alertmanager and the blackbox exporter (Debian's units send SIGHUP: the
+    scrape configuration, rules, routes and modules are reread, nothing is dropped). Call it
+    with `_if=` the configuration step's change.
 
     **Example:**
 
@@ -156,7 +146,7 @@ def monitoring_reload() -> Commands:
 
         monitoring_reload(name="Reload Prometheus", _if=any_changed(config))
     """
-    for service in SERVICES[:2]:
+    for service in SERVICES:
         yield f"systemctl reload {q(service + '.service')}"
 
 
@@ -164,7 +154,8 @@ def monitoring_reload() -> Commands:
 def monitoring_restart() -> Commands:
     """
     Restart the three services after their ARGS files changed: listen addresses, retention and
-    collectors are command-line flags, which a reload does not reread. Call it with `_if=` the
+    the blackbox exporter's configuration file are command-line flags, which a reload does not
+    reread. Call it with `_if=` the
     ARGS step's change.
 
     **Example:**

@@ -15,7 +15,7 @@ from servekit.errors import FleetError
 from servekit.hostplan import GpuSetupPlan, HostPlan, VersionsPlan
 from servekit.placement.firewall import firewall_plan
 from servekit.placement.ollama import ollama_host, plan_ollama
-from servekit.placement.services import gateway_plan, monitoring_plan
+from servekit.placement.services import exporters_plan, gateway_plan, monitoring_plan
 from servekit.placement.state import ANY as ANY
 from servekit.placement.state import HOST_NAME as HOST_NAME
 from servekit.placement.state import LOOPBACK as LOOPBACK
@@ -105,6 +105,7 @@ def host_plan(state: PlacementState, name: str) -> HostPlan:
         ollama=ollama,
         gateway=gateway,
         monitoring=monitoring,
+        exporters=exporters_plan(state, name),
         ssh_port=machine.ssh_port if isinstance(machine, SshHost) else 22,
         firewall=firewall_plan(state, name, ollama),
         versions=VersionsPlan.model_validate(

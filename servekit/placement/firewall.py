@@ -9,7 +9,13 @@ import ipaddress
 from servekit.errors import Problem
 from servekit.hostplan import FirewallPlan, OllamaHost, VllmInstance, uses_ray
 from servekit.placement.state import ANY, HOST_NAME, LOOPBACK, PlacementState, is_ip
-from servekit.spec import RAY_FIXED_PORTS, RAY_PORT, RAY_WORKER_PORTS
+from servekit.spec import (
+    DCGM_EXPORTER_PORT,
+    NODE_EXPORTER_PORT,
+    RAY_FIXED_PORTS,
+    RAY_PORT,
+    RAY_WORKER_PORTS,
+)
 
 
 def ip_addresses(
@@ -97,6 +103,29 @@ def cluster_ports(instance: VllmInstance) -> set[str]:
     return {str(instance.master_port)} if instance.master_port else set()
 
 
+def exporter_ports(state: PlacementState, host: str) -> list[int]:
+    """Exporter ports the monitoring host (only it) reaches on this host: the node exporter on
+    every Linux host but the monitoring host itself (loopback there), DCGM's on GPU hosts with
+    `GpuSetup(dcgm=True)`. Empty without monitoring."""
+    monitoring = state.monitoring_host()
+    if monitoring is None or monitoring == host:
+        return []
+    has_gpus = bool(state.hosts[host].free_gpus or state.hosts[host].vllm)
+    dcgm = [DCGM_EXPORTER_PORT] if state.fleet.gpu_setup.dcgm and has_gpus else []
+    return [NODE_EXPORTER_PORT, *dcgm]
+
+
+def monitoring_admitted(state: PlacementState, host: str, names: dict[str, list[str]]) -> set[str]:
+    """The monitoring host's addresses, admitted to this host's exporter ports."""
+    monitoring = state.monitoring_host()
+    if monitoring is None or monitoring == host:
+        return set()
+    address = state.hosts[monitoring].cluster_address
+    if not address:
+        return set()
+    return set(ip_addresses(state, address, state.address_field(monitoring), names))
+
+
 def firewall_plan(
     state: PlacementState, host: str, ollama: OllamaHost | None
 ) -> FirewallPlan | None:
@@ -108,15 +137,18 @@ def firewall_plan(
     a gateway in front to close them). Otherwise the engine port (API, `/metrics`, `/health`)
     admits only the gateway and monitoring hosts. Cluster ports (vLLM's master port, Ray's
     ports) admit only the other nodes of the replica (and those hosts). An exposed Ollama's port
-    admits them and the declared `OllamaSettings.clients`.
+    admits them and the declared `OllamaSettings.clients`. Exporter ports (node, DCGM) admit
+    only the monitoring host: with monitoring, every Linux host but that one has a firewall.
     """
     ollama_port = exposed_ollama_port(ollama)
     vllm = state.hosts[host].vllm
-    if state.fleet.machine_of(host).os != "linux" or not (vllm or ollama_port):
+    exporters = exporter_ports(state, host)
+    if state.fleet.machine_of(host).os != "linux" or not (vllm or ollama_port or exporters):
         return None
     names: dict[str, list[str]] = {}
     admitted: set[str] = set()
-    for ref in admitted_hosts(state, host):
+    engines = bool(vllm or ollama_port)  # else only exporters: the monitoring host alone
+    for ref in admitted_hosts(state, host) if engines else []:
         address = state.hosts[ref].cluster_address
         if address:
             admitted.update(ip_addresses(state, address, state.address_field(ref), names))
@@ -131,6 +163,8 @@ def firewall_plan(
         cluster_ports=sorted(cluster, key=lambda p: int(p.split("-")[0])),
         open_ports=sorted({v.port for v in servers if v.bind_address == ANY}),
         ollama_ports=[ollama_port] if ollama_port else [],
+        exporter_ports=exporters,
+        monitoring=_by_family(monitoring_admitted(state, host, names)) if exporters else [],
         admitted=_by_family(admitted),
         clients=_by_family(clients - admitted),
         names=names,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from servekit.errors import Problem
 from servekit.hostplan import (
+    ExportersPlan,
     GatewayHost,
     GatewayMember,
     GrafanaPlan,
@@ -14,9 +15,17 @@ from servekit.hostplan import (
     ScrapeTarget,
     SecretSource,
 )
+from servekit.monitoring.layout import OLLAMA_PROBE_MODULE
 from servekit.placement.firewall import ip_addresses
-from servekit.placement.ollama import ollama_hosts
-from servekit.placement.state import PlacementState, ServeSummary, secret_source
+from servekit.placement.ollama import ollama_host, ollama_hosts
+from servekit.placement.state import (
+    ANY,
+    LOOPBACK,
+    PlacementState,
+    ServeSummary,
+    is_ip,
+    secret_source,
+)
 from servekit.spec import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT
 
 
@@ -184,9 +193,10 @@ def scrape_jobs(state: PlacementState, host: str) -> list[ScrapeJob]:
             labels=host_labels(state, h, "node"),
         )
         for h in sorted(state.hosts)
+        if state.fleet.machine_of(h).os == "linux"
     ]
     jobs = [ScrapeJob(job="vllm", targets=engines), ScrapeJob(job="node", targets=nodes)]
-    return jobs + gateway_job(state, host) + dcgm_job(state, host)
+    return jobs + gateway_job(state, host) + dcgm_job(state, host) + ollama_job(state, host)
 
 
 def gateway_job(state: PlacementState, host: str) -> list[ScrapeJob]:
@@ -201,16 +211,66 @@ def gateway_job(state: PlacementState, host: str) -> list[ScrapeJob]:
     return [ScrapeJob(job="gateway", targets=[target])]
 
 
+def dcgm_hosts(state: PlacementState) -> list[str]:
+    """Hosts with a DCGM exporter: NVIDIA GPU hosts, when `GpuSetup(dcgm=True)`."""
+    if not state.fleet.gpu_setup.dcgm:
+        return []
+    return sorted(h for h, s in state.hosts.items() if s.free_gpus or s.vllm)
+
+
 def dcgm_job(state: PlacementState, host: str) -> list[ScrapeJob]:
     """DCGM exporters on GPU hosts (none unless `GpuSetup(dcgm=True)`)."""
     if not state.fleet.gpu_setup.dcgm:
         return []
-    gpu_hosts = sorted(h for h, s in state.hosts.items() if s.free_gpus or s.vllm)
     targets = [
         ScrapeTarget(
             address=f"{state.reach(h, host)}:{DCGM_EXPORTER_PORT}",
             labels=host_labels(state, h, "gpu"),
         )
-        for h in gpu_hosts
+        for h in dcgm_hosts(state)
     ]
     return [ScrapeJob(job="dcgm", targets=targets)]
+
+
+def ollama_job(state: PlacementState, host: str) -> list[ScrapeJob]:
+    """Ollama APIs the monitoring host reaches (beyond loopback, or on itself), probed through
+    the blackbox exporter: one target per replica of each Ollama-served model."""
+    targets = []
+    for summary in state.summaries:
+        if summary.engine != "ollama":
+            continue
+        for replica, nodes in enumerate(summary.replicas):
+            served = ollama_host(state, nodes[0])
+            listen = served.listen.rpartition(":")[0].strip("[]") if served else LOOPBACK
+            if listen in (LOOPBACK, "::1", "localhost") and nodes[0] != host:
+                continue  # only its own host reaches it (README: Monitoring)
+            targets.append(
+                ScrapeTarget(
+                    address=f"{state.reach(nodes[0], host)}:{summary.port}",
+                    labels=host_labels(state, nodes[0], "ollama")
+                    | {"model": summary.name, "replica": str(replica)},
+                )
+            )
+    if not targets:
+        return []
+    return [
+        ScrapeJob(
+            job="ollama", targets=targets, metrics_path="/probe", probe_module=OLLAMA_PROBE_MODULE
+        )
+    ]
+
+
+def exporters_plan(state: PlacementState, host: str) -> ExportersPlan | None:
+    """The exporters of a Linux host in a fleet with monitoring, listening where the monitoring
+    host reaches it: loopback on the monitoring host, else its cluster address (every address
+    when that is a host name: the firewall then admits only the monitoring host)."""
+    monitoring = state.monitoring_host()
+    if monitoring is None or state.fleet.machine_of(host).os != "linux":
+        return None
+    address = state.hosts[host].cluster_address
+    listen = LOOPBACK if host == monitoring else str(address) if is_ip(address) else ANY
+    return ExportersPlan(
+        listen_address=listen,
+        node_port=NODE_EXPORTER_PORT,
+        dcgm_port=DCGM_EXPORTER_PORT if host in dcgm_hosts(state) else None,
+    )

@@ -4,8 +4,10 @@ to vLLM under load through the gateway.
 `p0` is prod's a100-0 (a vLLM replica, the gateway, the monitoring host), `p1` is a100-1 (a vLLM
 replica behind a firewall that admits p0 only), and `o1`, `o2` small boxes serving an Ollama tag
 (two replicas). One pyinfra run deploys it all, as a user would run it; clients on this machine
-use keys. Then Ollama is upgraded under load (one box at a time, drained at the gateway), and
-the tag moves to vLLM under load.
+use keys. deploys/monitoring.py then puts node exporters on every box and Prometheus on p0, which
+must see every declared target up (Ollama's APIs probed through the blackbox exporter). Then
+Ollama is upgraded under load (one box at a time, drained at the gateway), and the tag moves to
+vLLM under load.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from hostbench import BenchHost, FileServer, PackageIndex, PyinfraRun, run_pyinf
 from hostbench.plugin import HostFactory
 from standins.build import build_ollama_release, build_vllm_wheel
 from test_gateway import ALICE, Load, failures, post
+from test_monitoring import all_up, declared_targets, query, wait_until
 from vllm_support import ROOT, fake_gpus, http, put_model, secret, ssh_host, write_fleet
 
 pytestmark = pytest.mark.hosts
 
-DEPLOYS = {name: ROOT / "deploys" / f"{name}.py" for name in ("vllm", "ollama", "gateway")}
+DEPLOYS = {
+    name: ROOT / "deploys" / f"{name}.py" for name in ("vllm", "ollama", "gateway", "monitoring")
+}
 OLLAMA_VERSION, OLLAMA_NEW = "0.32.3", "0.32.4"
 TAG = "llama3.1:8b"
 KEYS = f"# name key [models=a,b] [rpm=N] [concurrent=N]\nalice {ALICE}\n"
@@ -127,6 +132,24 @@ def test_prod_is_served_end_to_end(prod: Prod) -> None:
         assert http(url, timeout=3)[0] is None, url
     again = prod.run(inventory, "vllm", "ollama", "gateway").check()
     assert again.changes() == {}, again
+
+
+def test_monitoring_sees_every_target_of_prod_up(prod: Prod) -> None:
+    inventory = prod.inventory("ollama")
+    run = prod.run(inventory, "monitoring").check()
+    installed = run.changes()["servekit monitoring | Install the node exporter"]
+    assert set(installed) == {h.name for h in (prod.p0, prod.p1, prod.o1, prod.o2)}
+    declared = declared_targets(inventory, prod.p0.name)
+    assert {job for job, _ in declared} == {
+        "prometheus", "alertmanager", "blackbox", "vllm", "node", "gateway", "ollama"
+    }  # fmt: skip
+    wait_until(lambda: all_up(prod.p0, declared), 90, "every declared target of prod up", 2)
+    probes = query(prod.p0, 'probe_success{job="ollama"}')
+    assert {(p["metric"]["host"], p["value"][1]) for p in probes} == {
+        (prod.o1.name, "1"),
+        (prod.o2.name, "1"),
+    }
+    assert prod.run(inventory, "monitoring").check().changes() == {}
 
 
 def test_an_ollama_upgrade_under_load_fails_no_request(prod: Prod) -> None:

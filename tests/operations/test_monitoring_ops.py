@@ -26,6 +26,8 @@ from pyinfra.api.operations import run_ops
 from servekit.deploys.monitoring import monitoring_host
 from servekit.hostplan import HOST_DATA_KEY, HostPlan
 from servekit.monitoring import MONITORING, MonitoringLayout, monitoring_files
+from servekit.monitoring.exporters import exporter_files
+from servekit.operations.exporters import NODE_EXPORTER_PACKAGE
 from servekit.operations.monitoring import PACKAGES, check_command, swap_and_check_command
 from servekit.operations.staged import KEPT, STAGED
 from servekit.placement import plan_fleet
@@ -108,12 +110,21 @@ def host_answers(
     files: dict[str, str] | None = None,
 ) -> dict[Any, Any]:
     """What the host prints: packages, the files (path -> content) with their owners, units."""
-    services = ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
+    services = (
+        "prometheus",
+        "prometheus-alertmanager",
+        "prometheus-blackbox-exporter",
+        "prometheus-node-exporter",
+    )
     units = [f"{service}.service" for service in services]
     sub, enabled = ("running", "enabled") if running else ("dead", "disabled")
+    packages = [*PACKAGES, NODE_EXPORTER_PACKAGE]
     responses: dict[Any, Any] = {
         re.compile(r">&2 && false$"): {"success": False},  # a step that stops the host
-        "dpkg -l": [f"ii  {p}  1.0-1  amd64  x" for p in PACKAGES] if installed else [],
+        re.compile(r"test -e '?/run/systemd/system"): stat_line(
+            "/run/systemd/system", "d", "rwxr-xr-x", "root"
+        ),
+        "dpkg -l": [f"ii  {p}  1.0-1  amd64  x" for p in packages] if installed else [],
         "SubState": [line for u in units for line in (f"Id={u}", f"SubState={sub}", "")],
         "UnitFileState": [
             line for u in units for line in (f"Id={u}", f"UnitFileState={enabled}", "")
@@ -124,7 +135,7 @@ def host_answers(
         responses[re.compile(rf"test -e '?{re.escape(directory)}'? ")] = stat_line(
             directory, "d", "rwxr-x---", "prometheus"
         )
-    rendered = {f.path: f for f in monitoring_files(HostPlan.from_host_data(plan_data()), None)}
+    rendered = {f.path: f for f in all_files(plan_data())}
     for path, content in (files or {}).items():
         quoted = re.escape(path) + r"'?(?![\w/.-])"
         digest = hashlib.sha256(content.encode()).hexdigest()
@@ -136,23 +147,35 @@ def host_answers(
     return responses
 
 
+def all_files(data: dict[str, Any]) -> list[Any]:
+    """The monitoring host's files: Prometheus's side and its own exporter's."""
+    plan = HostPlan.from_host_data(data)
+    return [*monitoring_files(plan, None), *exporter_files(plan)]
+
+
 def converged(data: dict[str, Any]) -> dict[str, str]:
-    return {f.path: f.content for f in monitoring_files(HostPlan.from_host_data(data), None)}
+    return {f.path: f.content for f in all_files(data)}
 
 
 def test_a_fresh_host_gets_packages_files_and_services_then_a_restart() -> None:
     run = run_deploy(plan_data(), host_answers(installed=False, running=False))
     assert not run.failed, run
-    (install,) = run.steps["Install Prometheus, Alertmanager and the node exporter"]
+    (install,) = run.steps["Install Prometheus, Alertmanager and the blackbox exporter"]
     assert all(p in install for p in PACKAGES) and "--no-install-recommends" in install
+    (node,) = run.steps["Install the node exporter"]
+    assert NODE_EXPORTER_PACKAGE in node
     config = run.steps["Write the monitoring configuration"]
-    assert len(config) == 4  # three files staged, then one swap checked by promtool and amtool
+    assert len(config) == 5  # four files staged, then one swap checked by their own tools
     assert "promtool check config /etc/prometheus/prometheus.yml" in config[-1]
     assert "amtool check-config /etc/prometheus/alertmanager.yml" in config[-1]
+    assert "--config.check --config.file=/etc/prometheus/blackbox.yml" in config[-1]
     assert len(run.steps["Write the services' arguments"]) == 4
-    services = " ".join(run.steps["Enable and start Prometheus, Alertmanager, node exporter"])
-    for unit in ("prometheus", "prometheus-alertmanager", "prometheus-node-exporter"):
+    services = " ".join(run.steps["Enable and start Prometheus, Alertmanager, blackbox exporter"])
+    for unit in ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"):
         assert f"systemctl enable {unit}.service" in services
+    node_start = " ".join(run.steps["Enable and start the node exporter"])
+    assert "systemctl enable prometheus-node-exporter.service" in node_start
+    assert "Restart the exporters after new files" in run.changed
     assert "Restart after new arguments" in run.changed
     assert "Reload Prometheus and Alertmanager" not in run.changed
 
@@ -177,6 +200,7 @@ def test_a_new_configuration_is_reloaded_not_restarted() -> None:
     assert run.steps["Reload Prometheus and Alertmanager"] == [
         "systemctl reload prometheus.service",
         "systemctl reload prometheus-alertmanager.service",
+        "systemctl reload prometheus-blackbox-exporter.service",
     ]
 
 

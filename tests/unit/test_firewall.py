@@ -270,16 +270,21 @@ def test_an_exposed_ollama_gets_the_firewall_with_its_declared_clients() -> None
     assert "ollama.service" in firewall_unit.split("Before=")[1].splitlines()[0]
 
 
-def test_a_loopback_ollama_gets_no_firewall_and_no_dependency() -> None:
-    """Not exposed, and the gateway on its own host: Ollama listens on loopback only."""
+def test_a_loopback_ollama_gets_no_firewall_rule_and_no_dependency() -> None:
+    """Not exposed, and the gateway on its own host: Ollama listens on loopback only. The host's
+    firewall protects only its node exporter (the monitoring host's, not Ollama's)."""
     # (the gateway resolves the monitoring host's name: it may read the gateway's /metrics)
     fleet = ollama_fleet(["192.168.5.7"], expose=False, gateway="o1")
     plan = plan_fleet(fleet, resolve_name=resolver(DNS)).hosts["o1"]
     assert plan.ollama is not None and plan.ollama.listen == "127.0.0.1:11434"
     files = {f.path: f.content for f in render_host(plan)}
-    assert "/etc/servekit/firewall.nft" not in files
+    text = files["/etc/servekit/firewall.nft"]
+    assert "set ollama" not in text and "set protected" in text and nft_set(text, "protected") == []
+    assert nft_set(text, "exporters") == ["9100"]
     assert "servekit-firewall" not in files["/etc/systemd/system/ollama.service"]
-    assert plan.ollama_clients == [] and plan.firewall_allow == []
+    assert plan.firewall is not None and plan.firewall.monitoring == ["10.9.0.98"]
+    assert nft_set(text, "monitoring4") == ["10.9.0.98"] and plan.ollama_clients == []
+    assert plan.firewall_allow == []  # nothing but the exporters is protected here
 
 
 def test_an_ollama_behind_a_gateway_on_another_host_admits_only_it() -> None:

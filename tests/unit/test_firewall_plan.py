@@ -138,8 +138,13 @@ def test_templates_take_table_set_and_unit_names_as_values() -> None:
         clients6="",
         protected="8000, 11434",
         ollama="11434",
+        exporter_ports=[9100],
+        monitoring4="10.0.0.9",
+        monitoring6="",
+        exporters="9100",
     )
     assert "table inet other {" in text and "inet servekit" not in text
+    assert "ip saddr @sk_monitoring4 tcp dport @sk_exporters accept" in text
     assert "ip saddr @sk_admitted4 tcp dport @sk_protected accept" in text
     assert "ip saddr @sk_clients4 tcp dport @sk_ollama accept" in text
     assert "set sk_ollama {" in text and "other-firewall.service" in text

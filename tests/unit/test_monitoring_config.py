@@ -92,7 +92,15 @@ def scrape(plan: HostPlan) -> dict[str, list[dict[str, object]]]:
 
 def test_every_target_is_labelled_with_fleet_host_and_role() -> None:
     jobs = scrape(fleet_plan()["gw"])
-    assert set(jobs) == {"prometheus", "alertmanager", "vllm", "node", "gateway", "dcgm"}
+    assert set(jobs) == {
+        "prometheus",
+        "alertmanager",
+        "blackbox",
+        "vllm",
+        "node",
+        "gateway",
+        "dcgm",
+    }
     engines = {(c["targets"][0], c["labels"]["host"]) for c in jobs["vllm"]}  # type: ignore[index]
     assert engines == {("10.0.0.1:8000", "g1"), ("10.0.0.2:8000", "g2")}
     for static in jobs["vllm"]:
@@ -117,9 +125,10 @@ def test_prometheus_and_alertmanager_listen_on_loopback_with_the_fleets_retentio
     assert files[MONITORING.alertmanager_defaults].content.endswith(
         'ARGS="--web.listen-address=127.0.0.1:9093 --cluster.listen-address="\n'
     )
-    node = files[MONITORING.node_exporter_defaults].content
-    assert 'ARGS="--web.listen-address=127.0.0.1:9100 --collector.systemd ' in node
-    assert "nvidia-fabricmanager|" in node
+    assert files[MONITORING.blackbox_defaults].content.endswith(
+        'ARGS="--config.file=/etc/prometheus/blackbox.yml --web.listen-address=127.0.0.1:9115"\n'
+    )
+    assert MONITORING.node_exporter_defaults not in files  # every host's: exporter_files
     alertmanager = files[MONITORING.alertmanager_config]
     assert (alertmanager.mode, alertmanager.user, alertmanager.group) == (
         "0640",

@@ -1,13 +1,17 @@
 """The metric names on servekit's checked list exist where they are said to: in the vLLM
 stand-in's /metrics (which mirrors vLLM 0.33's names), in Debian's node exporter's and HAProxy's
-own /metrics (the real binaries, started on loopback), and in servekit's DCGM counters file."""
+own /metrics and the blackbox exporter's /probe (the real binaries, started on loopback), and in
+servekit's DCGM counters file."""
 
 from __future__ import annotations
 
+import http.server
 import re
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +21,7 @@ import httpx
 from standins.vllm._engine import Engine, Knobs
 
 from servekit.monitoring.metrics import (
+    BLACKBOX_METRICS,
     DCGM_METRICS,
     HAPROXY_METRICS,
     NODE_METRICS,
@@ -24,6 +29,7 @@ from servekit.monitoring.metrics import (
     counter_fields,
     dcgm_counters,
 )
+from servekit.monitoring.prometheus import blackbox_config
 
 SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{| )", re.MULTILINE)
 HELP = re.compile(r"^# (?:HELP|TYPE) ([A-Za-z_:][A-Za-z0-9_:]*) ", re.MULTILINE)
@@ -102,3 +108,60 @@ def test_the_haproxy_names_are_haproxys(tmp_path: Path) -> None:
 def test_servekits_dcgm_counters_enable_every_dcgm_name() -> None:
     enabled = counter_fields(dcgm_counters())
     assert enabled >= DCGM_METRICS, sorted(DCGM_METRICS - enabled)
+
+
+class OllamaRoot(http.server.BaseHTTPRequestHandler):
+    """Ollama's `GET /` as its server answers it (200, "Ollama is running")."""
+
+    def do_GET(self) -> None:
+        body = b"Ollama is running"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def probe_value(body: str, name: str) -> float:
+    [line] = [line for line in body.splitlines() if line.startswith(f"{name} ")]
+    return float(line.split()[1])
+
+
+def test_the_blackbox_names_are_the_blackbox_exporters_and_it_probes_ollama(
+    tmp_path: Path,
+) -> None:
+    binary = shutil.which("prometheus-blackbox-exporter")
+    assert binary, "install prometheus-blackbox-exporter (apt-get; .ci/run does)"
+    config = tmp_path / "blackbox.yml"
+    config.write_text(blackbox_config())
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OllamaRoot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ollama = f"http://127.0.0.1:{server.server_address[1]}/"
+    port = free_port()
+    argv = [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"]
+    probe = f"http://127.0.0.1:{port}/probe?module=ollama&target="
+    try:
+        with running(argv, f"http://127.0.0.1:{port}/metrics"):
+            answered = httpx.get(probe + ollama, timeout=10).text
+            closed = httpx.get(probe + f"http://127.0.0.1:{free_port()}/", timeout=10).text
+    finally:
+        server.shutdown()
+    assert names(answered) >= BLACKBOX_METRICS, sorted(BLACKBOX_METRICS - names(answered))
+    assert probe_value(answered, "probe_success") == 1
+    assert probe_value(closed, "probe_success") == 0
+
+
+def test_the_dcgm_standin_serves_every_dcgm_name_from_servekits_counters(tmp_path: Path) -> None:
+    """The host tests' stand-in DCGM exporter (tests/standins/dcgm_exporter.py) exposes what
+    servekit's counters file enables, under the flags servekit's drop-in passes."""
+    counters = tmp_path / "servekit-counters.csv"
+    counters.write_text(dcgm_counters())
+    standin = Path(__file__).parents[1] / "standins" / "dcgm_exporter.py"
+    port = free_port()
+    argv = [sys.executable, str(standin), "-f", str(counters), "-a", f"127.0.0.1:{port}"]
+    with running(argv, f"http://127.0.0.1:{port}/metrics") as body:
+        exposed = names(body)
+    assert exposed >= DCGM_METRICS, sorted(DCGM_METRICS - exposed)
+    assert 'DCGM_FI_DEV_XID_ERRORS{gpu="0",' in body
