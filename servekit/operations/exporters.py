@@ -15,12 +15,12 @@ import posixpath
 from pyinfra.api.command import StringCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from servekit.monitoring.layout import DCGM_EXPORTER_UNIT, MONITORING
 from servekit.operations.common import Commands
 from servekit.operations.debian import install_missing
 from servekit.operations.hoststate import announce
+from servekit.operations.services import enable_and_start
 from servekit.operations.staged import STAGED, file_differs, stage_command
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
@@ -88,23 +88,6 @@ def node_exporter_service() -> Commands:
         node_exporter_service(name="Enable and start the node exporter")
     """
     yield from enable_and_start([NODE_UNIT])
-
-
-def enable_and_start(units: list[str]) -> Commands:
-    """Commands enabling and starting those of `units` (`name.service`) that are not; a no-op,
-    said so, when every one is enabled and running."""
-    status = host.get_fact(SystemdStatus) or {}
-    enabled = host.get_fact(SystemdEnabled) or {}
-    if all(status.get(u) and enabled.get(u) for u in units):
-        host.noop(f"{', '.join(units)}: enabled and running")
-        return
-    for unit in units:
-        if not enabled.get(unit):
-            announce(f"enable {unit}")
-            yield f"systemctl enable {q(unit)}"
-        if not status.get(unit):
-            announce(f"start {unit}")
-            yield f"systemctl start {q(unit)}"
 
 
 @operation(is_idempotent=False)

@@ -21,8 +21,9 @@ from pyinfra.facts.files import Directory
 from servekit.monitoring.layout import MONITORING, MonitoringLayout
 from servekit.operations.common import Commands
 from servekit.operations.debian import install_missing
-from servekit.operations.exporters import changed_files, enable_and_start
+from servekit.operations.exporters import changed_files
 from servekit.operations.hoststate import announce
+from servekit.operations.services import enable_and_start
 from servekit.operations.staged import stage_command, swap_and_check
 from servekit.shell import quote as q
 from servekit.templating import RenderedFile
