@@ -25,8 +25,9 @@ class GpuHealth(TypedDict):
     """Clock event (throttle) reasons nvidia-smi reports as `Active`."""
 
 
-# `nvidia-smi -q` names these sections "Clocks Event Reasons" since R535 and "Clocks Throttle
-# Reasons" before (recorded: tests/data/gpu-hosts/h200-ubuntu2404/nvidia-smi-q.txt, driver 580).
+# `nvidia-smi -q` of driver 580 names this section "Clocks Event Reasons" (recorded:
+# tests/data/gpu-hosts/h200-ubuntu2404/nvidia-smi-q.txt); older drivers' "Clocks Throttle Reasons"
+# is read too (not in a recording here).
 CLOCK_SECTIONS = ("Clocks Event Reasons", "Clocks Throttle Reasons")
 ECC_SECTION = "ECC Errors"
 
@@ -37,8 +38,9 @@ def _int(text: str) -> int | None:
 
 
 def _ecc_line(gpu: GpuHealth, path: list[str], key: str, value: str) -> None:
-    """Count a volatile uncorrectable ECC counter: R580 prints `DRAM Uncorrectable`, `SRAM
-    Uncorrectable ...` under Volatile; older drivers `Double Bit` > `Total` under Volatile."""
+    """Count a volatile uncorrectable ECC counter: driver 580 prints `DRAM Uncorrectable`, `SRAM
+    Uncorrectable ...` under Volatile (recorded on the H200); the older `Double Bit` > `Total`
+    layout is read too (not in a recording here)."""
     if len(path) < 2 or path[0] != ECC_SECTION or path[1] != "Volatile":
         return
     older = len(path) >= 3 and path[2] == "Double Bit" and key == "Total"

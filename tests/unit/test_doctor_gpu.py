@@ -283,7 +283,7 @@ def test_declared_gpus_missing_fail() -> None:
     ],
 )
 def test_ecc_of_older_drivers(lines: list[str], expected: int | None) -> None:
-    """Drivers before R535 print Volatile > Double Bit > Total (the aggregate is not counted)."""
+    """The older layout, Volatile > Double Bit > Total (the aggregate is not counted)."""
     assert parse_gpu_health(lines)[0]["ecc_uncorrectable"] == expected
 
 
