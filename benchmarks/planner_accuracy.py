@@ -1,6 +1,6 @@
 """How close is the planner's KV cache to what vLLM logged at startup? Prints a table.
 
-For every record of tests/data/vllm_startup_logs.toml: the planner's KV tokens for the logged
+For every record of tests/data/vllm_startup_logs*.toml: the planner's KV tokens for the logged
 inputs (model, GPU, TP/PP, max_model_len, gpu_memory_utilization, quantization, KV dtype, the
 profiled batch) beside the logged "GPU KV cache size", the signed error, and the distribution of
 errors (median, p90 of |error|, largest over-estimate) over all records and per GPU family.
@@ -20,12 +20,38 @@ from typing import Any
 
 from servekit import catalog, planner
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "vllm_startup_logs.toml"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+
+SAME_LOG_KEYS = (
+    "source",
+    "model",
+    "gpu",
+    "tensor_parallel",
+    "pipeline_parallel",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "kv_cache_tokens",
+)
+"""Two records with these equal describe the same log (collected twice, from two corpora)."""
 
 
-def records(include_all: bool = False) -> list[dict[str, Any]]:
-    """The startup-log records (those in the accuracy test unless include_all)."""
-    logs: list[dict[str, Any]] = tomllib.loads(DATA.read_text(encoding="utf-8"))["log"]
+def data_files(directory: Path = DATA) -> list[Path]:
+    """Every startup-log file: vllm_startup_logs.toml and the vllm_startup_logs_*.toml beside it."""
+    return sorted(directory.glob("vllm_startup_logs*.toml"))
+
+
+def records(include_all: bool = False, directory: Path = DATA) -> list[dict[str, Any]]:
+    """The startup-log records of every data file, each log once (the first file's record wins),
+    those in the accuracy test unless include_all."""
+    seen: set[tuple[Any, ...]] = set()
+    logs: list[dict[str, Any]] = []
+    for path in data_files(directory):
+        for record in tomllib.loads(path.read_text(encoding="utf-8")).get("log", []):
+            key = tuple(record.get(name) for name in SAME_LOG_KEYS)
+            if key in seen:
+                continue
+            seen.add(key)
+            logs.append(record | {"file": path.name})
     return [r for r in logs if include_all or r["in_accuracy_test"]]
 
 
@@ -47,10 +73,18 @@ def predicted_tokens(record: dict[str, Any]) -> int:
         tokens=tokens if isinstance(tokens, int) else None,
         max_num_seqs=record.get("max_num_seqs"),
         engine=record["engine"],
+        cuda_graph_estimate=cuda_graph_deducted(record),
     )
     return planner.kv_cache_tokens(
         model, gpu, record["tensor_parallel"], record["pipeline_parallel"], request, profiling
     )
+
+
+def cuda_graph_deducted(record: dict[str, Any]) -> bool:
+    """Whether the logged vLLM took its CUDA graph estimate from the KV cache: as the record
+    says, else vLLM's default (V1 engines since 0.21; the old V0 engine never)."""
+    deducted = record.get("cuda_graph_in_kv", "unknown")
+    return deducted if isinstance(deducted, bool) else record["engine"] != "v0"
 
 
 def error(record: dict[str, Any]) -> float:

@@ -30,12 +30,13 @@ RTX 3090 (vllm#10517), 0.25 GiB on RTX 4090s (vllm#13061), 0.34-0.43 GiB on A100
 (https://github.com/vllm-project/vllm/issues/16570). No Hopper log with the breakdown was found:
 the same value is used there."""
 
-HOPPER_EXTRA_BYTES = int(1.6 * GIB)
-"""More outside the profile on Hopper (compute capability 9.x, H100/H200), fitted to one report:
-issue 16 (servekit) quotes a 72B model on 2 x H100-80GB at utilization 0.95 logging 19.9k KV
-tokens, which the terms above leave at ~24.6k; vllm#21348 (Qwen3-235B FP8 on 4 x H100) also came
-out far short of them. No public Hopper log with the breakdown was found: an allowance that keeps
-the 72B case at its log, to be replaced by measured logs."""
+HOPPER_EXTRA_BYTES = int(0.6 * GIB)
+"""More outside the profile on Hopper (compute capability 9.x, H100/H200). Issue 16 (servekit)
+quotes a 72B model on 2 x H100-80GB at utilization 0.95 logging 19.9k KV tokens, which the other
+terms leave at ~24.6k; 1.6 GiB per GPU closed the gap, of which 1.0 GiB is now the CUDA graph
+estimate vLLM deducts on large GPUs (CUDA_GRAPH_LARGE_BYTES), and 0.6 GiB stays unexplained.
+vllm#21348 (Qwen3-235B FP8 on 4 x H100) also came out short of the terms. No public Hopper log
+with the full breakdown was found (issue 16's search, Dec 2026): an allowance, not a measurement."""
 
 ALL_REDUCE_BYTES_PER_RANK = GIB // 4
 """NCCL and custom all-reduce buffers per GPU, per rank of the tensor-parallel group (none at TP 1).
@@ -57,17 +58,22 @@ envelope to vllm#10517: Llama-3.1-8B's peak minus weights was 2.07 GiB at 20000 
 LOGIT_BYTES = 4
 """The sampler's profiling pass holds fp32 logits for max_num_seqs rows x the vocabulary."""
 
-# CUDA graphs are not taken from the KV cache: vLLM 0.26.0 and 0.27.1 size the cache as
-# utilization x memory - weights - non-torch - activation peak and report the graph pool beside it
-# ("Actual usage is 56.89 GiB for consumed memory (weights + non-torch), 0.76 GiB for peak
-# activation, and 0.32 GiB for CUDAGraph memory ... Current kv cache memory in use is 27.85 GiB",
-# kubesimplify/website content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md; the same
-# arithmetic in akiyax/kvcache-lab docs/phase1-baseline.md). The graph pool (0.1-0.7 GiB in those
-# logs) comes out of the memory utilization leaves free. Open question: other logs print "CUDA graph
-# memory profiling is enabled (default since v0.21.0) ... 0.9000 is equivalent to 0.8964 without"
-# it, i.e. a graph estimate taken from the cache; if vLLM 0.33 does so, small GPUs lose ~0.3-0.5
-# GiB of KV against this plan (within the ±5 % on large GPUs, not on 16-24 GB ones). Check it
-# against a 0.33 host's log before relying on tight plans there.
+CUDA_GRAPH_BYTES = int(0.4 * GIB)
+"""vLLM's estimate of the CUDA graph pool, per GPU, which vLLM >= 0.21 takes from the KV cache
+before sizing it (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS, on by default: vLLM 0.27.1 logs "CUDA
+graph memory profiling is enabled (default since v0.21.0) ... --gpu-memory-utilization=0.8200 is
+equivalent to ... 0.8048 without", with "Estimated CUDA graph memory: 0.36 GiB total" on a 24 GB
+card, https://github.com/gpustack/runner/pull/251; the deduction in vllm/v1/worker/gpu_worker.py
+is quoted in https://github.com/MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks/pull/25; the estimate
+runs high, https://github.com/vllm-project/vllm/issues/45178). Used on GPUs that profile the small
+batch (up to 256 sequences captured)."""
+
+CUDA_GRAPH_LARGE_BYTES = int(1.0 * GIB)
+"""The same estimate on GPUs that profile 1024 sequences (LARGE_GPU_BYTES): vLLM logged 1.32 GiB
+estimated (1.34 actual) on an 80 GB H100, and the KV cache it kept (43.4 GiB) is utilization x
+memory - weights - activation - non-torch - that estimate
+(https://github.com/vllm-project/vllm/issues/50722). That model is a hybrid whose estimate is
+inflated (https://github.com/vllm-project/vllm/issues/50780); 1.0 GiB is taken for dense ones."""
 
 LARGE_GPU_BYTES = 70 * GIB
 """vLLM's batch defaults (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults): on GPUs with
@@ -86,6 +92,12 @@ def default_batch(gpu: GpuInfo) -> tuple[int, int]:
     return 2048, 256
 
 
+def cuda_graph_bytes(gpu: GpuInfo) -> float:
+    """The CUDA graph estimate vLLM deducts from this GPU's KV cache (see CUDA_GRAPH_BYTES)."""
+    large = default_batch(gpu)[1] > 256
+    return float(CUDA_GRAPH_LARGE_BYTES if large else CUDA_GRAPH_BYTES)
+
+
 @dataclass(frozen=True)
 class Profiling:
     """How vLLM profiles: None takes `vllm serve`'s default for the GPU. `engine` names the
@@ -94,6 +106,9 @@ class Profiling:
     tokens: int | None = None
     max_num_seqs: int | None = None
     engine: str = "v1"
+    cuda_graph_estimate: bool = True
+    """vLLM takes its CUDA graph estimate from the KV cache (>= 0.21 by default, the pinned
+    0.33 included); False for logs whose arithmetic shows it did not (V0, or the variable off)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class MemoryProfile:
     non_torch: float
     activation: float
     logits: float
+    cuda_graph: float
     kv_cache: float
     kv_bytes_per_token: float
     kv_tokens: int
@@ -154,7 +170,8 @@ def memory_profile(
         non_torch += HOPPER_EXTRA_BYTES
     activation = activation_bytes(model, profiling.tokens or default_tokens, tp)
     logits = (profiling.max_num_seqs or default_seqs) * model.vocab_size * LOGIT_BYTES
-    kv_cache = max(usable - weights_per_gpu - non_torch - activation - logits, 0.0)
+    cuda_graph = cuda_graph_bytes(gpu) if profiling.cuda_graph_estimate else 0.0
+    kv_cache = max(usable - weights_per_gpu - non_torch - activation - logits - cuda_graph, 0.0)
     per_token = kv_bytes_per_token_per_gpu(model, tp, pp, kv_dtype_bytes)
     blocks = int(kv_cache // (per_token * BLOCK_SIZE))
     return MemoryProfile(
@@ -163,6 +180,7 @@ def memory_profile(
         non_torch=non_torch,
         activation=activation,
         logits=logits,
+        cuda_graph=cuda_graph,
         kv_cache=kv_cache,
         kv_bytes_per_token=per_token,
         kv_tokens=blocks * BLOCK_SIZE,

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,50 @@ def test_records_are_complete() -> None:
         assert catalog.find_model(record["model"]) is not None, record["model"]
         assert catalog.gpu(record["gpu"]).memory_bytes
         assert record["in_accuracy_test"] or record["why_not"]
+
+
+def toml_log(*records: dict[str, Any]) -> str:
+    """A data file holding `records` (flat string, number and boolean fields, as the real ones)."""
+    lines = []
+    for record in records:
+        lines.append("[[log]]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in record.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_every_data_file_read_and_each_log_once(tmp_path: Path) -> None:
+    """Both collections (vllm_startup_logs.toml, vllm_startup_logs_more.toml) feed the test; a log
+    found by both helpers (same source and numbers) counts once."""
+    one = {k: v for k, v in planner_accuracy.records(include_all=True)[0].items() if k != "file"}
+    other = one | {"id": "other", "kv_cache_tokens": one["kv_cache_tokens"] + 16}
+    (tmp_path / "vllm_startup_logs.toml").write_text(toml_log(one))
+    (tmp_path / "vllm_startup_logs_more.toml").write_text(toml_log(one | {"id": "again"}, other))
+    (tmp_path / "unrelated.toml").write_text(toml_log(one | {"id": "unrelated"}))
+    found = planner_accuracy.records(include_all=True, directory=tmp_path)
+    assert [r["id"] for r in found] == [one["id"], "other"]
+    assert tomllib.loads(toml_log(one))["log"][0] == one
+
+
+def test_cuda_graph_estimate_comes_out_of_the_kv_cache() -> None:
+    """vLLM >= 0.21 (0.33 included) deducts its CUDA graph estimate from the KV cache; logs of
+    engines that did not are planned without it."""
+    model = catalog.models()["llama-3.1-8b-instruct"]
+    for gpu_name, expected_gib in (("L4", 0.4), ("H100", 1.0), ("A100-80GB", 0.4)):
+        gpu = catalog.gpu(gpu_name)
+        on, off = (
+            planner.memory_profile(
+                model,
+                gpu,
+                (1, 1),
+                planner.weights_bytes(model),
+                0.9,
+                2,
+                planner.Profiling(cuda_graph_estimate=flag),
+            )
+            for flag in (True, False)
+        )
+        assert on.cuda_graph == pytest.approx(expected_gib * 2**30, rel=0.01)
+        assert off.kv_cache - on.kv_cache == pytest.approx(on.cuda_graph)
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=[r["id"] for r in RECORDS])
