@@ -30,6 +30,7 @@ from servekit.planner.model import kv_bytes_per_token as kv_bytes_per_token
 from servekit.planner.model import tensor_parallel_ok as tensor_parallel_ok
 from servekit.planner.model import weights_bytes as weights_bytes
 from servekit.planner.ollama import ollama_context as ollama_context
+from servekit.planner.ollama import ollama_need_bytes as ollama_need_bytes
 from servekit.planner.ollama import plan_ollama as plan_ollama
 from servekit.planner.profile import MemoryProfile as MemoryProfile
 from servekit.planner.profile import Profiling as Profiling
