@@ -13,6 +13,7 @@ errors (median, p90 of |error|, largest over-estimate) over all records and per 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tomllib
 from pathlib import Path
@@ -68,28 +69,51 @@ def predicted_tokens(record: dict[str, Any]) -> int:
         tensor_parallel=record["tensor_parallel"],
         pipeline_parallel=record["pipeline_parallel"],
     )
+    return planner.kv_cache_tokens(
+        model,
+        gpu,
+        record["tensor_parallel"],
+        record["pipeline_parallel"],
+        request,
+        profiling(record),
+    )
+
+
+def profiling(record: dict[str, Any]) -> planner.Profiling:
+    """How the logged vLLM profiled: its batch, engine, version, block size, and whether it took
+    the CUDA graph estimate from the KV cache where the log shows it ("unknown" or absent: the
+    version's default)."""
     tokens = record["profile_tokens"]
-    profiling = planner.Profiling(
+    graphs = record.get("cuda_graph_in_kv")
+    return planner.Profiling(
         tokens=tokens if isinstance(tokens, int) else None,
         max_num_seqs=record.get("max_num_seqs"),
         engine=record["engine"],
-        cuda_graph_estimate=cuda_graph_deducted(record),
-    )
-    return planner.kv_cache_tokens(
-        model, gpu, record["tensor_parallel"], record["pipeline_parallel"], request, profiling
+        version=vllm_version(record),
+        cuda_graph_estimate=graphs if isinstance(graphs, bool) else None,
+        block_size=record.get("block_size", planner.BLOCK_SIZE),
     )
 
 
-def cuda_graph_deducted(record: dict[str, Any]) -> bool:
-    """Whether the logged vLLM took its CUDA graph estimate from the KV cache: as the record
-    says, else vLLM's default (V1 engines since 0.21; the old V0 engine never)."""
-    deducted = record.get("cuda_graph_in_kv", "unknown")
-    return deducted if isinstance(deducted, bool) else record["engine"] != "v0"
+def vllm_version(record: dict[str, Any]) -> tuple[int, int]:
+    """(major, minor) of the logged vLLM; the pinned version where the log does not say."""
+    found = re.match(r"(\d+)\.(\d+)", str(record.get("vllm_version", "")))
+    return (int(found[1]), int(found[2])) if found else planner.PINNED_VLLM
 
 
 def error(record: dict[str, Any]) -> float:
     """Signed relative error of the prediction: + over-estimates vLLM's KV cache."""
     return predicted_tokens(record) / record["kv_cache_tokens"] - 1
+
+
+def plannable(record: dict[str, Any]) -> bool:
+    """The record's model and GPU are in the catalog and its KV tokens are a number."""
+    try:
+        catalog.gpu(record["gpu"])
+    except catalog.CatalogError:
+        return False
+    found = catalog.find_model(record["model"]) is not None
+    return found and isinstance(record["kv_cache_tokens"], int)
 
 
 def family(gpu_name: str) -> str:
@@ -119,6 +143,9 @@ def main() -> None:
     by_family: dict[str, list[float]] = {}
     errors = []
     for record in rows:
+        if not plannable(record):
+            print(f"{record['id']:46} {record['gpu']:12} not planned: {record['why_not'][:60]}")
+            continue
         e = error(record)
         mark = "" if record["in_accuracy_test"] else "  (not in test)"
         print(

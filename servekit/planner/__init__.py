@@ -8,7 +8,8 @@ Formulas (vLLM's memory model):
   split by PP and the KV heads by TP while TP <= KV heads (replicated beyond);
 - KV capacity per GPU = vLLM's startup profile (profile.py): gpu_memory_utilization x the memory
   torch sees - weights - non-torch memory (+ all-reduce buffers when parallel) - the activation
-  peak at max_num_batched_tokens - sampler logits - CUDA graphs; tokens = whole 16-token blocks;
+  peak at max_num_batched_tokens - sampler logits - vLLM's CUDA graph estimate (0.21+) - an
+  allowance for vLLM newer than any measured log; tokens = whole 16-token blocks;
   worst-case concurrency = tokens / max_model_len; fewer than 2 full requests is "tight";
 - decode ceiling (one stream) = memory bandwidth x TP / bytes read per token (weights only).
 """
@@ -32,6 +33,8 @@ from servekit.planner.model import weights_bytes as weights_bytes
 from servekit.planner.ollama import ollama_context as ollama_context
 from servekit.planner.ollama import ollama_need_bytes as ollama_need_bytes
 from servekit.planner.ollama import plan_ollama as plan_ollama
+from servekit.planner.profile import BLOCK_SIZE as BLOCK_SIZE
+from servekit.planner.profile import PINNED_VLLM as PINNED_VLLM
 from servekit.planner.profile import MemoryProfile as MemoryProfile
 from servekit.planner.profile import Profiling as Profiling
 from servekit.planner.profile import cuda_graph_bytes as cuda_graph_bytes
