@@ -34,11 +34,13 @@ from servekit.planner.ollama import ollama_context as ollama_context
 from servekit.planner.ollama import ollama_need_bytes as ollama_need_bytes
 from servekit.planner.ollama import plan_ollama as plan_ollama
 from servekit.planner.profile import BLOCK_SIZE as BLOCK_SIZE
+from servekit.planner.profile import OLD_SAMPLER_COPIES as OLD_SAMPLER_COPIES
 from servekit.planner.profile import PINNED_VLLM as PINNED_VLLM
 from servekit.planner.profile import MemoryProfile as MemoryProfile
 from servekit.planner.profile import Profiling as Profiling
 from servekit.planner.profile import cuda_graph_bytes as cuda_graph_bytes
 from servekit.planner.profile import kv_bytes_per_token_per_gpu as kv_bytes_per_token_per_gpu
 from servekit.planner.profile import memory_profile as memory_profile
+from servekit.planner.profile import sampler_bytes as sampler_bytes
 from servekit.planner.vllm import kv_cache_tokens as kv_cache_tokens
 from servekit.planner.vllm import plan_vllm as plan_vllm

@@ -187,3 +187,22 @@ def test_gpt_oss_20b_on_an_a100_within_band_of_its_log() -> None:
     weights = planner.weights_bytes(model, "mxfp4")
     profile = planner.memory_profile(model, catalog.gpu("A100-80GB"), (1, 1), weights, 0.65)
     assert 0.85 * 36.56 <= profile.kv_cache / 2**30 <= 1.05 * 36.56
+
+
+LLMD_H100 = "https://github.com/llm-d/llm-d-benchmark/blob/main/config_explorer/empirical-vllm-memory-results.md"
+
+
+@pytest.mark.parametrize(
+    ("model_name", "logged_peak_gib"),
+    [("llama-3.1-8b-instruct", 4.76), ("qwen3-32b", 5.64), ("gpt-oss-20b", 7.38)],
+)
+def test_old_vllm_sampler_peak_on_h100(model_name: str, logged_peak_gib: float) -> None:
+    """vLLM 0.11.0's peak activation on an H100 (LLMD_H100) follows the vocabulary, not the model's
+    size: the sampler's 1024 rows of logits, 9.7 times over. The pinned vLLM holds one copy."""
+    model = catalog.models()[model_name]
+    h100 = catalog.gpu("H100")
+    old = planner.Profiling(version=(0, 11))
+    peak = max(planner.sampler_bytes(model, h100, old), 0) / 2**30
+    assert peak == pytest.approx(logged_peak_gib, rel=0.03)
+    pinned = planner.sampler_bytes(model, h100, planner.Profiling()) / 2**30
+    assert pinned == pytest.approx(logged_peak_gib / planner.OLD_SAMPLER_COPIES, rel=0.03)
