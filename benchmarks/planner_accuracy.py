@@ -5,7 +5,7 @@ inputs (model, GPU, TP/PP, max_model_len, gpu_memory_utilization, quantization, 
 profiled batch) beside the logged "GPU KV cache size", the signed error, and the distribution of
 errors (median, p90 of |error|, largest over-estimate) over all records and per GPU family.
 
-    .venv/bin/python benchmarks/planner_accuracy.py [--all]
+    .venv/bin/python benchmarks/planner_accuracy.py [--all] [--data FOLDER]
 
 --all also lists the records kept out of the accuracy test (each says why in the data file).
 """
@@ -137,8 +137,9 @@ def summary(errors: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="also the records kept out of tests")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder of vllm_startup_logs*.toml")
     args = parser.parse_args()
-    rows = records(include_all=args.all)
+    rows = records(include_all=args.all, directory=args.data)
     print(f"{'record':46} {'GPU':12} {'TPxPP':>5} {'logged':>9} {'planned':>9} {'error':>7}")
     by_family: dict[str, list[float]] = {}
     errors = []
