@@ -1,11 +1,11 @@
 """How close is the planner's KV cache to what vLLM logged at startup? Prints a table.
 
-For every record of tests/data/vllm_startup_logs.toml: the planner's KV tokens for the logged
+For every record of tests/data/vllm_startup_logs*.toml: the planner's KV tokens for the logged
 inputs (model, GPU, TP/PP, max_model_len, gpu_memory_utilization, quantization, KV dtype, the
 profiled batch) beside the logged "GPU KV cache size", the signed error, and the distribution of
 errors (median, p90 of |error|, largest over-estimate) over all records and per GPU family.
 
-    .venv/bin/python benchmarks/planner_accuracy.py [--all]
+    .venv/bin/python benchmarks/planner_accuracy.py [--all] [--data FOLDER]
 
 --all also lists the records kept out of the accuracy test (each says why in the data file).
 """
@@ -13,6 +13,7 @@ errors (median, p90 of |error|, largest over-estimate) over all records and per 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tomllib
 from pathlib import Path
@@ -20,12 +21,38 @@ from typing import Any
 
 from servekit import catalog, planner
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "vllm_startup_logs.toml"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+
+SAME_LOG_KEYS = (
+    "source",
+    "model",
+    "gpu",
+    "tensor_parallel",
+    "pipeline_parallel",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "kv_cache_tokens",
+)
+"""Two records with these equal describe the same log (collected twice, from two corpora)."""
 
 
-def records(include_all: bool = False) -> list[dict[str, Any]]:
-    """The startup-log records (those in the accuracy test unless include_all)."""
-    logs: list[dict[str, Any]] = tomllib.loads(DATA.read_text(encoding="utf-8"))["log"]
+def data_files(directory: Path = DATA) -> list[Path]:
+    """Every startup-log file: vllm_startup_logs.toml and the vllm_startup_logs_*.toml beside it."""
+    return sorted(directory.glob("vllm_startup_logs*.toml"))
+
+
+def records(include_all: bool = False, directory: Path = DATA) -> list[dict[str, Any]]:
+    """The startup-log records of every data file, each log once (the first file's record wins),
+    those in the accuracy test unless include_all."""
+    seen: set[tuple[Any, ...]] = set()
+    logs: list[dict[str, Any]] = []
+    for path in data_files(directory):
+        for record in tomllib.loads(path.read_text(encoding="utf-8")).get("log", []):
+            key = tuple(record.get(name) for name in SAME_LOG_KEYS)
+            if key in seen:
+                continue
+            seen.add(key)
+            logs.append(record | {"file": path.name})
     return [r for r in logs if include_all or r["in_accuracy_test"]]
 
 
@@ -42,20 +69,51 @@ def predicted_tokens(record: dict[str, Any]) -> int:
         tensor_parallel=record["tensor_parallel"],
         pipeline_parallel=record["pipeline_parallel"],
     )
+    return planner.kv_cache_tokens(
+        model,
+        gpu,
+        record["tensor_parallel"],
+        record["pipeline_parallel"],
+        request,
+        profiling(record),
+    )
+
+
+def profiling(record: dict[str, Any]) -> planner.Profiling:
+    """How the logged vLLM profiled: its batch, engine, version, block size, and whether it took
+    the CUDA graph estimate from the KV cache where the log shows it ("unknown" or absent: the
+    version's default)."""
     tokens = record["profile_tokens"]
-    profiling = planner.Profiling(
+    graphs = record.get("cuda_graph_in_kv")
+    return planner.Profiling(
         tokens=tokens if isinstance(tokens, int) else None,
         max_num_seqs=record.get("max_num_seqs"),
         engine=record["engine"],
+        version=vllm_version(record),
+        cuda_graph_estimate=graphs if isinstance(graphs, bool) else None,
+        block_size=record.get("block_size", planner.BLOCK_SIZE),
     )
-    return planner.kv_cache_tokens(
-        model, gpu, record["tensor_parallel"], record["pipeline_parallel"], request, profiling
-    )
+
+
+def vllm_version(record: dict[str, Any]) -> tuple[int, int]:
+    """(major, minor) of the logged vLLM; the pinned version where the log does not say."""
+    found = re.match(r"(\d+)\.(\d+)", str(record.get("vllm_version", "")))
+    return (int(found[1]), int(found[2])) if found else planner.PINNED_VLLM
 
 
 def error(record: dict[str, Any]) -> float:
     """Signed relative error of the prediction: + over-estimates vLLM's KV cache."""
     return predicted_tokens(record) / record["kv_cache_tokens"] - 1
+
+
+def plannable(record: dict[str, Any]) -> bool:
+    """The record's model and GPU are in the catalog and its KV tokens are a number."""
+    try:
+        catalog.gpu(record["gpu"])
+    except catalog.CatalogError:
+        return False
+    found = catalog.find_model(record["model"]) is not None
+    return found and isinstance(record["kv_cache_tokens"], int)
 
 
 def family(gpu_name: str) -> str:
@@ -79,12 +137,16 @@ def summary(errors: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="also the records kept out of tests")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder of vllm_startup_logs*.toml")
     args = parser.parse_args()
-    rows = records(include_all=args.all)
+    rows = records(include_all=args.all, directory=args.data)
     print(f"{'record':46} {'GPU':12} {'TPxPP':>5} {'logged':>9} {'planned':>9} {'error':>7}")
     by_family: dict[str, list[float]] = {}
     errors = []
     for record in rows:
+        if not plannable(record):
+            print(f"{record['id']:46} {record['gpu']:12} not planned: {record['why_not'][:60]}")
+            continue
         e = error(record)
         mark = "" if record["in_accuracy_test"] else "  (not in test)"
         print(

@@ -8,7 +8,8 @@ Formulas (vLLM's memory model):
   split by PP and the KV heads by TP while TP <= KV heads (replicated beyond);
 - KV capacity per GPU = vLLM's startup profile (profile.py): gpu_memory_utilization x the memory
   torch sees - weights - non-torch memory (+ all-reduce buffers when parallel) - the activation
-  peak at max_num_batched_tokens - sampler logits - CUDA graphs; tokens = whole 16-token blocks;
+  peak at max_num_batched_tokens - sampler logits - vLLM's CUDA graph estimate (0.21+) - an
+  allowance for vLLM newer than any measured log; tokens = whole 16-token blocks;
   worst-case concurrency = tokens / max_model_len; fewer than 2 full requests is "tight";
 - decode ceiling (one stream) = memory bandwidth x TP / bytes read per token (weights only).
 """
@@ -30,10 +31,16 @@ from servekit.planner.model import kv_bytes_per_token as kv_bytes_per_token
 from servekit.planner.model import tensor_parallel_ok as tensor_parallel_ok
 from servekit.planner.model import weights_bytes as weights_bytes
 from servekit.planner.ollama import ollama_context as ollama_context
+from servekit.planner.ollama import ollama_need_bytes as ollama_need_bytes
 from servekit.planner.ollama import plan_ollama as plan_ollama
+from servekit.planner.profile import BLOCK_SIZE as BLOCK_SIZE
+from servekit.planner.profile import OLD_SAMPLER_COPIES as OLD_SAMPLER_COPIES
+from servekit.planner.profile import PINNED_VLLM as PINNED_VLLM
 from servekit.planner.profile import MemoryProfile as MemoryProfile
 from servekit.planner.profile import Profiling as Profiling
+from servekit.planner.profile import cuda_graph_bytes as cuda_graph_bytes
 from servekit.planner.profile import kv_bytes_per_token_per_gpu as kv_bytes_per_token_per_gpu
 from servekit.planner.profile import memory_profile as memory_profile
+from servekit.planner.profile import sampler_bytes as sampler_bytes
 from servekit.planner.vllm import kv_cache_tokens as kv_cache_tokens
 from servekit.planner.vllm import plan_vllm as plan_vllm

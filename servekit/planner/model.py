@@ -14,7 +14,14 @@ GB = 10**9
 AWQ_BYTES_PER_PARAM = 0.52
 MIN_DEFAULT_CONTEXT = 4096
 APPLE_GPU_SHARE = 0.75
-OLLAMA_OVERHEAD_BYTES = GIB // 2
+OLLAMA_OVERHEAD_BYTES = GIB
+"""Ollama's memory beyond weights and KV cache (compute graph, output buffers): its log put
+llama3.1:8b at 8192 tokens 0.94 GiB above the library size plus the KV cache
+(memory.required.full 6.5 GiB, https://github.com/ollama/ollama/issues/11292)."""
+OLLAMA_VISION_BYTES = 3 * GIB // 2
+"""More for a multimodal model: Ollama reserves the image projector's compute graph (1.0 GiB for
+gemma3:12b) and, on CUDA, 0.5 GiB more than its parts add up to (memory.required.full 11.0 GiB at
+2048 tokens, https://github.com/ollama/ollama/issues/11819)."""
 
 Quantization = str  # "none" | "fp8" | "awq"
 

@@ -4,7 +4,15 @@ with the context and parallel requests configured."""
 from __future__ import annotations
 
 from servekit.catalog import GpuInfo, ModelInfo
-from servekit.planner.model import APPLE_GPU_SHARE, GB, GIB, OLLAMA_OVERHEAD_BYTES, ModelPlan, _gib
+from servekit.planner.model import (
+    APPLE_GPU_SHARE,
+    GB,
+    GIB,
+    OLLAMA_OVERHEAD_BYTES,
+    OLLAMA_VISION_BYTES,
+    ModelPlan,
+    _gib,
+)
 
 
 def ollama_context(memory_bytes: int, configured: int, model: ModelInfo | None) -> int:
@@ -28,6 +36,24 @@ def ollama_memory(gpu: GpuInfo | None, gpu_count: int, memory_gib: float | None)
     if gpu.apple:
         return int((memory_gib or 0) * GIB * APPLE_GPU_SHARE)
     return (gpu.memory_bytes or 0) * gpu_count
+
+
+def ollama_kv_bytes_per_token(model: ModelInfo, kv_cache_type: str) -> int:
+    """Ollama's KV bytes a token: every layer at full context (sliding-window layers too, where
+    Ollama keeps only the window: an over-estimate for those models)."""
+    kv_bytes = {"f16": 2.0, "q8_0": 1.0, "q4_0": 0.5}[kv_cache_type]
+    return int(2 * model.layers * model.kv_heads * model.head_dim * kv_bytes)
+
+
+def ollama_need_bytes(model: ModelInfo, context: int, num_parallel: int, kv_cache_type: str) -> int:
+    """Memory the laptop plan says Ollama needs to hold `model` whole on the GPU: the library
+    download, the KV cache of `num_parallel` requests of `context` tokens, and its overhead
+    (compared with Ollama's own memory.required.full in tests/data/ollama_memory_logs.toml)."""
+    assert model.ollama_size_gb is not None
+    weights = int(model.ollama_size_gb * GB)
+    per_token = ollama_kv_bytes_per_token(model, kv_cache_type)
+    overhead = OLLAMA_OVERHEAD_BYTES + (OLLAMA_VISION_BYTES if model.multimodal else 0)
+    return weights + per_token * context * num_parallel + overhead
 
 
 def plan_ollama(
@@ -59,10 +85,9 @@ def plan_ollama(
     }
     if model is None or model.ollama_size_gb is None:
         return _unknown_size(tag, common)
-    kv_bytes = {"f16": 2.0, "q8_0": 1.0, "q4_0": 0.5}[kv_cache_type]
-    per_token = int(2 * model.layers * model.kv_heads * model.head_dim * kv_bytes)
+    per_token = ollama_kv_bytes_per_token(model, kv_cache_type)
     weights = int(model.ollama_size_gb * GB)
-    need = weights + per_token * context * num_parallel + OLLAMA_OVERHEAD_BYTES
+    need = ollama_need_bytes(model, context, num_parallel, kv_cache_type)
     fits = memory >= need
     free = max(memory - weights - OLLAMA_OVERHEAD_BYTES, 0)
     bandwidth = gpu.bandwidth_gbps if gpu else 0

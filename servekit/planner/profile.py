@@ -4,8 +4,11 @@ vLLM loads the weights, runs one profiling forward pass of `max_num_batched_toke
 sampler pass of `max_num_seqs` rows), measures the peak, and gives the rest of
 gpu_memory_utilization x the memory torch sees to the KV cache, in blocks of 16 tokens
 (docs/configuration/memory_usage.md; "Memory profiling results" / "Available KV cache memory"
-log lines). Each term below says where its number comes from; those fitted on logs name the log
-(tests/data/vllm_startup_logs.toml, compared by benchmarks/planner_accuracy.py).
+log lines); from vLLM 0.21 on it also takes its CUDA graph estimate from that rest. Terms changed
+between vLLM versions: `Profiling.version` says which vLLM a profile is for (the pinned 0.33 for
+plans, the logged one when a log is compared). Each term below says where its number comes from;
+those fitted on logs name the log (tests/data/vllm_startup_logs*.toml, compared by
+benchmarks/planner_accuracy.py).
 """
 
 from __future__ import annotations
@@ -27,15 +30,9 @@ total_gpu_memory=23.58GiB (https://github.com/vllm-project/vllm/issues/10517).""
 NON_TORCH_BYTES = int(0.4 * GIB)
 """CUDA context, cuBLAS workspace and other memory outside torch, per GPU. Logged: 0.35 GiB on an
 RTX 3090 (vllm#10517), 0.25 GiB on RTX 4090s (vllm#13061), 0.34-0.43 GiB on A100-40GB at TP 4
-(https://github.com/vllm-project/vllm/issues/16570). No Hopper log with the breakdown was found:
-the same value is used there."""
-
-HOPPER_EXTRA_BYTES = int(1.6 * GIB)
-"""More outside the profile on Hopper (compute capability 9.x, H100/H200), fitted to one report:
-issue 16 (servekit) quotes a 72B model on 2 x H100-80GB at utilization 0.95 logging 19.9k KV
-tokens, which the terms above leave at ~24.6k; vllm#21348 (Qwen3-235B FP8 on 4 x H100) also came
-out far short of them. No public Hopper log with the breakdown was found: an allowance that keeps
-the 72B case at its log, to be replaced by measured logs."""
+(https://github.com/vllm-project/vllm/issues/16570), 0.13-0.14 GiB on an H100 at TP 1 and
+0.54-0.55 GiB at TP 2 (llm-d/llm-d-benchmark config_explorer/empirical-vllm-memory-results.md,
+vLLM 0.11.0): no Hopper-specific term is needed."""
 
 ALL_REDUCE_BYTES_PER_RANK = GIB // 4
 """NCCL and custom all-reduce buffers per GPU, per rank of the tensor-parallel group (none at TP 1).
@@ -57,17 +54,43 @@ envelope to vllm#10517: Llama-3.1-8B's peak minus weights was 2.07 GiB at 20000 
 LOGIT_BYTES = 4
 """The sampler's profiling pass holds fp32 logits for max_num_seqs rows x the vocabulary."""
 
-# CUDA graphs are not taken from the KV cache: vLLM 0.26.0 and 0.27.1 size the cache as
-# utilization x memory - weights - non-torch - activation peak and report the graph pool beside it
-# ("Actual usage is 56.89 GiB for consumed memory (weights + non-torch), 0.76 GiB for peak
-# activation, and 0.32 GiB for CUDAGraph memory ... Current kv cache memory in use is 27.85 GiB",
-# kubesimplify/website content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md; the same
-# arithmetic in akiyax/kvcache-lab docs/phase1-baseline.md). The graph pool (0.1-0.7 GiB in those
-# logs) comes out of the memory utilization leaves free. Open question: other logs print "CUDA graph
-# memory profiling is enabled (default since v0.21.0) ... 0.9000 is equivalent to 0.8964 without"
-# it, i.e. a graph estimate taken from the cache; if vLLM 0.33 does so, small GPUs lose ~0.3-0.5
-# GiB of KV against this plan (within the ±5 % on large GPUs, not on 16-24 GB ones). Check it
-# against a 0.33 host's log before relying on tight plans there.
+OLD_SAMPLER_COPIES = 9.7
+"""vLLM 0.10-0.11 on GPUs with the large batch defaults (8192 tokens, 1024 sequences) peaked at
+9.6-9.7 x the fp32 logits of 1024 sequences during profiling, and not above it: 4.76 GiB for
+Llama-3.1-8B, 5.64 GiB for Qwen3-32B, 7.38 GiB for gpt-oss-20b on an H100
+(https://github.com/llm-d/llm-d-benchmark/blob/main/config_explorer/empirical-vllm-memory-results.md,
+vLLM 0.11.0), and Qwen3-30B-A3B's log on an H100 leaves the same 5.6 GiB (vLLM 0.10.2,
+tests/data/vllm_startup_logs_more.toml). vLLM 0.27.1 on 95 GiB RTX PRO 6000s with the same
+defaults left 1.66 GiB for all of it (kubesimplify, tests/data/vllm_startup_logs.toml), and no log
+on 0.12-0.26 with those defaults was found: applied to logs of 0.11 and older only."""
+
+RECENT_VLLM_ALLOWANCE_BYTES = int(0.7 * GIB)
+"""Kept per GPU for vLLM newer than 0.27 on large-batch GPUs, unexplained: issue 16 (servekit)
+quotes Qwen2.5-72B on 2 x H100-80GB at utilization 0.95 logging 19.9k KV tokens, 0.7 GiB a GPU
+below what the terms above give for a recent vLLM. No log of vLLM 0.28+ with the breakdown was
+found (Dec 2026), and the H100 logs with one (llm-d, vLLM 0.11.0) need no allowance: it is not a
+Hopper term (it replaces HOPPER_EXTRA, whose 1.6 GiB was this, the CUDA graph estimate and the
+0.10-0.11 sampler peak together). Replace it when a 0.33 host's doctor log is at hand."""
+
+PINNED_VLLM = (0, 33)
+"""The vLLM version servekit deploys (servekit/catalog/versions.toml), which plans model."""
+
+CUDA_GRAPH_BYTES = int(0.4 * GIB)
+"""vLLM's estimate of the CUDA graph pool, per GPU, which vLLM >= 0.21 takes from the KV cache
+before sizing it (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS, on by default: vLLM 0.27.1 logs "CUDA
+graph memory profiling is enabled (default since v0.21.0) ... --gpu-memory-utilization=0.8200 is
+equivalent to ... 0.8048 without", with "Estimated CUDA graph memory: 0.36 GiB total" on a 24 GB
+card, https://github.com/gpustack/runner/pull/251; the deduction in vllm/v1/worker/gpu_worker.py
+is quoted in https://github.com/MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks/pull/25; the estimate
+runs high, https://github.com/vllm-project/vllm/issues/45178). Used on GPUs that profile the small
+batch (up to 256 sequences captured)."""
+
+CUDA_GRAPH_LARGE_BYTES = int(1.0 * GIB)
+"""The same estimate on GPUs that profile 1024 sequences (LARGE_GPU_BYTES): vLLM logged 1.32 GiB
+estimated (1.34 actual) on an 80 GB H100, and the KV cache it kept (43.4 GiB) is utilization x
+memory - weights - activation - non-torch - that estimate
+(https://github.com/vllm-project/vllm/issues/50722). That model is a hybrid whose estimate is
+inflated (https://github.com/vllm-project/vllm/issues/50780); 1.0 GiB is taken for dense ones."""
 
 LARGE_GPU_BYTES = 70 * GIB
 """vLLM's batch defaults (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults): on GPUs with
@@ -86,6 +109,12 @@ def default_batch(gpu: GpuInfo) -> tuple[int, int]:
     return 2048, 256
 
 
+def cuda_graph_bytes(gpu: GpuInfo) -> float:
+    """The CUDA graph estimate vLLM deducts from this GPU's KV cache (see CUDA_GRAPH_BYTES)."""
+    large = default_batch(gpu)[1] > 256
+    return float(CUDA_GRAPH_LARGE_BYTES if large else CUDA_GRAPH_BYTES)
+
+
 @dataclass(frozen=True)
 class Profiling:
     """How vLLM profiles: None takes `vllm serve`'s default for the GPU. `engine` names the
@@ -94,6 +123,38 @@ class Profiling:
     tokens: int | None = None
     max_num_seqs: int | None = None
     engine: str = "v1"
+    version: tuple[int, int] = PINNED_VLLM
+    cuda_graph_estimate: bool | None = None
+    """vLLM takes its CUDA graph estimate from the KV cache: None follows the version (V1 from
+    0.21 on, by default); a log whose own arithmetic shows otherwise says so."""
+    block_size: int = BLOCK_SIZE
+
+    def deducts_cuda_graphs(self) -> bool:
+        if self.cuda_graph_estimate is not None:
+            return self.cuda_graph_estimate
+        return self.engine != "v0" and self.version >= (0, 21)
+
+
+def old_sampler_peak(gpu: GpuInfo, profiling: Profiling) -> bool:
+    """Whether this profile is one of vLLM 0.10-0.11's with 1024 sequences (OLD_SAMPLER_COPIES)."""
+    seqs = profiling.max_num_seqs or default_batch(gpu)[1]
+    return profiling.engine != "v0" and profiling.version <= (0, 11) and seqs > 256
+
+
+def sampler_bytes(model: ModelInfo, gpu: GpuInfo, profiling: Profiling) -> float:
+    """The sampler's profiling peak: fp32 logits for max_num_seqs rows (OLD_SAMPLER_COPIES of
+    them in vLLM 0.10-0.11 with 1024 sequences)."""
+    seqs = profiling.max_num_seqs or default_batch(gpu)[1]
+    copies = OLD_SAMPLER_COPIES if old_sampler_peak(gpu, profiling) else 1.0
+    return copies * seqs * model.vocab_size * LOGIT_BYTES
+
+
+def unexplained_bytes(gpu: GpuInfo, profiling: Profiling) -> float:
+    """RECENT_VLLM_ALLOWANCE_BYTES where it applies: vLLM newer than every log with a breakdown,
+    on a GPU with the large batch defaults."""
+    large = default_batch(gpu)[1] > 256
+    newest_measured = (0, 27)
+    return RECENT_VLLM_ALLOWANCE_BYTES if large and profiling.version > newest_measured else 0.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +166,7 @@ class MemoryProfile:
     non_torch: float
     activation: float
     logits: float
+    cuda_graph: float
     kv_cache: float
     kv_bytes_per_token: float
     kv_tokens: int
@@ -145,25 +207,29 @@ def memory_profile(
     assert gpu.memory_bytes is not None
     tp, pp = parallel
     profiling = profiling or Profiling()
-    default_tokens, default_seqs = default_batch(gpu)
+    default_tokens = default_batch(gpu)[0]
     usable = utilization * (gpu.memory_bytes - TORCH_HIDDEN_BYTES)
     non_torch = float(NON_TORCH_BYTES + (ALL_REDUCE_BYTES_PER_RANK * tp if tp > 1 else 0))
     non_torch += PIPELINE_BYTES if pp > 1 else 0
     non_torch += model.runtime_extra_gib * GIB / (tp * pp)  # per model, from its logs (catalog)
-    if gpu.compute_capability_tuple[0] == 9:
-        non_torch += HOPPER_EXTRA_BYTES
-    activation = activation_bytes(model, profiling.tokens or default_tokens, tp)
-    logits = (profiling.max_num_seqs or default_seqs) * model.vocab_size * LOGIT_BYTES
-    kv_cache = max(usable - weights_per_gpu - non_torch - activation - logits, 0.0)
+    activation = float(activation_bytes(model, profiling.tokens or default_tokens, tp))
+    logits = sampler_bytes(model, gpu, profiling)
+    if old_sampler_peak(gpu, profiling):
+        activation = max(activation - logits, 0.0)  # one peak: the larger of the two passes
+    non_torch += unexplained_bytes(gpu, profiling)
+    cuda_graph = cuda_graph_bytes(gpu) if profiling.deducts_cuda_graphs() else 0.0
+    kv_cache = max(usable - weights_per_gpu - non_torch - activation - logits - cuda_graph, 0.0)
     per_token = kv_bytes_per_token_per_gpu(model, tp, pp, kv_dtype_bytes)
-    blocks = int(kv_cache // (per_token * BLOCK_SIZE))
+    block = profiling.block_size
+    blocks = int(kv_cache // (per_token * block))
     return MemoryProfile(
         usable=usable,
         weights=weights_per_gpu,
         non_torch=non_torch,
         activation=activation,
         logits=logits,
+        cuda_graph=cuda_graph,
         kv_cache=kv_cache,
         kv_bytes_per_token=per_token,
-        kv_tokens=blocks * BLOCK_SIZE,
+        kv_tokens=blocks * block,
     )

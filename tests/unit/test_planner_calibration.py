@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,60 @@ RECORDS = planner_accuracy.records()
 
 
 def test_records_are_complete() -> None:
+    """Every record names its public source and, when kept out of the test, why; every record in
+    the test is one the planner can plan (model and GPU in the catalog, a logged token count)."""
     everything = planner_accuracy.records(include_all=True)
     assert len(RECORDS) >= 3
     for record in everything:
-        assert record["source"].startswith("https://")
-        assert catalog.find_model(record["model"]) is not None, record["model"]
+        assert record["source"].startswith("https://"), record["id"]
+        assert record["in_accuracy_test"] or record["why_not"], record["id"]
+    for record in RECORDS:
+        assert planner_accuracy.plannable(record), record["id"]
         assert catalog.gpu(record["gpu"]).memory_bytes
-        assert record["in_accuracy_test"] or record["why_not"]
+
+
+def toml_log(*records: dict[str, Any]) -> str:
+    """A data file holding `records` (flat string, number and boolean fields, as the real ones)."""
+    lines = []
+    for record in records:
+        lines.append("[[log]]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in record.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_every_data_file_read_and_each_log_once(tmp_path: Path) -> None:
+    """Both collections (vllm_startup_logs.toml, vllm_startup_logs_more.toml) feed the test; a log
+    found by both helpers (same source and numbers) counts once."""
+    one = {k: v for k, v in planner_accuracy.records(include_all=True)[0].items() if k != "file"}
+    other = one | {"id": "other", "kv_cache_tokens": one["kv_cache_tokens"] + 16}
+    (tmp_path / "vllm_startup_logs.toml").write_text(toml_log(one))
+    (tmp_path / "vllm_startup_logs_more.toml").write_text(toml_log(one | {"id": "again"}, other))
+    (tmp_path / "unrelated.toml").write_text(toml_log(one | {"id": "unrelated"}))
+    found = planner_accuracy.records(include_all=True, directory=tmp_path)
+    assert [r["id"] for r in found] == [one["id"], "other"]
+    assert tomllib.loads(toml_log(one))["log"][0] == one
+
+
+def test_cuda_graph_estimate_comes_out_of_the_kv_cache() -> None:
+    """vLLM >= 0.21 (0.33 included) deducts its CUDA graph estimate from the KV cache; logs of
+    engines that did not are planned without it."""
+    model = catalog.models()["llama-3.1-8b-instruct"]
+    for gpu_name, expected_gib in (("L4", 0.4), ("H100", 1.0), ("A100-80GB", 0.4)):
+        gpu = catalog.gpu(gpu_name)
+        on, off = (
+            planner.memory_profile(
+                model,
+                gpu,
+                (1, 1),
+                planner.weights_bytes(model),
+                0.9,
+                2,
+                planner.Profiling(cuda_graph_estimate=flag),
+            )
+            for flag in (True, False)
+        )
+        assert on.cuda_graph == pytest.approx(expected_gib * 2**30, rel=0.01)
+        assert off.kv_cache - on.kv_cache == pytest.approx(on.cuda_graph)
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=[r["id"] for r in RECORDS])
@@ -98,14 +147,15 @@ def test_mla_kv_is_one_latent_per_layer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("utilization", "batched_tokens", "logged_gib"),
-    [(0.90, None, -2.14), (0.95, 1024, 1.71)],
+    ("utilization", "batched_tokens", "version", "logged_gib"),
+    [(0.90, None, (0, 10), -2.14), (0.95, 1024, (0, 11), 1.71)],
     ids=["vllm-23278-util-0.90", "vllm-27508-util-0.95-mbt-1024"],
 )
 def test_gpt_oss_120b_on_one_h100_no_more_kv_than_logged(
-    utilization: float, batched_tokens: int | None, logged_gib: float
+    utilization: float, batched_tokens: int | None, version: tuple[int, int], logged_gib: float
 ) -> None:
-    """vLLM's KV cache memory for gpt-oss-120b on one H100 (negative: it refused to start)."""
+    """vLLM's KV cache memory for gpt-oss-120b on one H100 (negative: it refused to start); the
+    logs are vLLM 0.10 (Aug 2025, "EngineCore_0") and 0.11 (Oct 2025, gpu_worker.py:298)."""
     model = catalog.models()["gpt-oss-120b"]
     weights = planner.weights_bytes(model, "mxfp4")
     profile = planner.memory_profile(
@@ -115,14 +165,18 @@ def test_gpt_oss_120b_on_one_h100_no_more_kv_than_logged(
         weights,
         utilization,
         2,
-        planner.Profiling(tokens=batched_tokens),
+        planner.Profiling(tokens=batched_tokens, version=version),
     )
     assert profile.kv_cache / 2**30 <= max(logged_gib, 0.0) * 1.05
+    assert profile.kv_cache / 2**30 >= logged_gib * 0.85
 
 
-def test_gpt_oss_120b_on_one_h100_at_default_utilization_is_refused() -> None:
-    with pytest.raises(planner.PlanRefused):
-        planner.plan_vllm(catalog.models()["gpt-oss-120b"], catalog.gpu("H100"), 1)
+def test_gpt_oss_120b_on_one_h100_is_tight_on_the_pinned_vllm() -> None:
+    """vLLM 0.10-0.11 could not start it at 0.90 (the sampler peak); the pinned vLLM's plan fits
+    it, with a KV cache of under two full-length requests, and says so."""
+    plan = planner.plan_vllm(catalog.models()["gpt-oss-120b"], catalog.gpu("H100"), 1)
+    assert plan.kv_cache_gib_per_gpu < 6
+    assert plan.max_model_len < 131072 or plan.tight
 
 
 def test_gpt_oss_20b_on_an_a100_within_band_of_its_log() -> None:
@@ -133,3 +187,22 @@ def test_gpt_oss_20b_on_an_a100_within_band_of_its_log() -> None:
     weights = planner.weights_bytes(model, "mxfp4")
     profile = planner.memory_profile(model, catalog.gpu("A100-80GB"), (1, 1), weights, 0.65)
     assert 0.85 * 36.56 <= profile.kv_cache / 2**30 <= 1.05 * 36.56
+
+
+LLMD_H100 = "https://github.com/llm-d/llm-d-benchmark/blob/main/config_explorer/empirical-vllm-memory-results.md"
+
+
+@pytest.mark.parametrize(
+    ("model_name", "logged_peak_gib"),
+    [("llama-3.1-8b-instruct", 4.76), ("qwen3-32b", 5.64), ("gpt-oss-20b", 7.38)],
+)
+def test_old_vllm_sampler_peak_on_h100(model_name: str, logged_peak_gib: float) -> None:
+    """vLLM 0.11.0's peak activation on an H100 (LLMD_H100) follows the vocabulary, not the model's
+    size: the sampler's 1024 rows of logits, 9.7 times over. The pinned vLLM holds one copy."""
+    model = catalog.models()[model_name]
+    h100 = catalog.gpu("H100")
+    old = planner.Profiling(version=(0, 11))
+    peak = max(planner.sampler_bytes(model, h100, old), 0) / 2**30
+    assert peak == pytest.approx(logged_peak_gib, rel=0.03)
+    pinned = planner.sampler_bytes(model, h100, planner.Profiling()) / 2**30
+    assert pinned == pytest.approx(logged_peak_gib / planner.OLD_SAMPLER_COPIES, rel=0.03)
