@@ -9,9 +9,14 @@ stand-in DCGM exporter must fire their alerts. The tests run in order on the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import runpy
 import shlex
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +31,7 @@ from standins.build import build_vllm_wheel
 from vllm_support import ROOT, fake_gpus, http_from, put_model, secret, ssh_host, write_fleet
 
 from servekit.placement import plan_fleet
+from servekit.status.prometheus import replica_queries
 
 pytestmark = pytest.mark.hosts
 
@@ -105,9 +111,12 @@ def get_json(host: BenchHost, url: str) -> Any:
     return json.loads(host.run(command, timeout=30).stdout)
 
 
-def query(host: BenchHost, promql: str) -> list[dict[str, Any]]:
-    """Prometheus's answer to an instant query, asked on the monitoring host `host`."""
-    answer = get_json(host, "http://127.0.0.1:9090/api/v1/query?query=" + quote(promql, safe=""))
+def query(host: BenchHost, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+    """Prometheus's answer to an instant query (at time `at`, else now), asked on the monitoring
+    host `host`."""
+    when = "" if at is None else f"&time={at}"
+    url = "http://127.0.0.1:9090/api/v1/query?query=" + quote(promql, safe="") + when
+    answer = get_json(host, url)
     assert answer["status"] == "success", answer
     result: list[dict[str, Any]] = answer["data"]["result"]
     return result
@@ -230,6 +239,78 @@ def test_xid_and_ecc_errors_on_a_gpu_fire_their_alerts(fleet: Fleet) -> None:
         fleet.b.run("rm -f /etc/dcgm-standin.json")
     wait_until(lambda: not fleet.alerts("GpuXidError"), 60, "GpuXidError resolved")
     assert fleet.alerts("NodeDown") == [] and fleet.alerts("ExporterDown") == []
+
+
+@contextlib.contextmanager
+def tunnel(host: BenchHost, remote_port: int) -> Iterator[str]:
+    """`ssh -N -L` to a port on `host`'s loopback, as the README tells users; its local URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    *options, destination, _command = host.ssh_argv("true")
+    spec = f"{port}:127.0.0.1:{remote_port}"
+    process = subprocess.Popen([*options, "-N", "-L", spec, destination])
+    try:
+        wait_until(lambda: _accepts(port), 20, "the SSH tunnel", step=0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
+def servekit_status(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    servekit = Path(sys.executable).parent / "servekit"
+    return subprocess.run([str(servekit), "status", str(inventory), "--once", "--json", *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_servekit_status_shows_prometheus_own_answers_and_names_a_stopped_replica(
+    fleet: Fleet,
+) -> None:
+    """`servekit status` through an SSH tunnel to the monitoring host's Prometheus: each
+    replica's values are Prometheus' own answers at the same time; a stopped replica exits 1,
+    named."""
+    with tunnel(fleet.m, 9090) as url:
+        done = servekit_status(fleet.inventory(), "--prometheus", url)
+        assert done.returncode == 0, done.stdout + done.stderr
+        status = json.loads(done.stdout)
+        assert status["source"] == "prometheus" and status["down"] == []
+        rows = {(r["host"], str(r["replica"])): r for r in status["replicas"]}
+        assert {host for host, _ in rows} == {fleet.a.name, fleet.b.name}
+        queries = replica_queries("mon", f"{int(status['window_s'])}s")
+        compared = 0
+        for name, expr in queries.items():
+            answers = {
+                (r["metric"]["host"], r["metric"]["replica"]): float(r["value"][1])
+                for r in query(fleet.m, expr, at=status["at"])
+            }
+            if name == "up":
+                assert answers == {key: 1.0 for key in rows}
+                continue
+            for key, value in answers.items():
+                if math.isfinite(value):
+                    assert rows[key][name] == value, (name, key)
+                    compared += 1
+        assert compared >= 2 * 2  # at least KV cache % and waiting requests of both replicas
+        fleet.b.run("systemctl stop vllm-chat.service")
+        try:
+            stopped = f'up{{job="vllm",host={json.dumps(fleet.b.name)}}} == 0'
+            wait_until(lambda: fleet.query(stopped), 30, "Prometheus sees the replica down")
+            down = servekit_status(fleet.inventory(), "--prometheus", url)
+        finally:
+            fleet.b.run("systemctl start vllm-chat.service")
+    assert down.returncode == 1, down.stdout + down.stderr
+    named = json.loads(down.stdout)["down"]
+    assert len(named) == 1 and fleet.b.name in named[0] and "vllm-chat" in named[0]
+    assert fleet.b.name in down.stderr
+    wait_until(lambda: all_up(fleet.m, declared_targets(fleet.inventory(), fleet.m.name)), 60,
+               "every target up again")  # fmt: skip
 
 
 def test_a_second_run_changes_nothing(fleet: Fleet) -> None:
