@@ -30,7 +30,7 @@ def test_the_readme_table_matches_the_rules() -> None:
     shown = readme_table(README.read_text())
     rules = alerts(example_monitoring())
     assert table_names(shown) == [alert.name for alert in rules]
-    assert len(rules) == 16  # every alert issue 14 asks for, GpuMissing included
+    assert len(rules) == 18  # every alert issue 14 asks for, GpuMissing, OllamaDown, OllamaSlow
     assert shown == alert_table(), "regenerate: python -m servekit.monitoring.alert_table README.md"
 
 
