@@ -41,6 +41,7 @@ from servekit.planner.profile import Profiling as Profiling
 from servekit.planner.profile import cuda_graph_bytes as cuda_graph_bytes
 from servekit.planner.profile import kv_bytes_per_token_per_gpu as kv_bytes_per_token_per_gpu
 from servekit.planner.profile import memory_profile as memory_profile
+from servekit.planner.profile import old_sampler_peak as old_sampler_peak
 from servekit.planner.profile import sampler_bytes as sampler_bytes
 from servekit.planner.vllm import kv_cache_tokens as kv_cache_tokens
 from servekit.planner.vllm import plan_vllm as plan_vllm

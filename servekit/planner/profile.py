@@ -61,8 +61,13 @@ Llama-3.1-8B, 5.64 GiB for Qwen3-32B, 7.38 GiB for gpt-oss-20b on an H100
 (https://github.com/llm-d/llm-d-benchmark/blob/main/config_explorer/empirical-vllm-memory-results.md,
 vLLM 0.11.0), and Qwen3-30B-A3B's log on an H100 leaves the same 5.6 GiB (vLLM 0.10.2,
 tests/data/vllm_startup_logs_more.toml). vLLM 0.27.1 on 95 GiB RTX PRO 6000s with the same
-defaults left 1.66 GiB for all of it (kubesimplify, tests/data/vllm_startup_logs.toml), and no log
-on 0.12-0.26 with those defaults was found: applied to logs of 0.11 and older only."""
+defaults left 1.66 GiB for all of it (kubesimplify, tests/data/vllm_startup_logs.toml). vLLM 0.12.0
+still has it: Qwen3-30B-A3B on a 95 GiB RTX PRO 6000 at 1024 sequences left 5.64 GiB between
+utilization x memory, weights and KV cache (https://github.com/2215860382/VedioSifter/blob/main/vllm_server.log).
+No log on 0.13-0.26 with those defaults was found: applied to logs of 0.12 and older only."""
+
+LAST_OLD_SAMPLER_VLLM = (0, 12)
+"""The newest vLLM a log shows OLD_SAMPLER_COPIES on (see there)."""
 
 RECENT_VLLM_ALLOWANCE_BYTES = int(0.7 * GIB)
 """Kept per GPU for vLLM newer than 0.27 on large-batch GPUs, unexplained: issue 16 (servekit)
@@ -128,22 +133,27 @@ class Profiling:
     """vLLM takes its CUDA graph estimate from the KV cache: None follows the version (V1 from
     0.21 on, by default); a log whose own arithmetic shows otherwise says so."""
     block_size: int = BLOCK_SIZE
+    enforce_eager: bool = False
+    """--enforce-eager: vLLM captures no CUDA graphs, so it has no graph estimate to deduct."""
 
     def deducts_cuda_graphs(self) -> bool:
         if self.cuda_graph_estimate is not None:
             return self.cuda_graph_estimate
+        if self.enforce_eager:
+            return False
         return self.engine != "v0" and self.version >= (0, 21)
 
 
 def old_sampler_peak(gpu: GpuInfo, profiling: Profiling) -> bool:
-    """Whether this profile is one of vLLM 0.10-0.11's with 1024 sequences (OLD_SAMPLER_COPIES)."""
+    """Whether this profile is one of vLLM 0.10-0.12's with 1024 sequences (OLD_SAMPLER_COPIES)."""
     seqs = profiling.max_num_seqs or default_batch(gpu)[1]
-    return profiling.engine != "v0" and profiling.version <= (0, 11) and seqs > 256
+    old = profiling.version <= LAST_OLD_SAMPLER_VLLM
+    return profiling.engine != "v0" and old and seqs > 256
 
 
 def sampler_bytes(model: ModelInfo, gpu: GpuInfo, profiling: Profiling) -> float:
     """The sampler's profiling peak: fp32 logits for max_num_seqs rows (OLD_SAMPLER_COPIES of
-    them in vLLM 0.10-0.11 with 1024 sequences)."""
+    them in vLLM 0.10-0.12 with 1024 sequences)."""
     seqs = profiling.max_num_seqs or default_batch(gpu)[1]
     copies = OLD_SAMPLER_COPIES if old_sampler_peak(gpu, profiling) else 1.0
     return copies * seqs * model.vocab_size * LOGIT_BYTES
