@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from monitoring_fleet import team_fleet
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.command import StringCommand
 from pyinfra.api.connect import connect_all, disconnect_all
@@ -31,7 +32,7 @@ from servekit.operations.exporters import NODE_EXPORTER_PACKAGE
 from servekit.operations.monitoring import PACKAGES, check_command, swap_and_check_command
 from servekit.operations.staged import KEPT, STAGED
 from servekit.placement import plan_fleet
-from servekit.spec import Fleet, Gpu, Monitoring, SecretRef, Serve, SshHost
+from servekit.spec import SecretRef
 
 HOOK = "https://hooks.example.com/services/zq-secret-hook"
 
@@ -45,17 +46,7 @@ class Run:
 
 
 def plan_data(**monitoring: Any) -> dict[str, Any]:
-    fleet = Fleet(
-        name="team",
-        machines=[
-            SshHost(name="g1", address="10.0.0.1", gpu=Gpu(model="L4")),
-            SshHost(name="mon", address="10.0.0.8"),
-        ],
-        serve=[Serve(model="qwen2.5-7b-instruct", hosts=["g1"])],
-        monitoring=Monitoring(host="mon", **monitoring),
-        engine_api_key=SecretRef(env="ENGINE_KEY"),
-    )
-    return plan_fleet(fleet).hosts["mon"].to_host_data()
+    return plan_fleet(team_fleet(**monitoring)).hosts["mon"].to_host_data()
 
 
 def run_deploy(data: dict[str, Any], responses: dict[Any, Any]) -> Run:
