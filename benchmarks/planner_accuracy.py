@@ -7,6 +7,9 @@ errors (median, p90 of |error|, largest over-estimate) over all records and per 
 
     .venv/bin/python benchmarks/planner_accuracy.py [--all] [--data FOLDER]
 
+--data reads a folder's vllm_startup_logs*.toml and `servekit doctor`'s <fleet>.plan-vs-actual.json
+(in $SERVEKIT_STATE_DIR, else ./cloud): point it at a folder holding both to add your own hosts.
+
 --all also lists the records kept out of the accuracy test (each says why in the data file).
 Records with `known_miss` are in the test but not fitted yet (the test expects them to fail):
 marked in the table, counted in the "all" summary and left out of the "fitted" one.
@@ -15,6 +18,7 @@ marked in the table, counted in the "all" summary and left out of the "fitted" o
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import tomllib
@@ -39,8 +43,18 @@ SAME_LOG_KEYS = (
 
 
 def data_files(directory: Path = DATA) -> list[Path]:
-    """Every startup-log file: vllm_startup_logs.toml and the vllm_startup_logs_*.toml beside it."""
-    return sorted(directory.glob("vllm_startup_logs*.toml"))
+    """Every startup-log file: vllm_startup_logs.toml, the vllm_startup_logs_*.toml beside it,
+    and the `<fleet>.plan-vs-actual.json` files `servekit doctor` saves from real hosts."""
+    logs = sorted(directory.glob("vllm_startup_logs*.toml"))
+    return logs + sorted(directory.glob("*.plan-vs-actual.json"))
+
+
+def file_records(path: Path) -> list[dict[str, Any]]:
+    """The `log` records of one data file (TOML, or the doctor's JSON)."""
+    text = path.read_text(encoding="utf-8")
+    document = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    found: list[dict[str, Any]] = document.get("log", [])
+    return found
 
 
 def records(include_all: bool = False, directory: Path = DATA) -> list[dict[str, Any]]:
@@ -49,7 +63,7 @@ def records(include_all: bool = False, directory: Path = DATA) -> list[dict[str,
     seen: set[tuple[Any, ...]] = set()
     logs: list[dict[str, Any]] = []
     for path in data_files(directory):
-        for record in tomllib.loads(path.read_text(encoding="utf-8")).get("log", []):
+        for record in file_records(path):
             key = tuple(record.get(name) for name in SAME_LOG_KEYS)
             if key in seen:
                 continue
@@ -82,9 +96,9 @@ def predicted_tokens(record: dict[str, Any]) -> int:
 
 
 def profiling(record: dict[str, Any]) -> planner.Profiling:
-    """How the logged vLLM profiled: its batch, engine, version, block size, and whether it took
+    """How the logged vLLM profiled: its batch, engine, version, block size, whether it took
     the CUDA graph estimate from the KV cache where the log shows it ("unknown" or absent: the
-    version's default)."""
+    version's default), and whether its GPUs had P2P where the log says (absent: the GPU's)."""
     tokens = record["profile_tokens"]
     graphs = record.get("cuda_graph_in_kv")
     return planner.Profiling(
@@ -95,6 +109,7 @@ def profiling(record: dict[str, Any]) -> planner.Profiling:
         cuda_graph_estimate=graphs if isinstance(graphs, bool) else None,
         block_size=record.get("block_size", planner.BLOCK_SIZE),
         enforce_eager=record.get("enforce_eager", False),
+        peer_to_peer=record.get("peer_to_peer"),
     )
 
 

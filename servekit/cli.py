@@ -87,7 +87,8 @@ def _model_row(plan: ModelPlan) -> list[str]:
     return [
         quantization,
         f"{plan.weights_gib_per_gpu:.1f}",
-        f"{plan.kv_cache_tokens:,}",
+        f"{plan.kv_cache_tokens:,} ±{plan.kv_tokens_uncertainty:.0%}"
+        + (" tight" if plan.tight else ""),
         f"{plan.max_concurrency:g} @ {plan.max_model_len}",
         f"{plan.decode_tokens_per_s:.0f}",
     ]

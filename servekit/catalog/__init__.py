@@ -34,6 +34,7 @@ class GpuInfo(Record):
     compute_capability: str = ""
     fp8: bool = False
     nvswitch: bool = False
+    peer_to_peer: bool = True
     apple: bool = False
 
     @property

@@ -35,11 +35,32 @@ RTX 3090 (vllm#10517), 0.25 GiB on RTX 4090s (vllm#13061), 0.34-0.43 GiB on A100
 vLLM 0.11.0): no Hopper-specific term is needed."""
 
 ALL_REDUCE_BYTES_PER_RANK = GIB // 4
-"""NCCL and custom all-reduce buffers per GPU, per rank of the tensor-parallel group (none at TP 1).
-No log isolates them: fitted so that 4 x RTX PRO 6000 at TP 4 (non-torch logged 1.70 GiB) and
-2 x RTX PRO 6000 at TP 2 (1.66 GiB for non-torch and activations together) stay near their logs
-(kubesimplify/website, content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md and
-running-a-single-llm-across-two-gpus-with-vllm.md)."""
+"""NCCL and custom all-reduce buffers per GPU, per rank of the tensor-parallel group (none at TP 1),
+where the GPUs have peer-to-peer access (GpuInfo.peer_to_peer). No log isolates them: fitted so
+that 4 x RTX PRO 6000 at TP 4 (non-torch logged 1.70 GiB) and 2 x RTX PRO 6000 at TP 2 (1.66 GiB
+for non-torch and activations together) stay near their logs (kubesimplify/website,
+content/blog/running-a-big-llm-across-multiple-gpus-with-vllm.md and
+running-a-single-llm-across-two-gpus-with-vllm.md). Without P2P, vLLM disables its custom
+all-reduce and NCCL stages through host memory: 4 x RTX 3090 at TP 4 left 0.12 GiB for
+everything outside weights and KV (https://github.com/leadawon/LAMBO, backend_server_exper99.log),
+2 x T4 on Kaggle, whose log says "lacks GPU P2P capability", 0.64 GiB at TP 2
+(https://github.com/trietnguyeminh/Submission---EXACT--IJCNN, v12-1-inference.ipynb)."""
+
+QUANTIZED_FORWARD_FRACTION = 0.016
+"""A quantized checkpoint's profiling pass peaks above a 16-bit one's activations by up to 1.6 % of
+the weights' 16-bit size per GPU (QUANTIZED_FORWARD_CAP_BYTES at most). Unexplained: no log
+breaks the peak down; the quantized kernels' temporaries (dequantization, repacking, activation
+scales) are candidates. Fitted as the upper envelope of the quantized logs whose forward peak is
+not hidden under vLLM 0.10-0.12's sampler peak (tests/data/vllm_startup_logs*.toml): they leave
+0.98 GiB more than the 16-bit terms for DeepSeek-R1-Distill-Qwen-32B FP8 on an L40S (vLLM 0.11.0),
+0.72 GiB for Qwen2.5-Coder-32B AWQ on an A100-40GB (0.13.0), 0.65 GiB for Qwen3-30B-A3B AWQ on an
+RTX 3090 (0.10.0), 0.42 GiB for Qwen3-32B AWQ on an A100 (0.19.0), 0.83 GiB for Qwen3-235B FP8
+at TP 4 (0.27.1), 0.04 GiB for Qwen2.5-7B AWQ on an RTX 4080 (0.26.0). Plans of quantized
+checkpoints keep it, on the pinned vLLM too: the direction that never promises too much."""
+
+QUANTIZED_FORWARD_CAP_BYTES = GIB
+"""The most QUANTIZED_FORWARD_FRACTION keeps per GPU: the largest logged (0.98 GiB, see there);
+Qwen3-235B FP8 at TP 4, 109 GiB of 16-bit weights per GPU, left 0.83."""
 
 PIPELINE_BYTES = GIB
 """Buffers for activations in flight between pipeline stages, per GPU when PP > 1: the same
@@ -135,6 +156,9 @@ class Profiling:
     block_size: int = BLOCK_SIZE
     enforce_eager: bool = False
     """--enforce-eager: vLLM captures no CUDA graphs, so it has no graph estimate to deduct."""
+    peer_to_peer: bool | None = None
+    """The GPUs reach each other directly: None follows the GPU's catalog entry; a log that says
+    "lacks GPU P2P capability" says False (see ALL_REDUCE_BYTES_PER_RANK)."""
 
     def deducts_cuda_graphs(self) -> bool:
         if self.cuda_graph_estimate is not None:
@@ -204,6 +228,24 @@ def activation_bytes(model: ModelInfo, tokens: int, tensor_parallel: int) -> int
     return tokens * per_token
 
 
+def all_reduce_bytes(gpu: GpuInfo, tensor_parallel: int, profiling: Profiling) -> float:
+    """All-reduce buffers per GPU (see ALL_REDUCE_BYTES_PER_RANK): none at TP 1 or without P2P."""
+    peer_to_peer = profiling.peer_to_peer
+    if peer_to_peer is None:
+        peer_to_peer = gpu.peer_to_peer
+    if tensor_parallel == 1 or not peer_to_peer:
+        return 0.0
+    return float(ALL_REDUCE_BYTES_PER_RANK * tensor_parallel)
+
+
+def quantized_forward_bytes(sixteen_bit_weights_per_gpu: float) -> float:
+    """What a quantized checkpoint's profiling pass keeps beyond a 16-bit one's (see
+    QUANTIZED_FORWARD_FRACTION); 0 for a 16-bit checkpoint (pass 0)."""
+    return min(
+        QUANTIZED_FORWARD_FRACTION * sixteen_bit_weights_per_gpu, QUANTIZED_FORWARD_CAP_BYTES
+    )
+
+
 def memory_profile(
     model: ModelInfo,
     gpu: GpuInfo,
@@ -212,17 +254,20 @@ def memory_profile(
     utilization: float,
     kv_dtype_bytes: int = 2,
     profiling: Profiling | None = None,
+    quantized_from_per_gpu: float = 0.0,
 ) -> MemoryProfile:
-    """One GPU's startup profile for `parallel` = (TP, PP)."""
+    """One GPU's startup profile for `parallel` = (TP, PP). `quantized_from_per_gpu`: for a
+    quantized checkpoint, the 16-bit size of its weights per GPU (0 for a 16-bit one)."""
     assert gpu.memory_bytes is not None
     tp, pp = parallel
     profiling = profiling or Profiling()
     default_tokens = default_batch(gpu)[0]
     usable = utilization * (gpu.memory_bytes - TORCH_HIDDEN_BYTES)
-    non_torch = float(NON_TORCH_BYTES + (ALL_REDUCE_BYTES_PER_RANK * tp if tp > 1 else 0))
+    non_torch = float(NON_TORCH_BYTES) + all_reduce_bytes(gpu, tp, profiling)
     non_torch += PIPELINE_BYTES if pp > 1 else 0
     non_torch += model.runtime_extra_gib * GIB / (tp * pp)  # per model, from its logs (catalog)
     activation = float(activation_bytes(model, profiling.tokens or default_tokens, tp))
+    activation += quantized_forward_bytes(quantized_from_per_gpu)
     logits = sampler_bytes(model, gpu, profiling)
     if old_sampler_peak(gpu, profiling):
         activation = max(activation - logits, 0.0)  # one peak: the larger of the two passes

@@ -75,6 +75,7 @@ def _fit(
     """Weights and KV cache of one layout, from vLLM's startup memory profile (profile.py)."""
     weights = weights_bytes(model, quantization)
     per_gpu = weights / (tp * pp)
+    quantized = quantization != "none" or model.native_quantization is not None
     profile = memory_profile(
         model,
         gpu,
@@ -83,6 +84,7 @@ def _fit(
         request.gpu_memory_utilization,
         _dtype_bytes(request.kv_cache_dtype),
         profiling,
+        quantized_from_per_gpu=2 * model.params / (tp * pp) if quantized else 0.0,
     )
     return _Fit(tp, pp, quantization, weights, per_gpu, profile.kv_cache, profile.kv_tokens)
 

@@ -54,6 +54,21 @@ def test_plan_prod_shows_cost_and_tp8() -> None:
     assert "$/h" in servekit("plan", "inventories/prod.py").stdout
 
 
+def test_plan_fleet_table_states_the_kv_uncertainty() -> None:
+    """Issue 16: the fleet table states the ± on its KV tokens, as the single plan does."""
+    (record,) = json.loads(servekit("plan", "inventories/prod.py", "--json").stdout)
+    wide = {**os.environ, "COLUMNS": "250", "SERVEKIT_STATE_DIR": str(ROOT / "no-cloud-state")}
+    shown = subprocess.run(
+        [SERVEKIT, "plan", "inventories/prod.py"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=wide,
+    ).stdout
+    assert f"{record['kv_cache_tokens']:,} ±5%" in shown
+
+
 def test_plan_single_model_fits() -> None:
     done = servekit(
         "plan", "--model", "llama-3.1-70b-instruct", "--gpu", "A100-80GB", "--gpus", "8", "--json"

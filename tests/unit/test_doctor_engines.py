@@ -333,3 +333,30 @@ def test_the_fact_commands_run_in_a_real_shell_here(engine: str, tmp_path: Path)
     read = subprocess.run(["sh", "-c", journal_command], capture_output=True, text=True, timeout=30)
     assert read.returncode == 0
     assert facts.StartupLines().process(read.stdout.splitlines()) == []
+
+
+def test_the_accuracy_harness_reads_the_doctors_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: plan-vs-actual files from real hosts feed the planner's accuracy table
+    (benchmarks/planner_accuracy.py --data FOLDER) beside the public logs."""
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    import planner_accuracy
+
+    monkeypatch.setenv("SERVEKIT_STATE_DIR", str(tmp_path))
+    plan = solo()
+    startup = engines.parse_startup(journal("vllm-journal-short-kv.txt"))
+    engines.save("solo", [engines.record(plan, plan.vllm[0], startup)])
+    (found,) = planner_accuracy.records(directory=tmp_path)
+    assert found["file"] == "solo.plan-vs-actual.json" and planner_accuracy.plannable(found)
+    error = planner_accuracy.error(found)
+    assert error == pytest.approx(planner_accuracy.predicted_tokens(found) / 712704 - 1)
+    shown = subprocess.run(
+        [sys.executable, "benchmarks/planner_accuracy.py", "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
+        check=True,
+    ).stdout
+    assert f"{found['id']}" in shown and f"{error:+.1%}" in shown
