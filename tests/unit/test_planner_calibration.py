@@ -261,8 +261,8 @@ def test_sampler_peak_through_vllm_0_12(version: tuple[int, int], old: bool) -> 
 
 
 def test_all_reduce_buffers_only_with_peer_to_peer() -> None:
-    """NCCL and custom all-reduce keep buffers in GPU memory only where the GPUs have P2P: the
-    GeForce cards have none (catalog), a log that says "lacks GPU P2P capability" overrides."""
+    """NCCL keeps its buffers in GPU memory only where the GPUs have P2P: the RTX 40 GeForce
+    cards have none (catalog); a record whose log shows none says so."""
     model = catalog.models()["qwen2.5-32b-instruct"]
     weights = planner.weights_bytes(model) / 4
 
@@ -272,12 +272,12 @@ def test_all_reduce_buffers_only_with_peer_to_peer() -> None:
             model, gpu, (4, 1), weights, 0.9, 2, planner.Profiling(**profiling)
         ).non_torch
 
-    assert not catalog.gpu("RTX-3090").peer_to_peer and not catalog.gpu("RTX-4090").peer_to_peer
-    assert catalog.gpu("L40S").peer_to_peer
+    assert not catalog.gpu("RTX-4090").peer_to_peer and not catalog.gpu("RTX-4080").peer_to_peer
+    assert catalog.gpu("L40S").peer_to_peer and catalog.gpu("RTX-3090").peer_to_peer  # NVLink
     with_p2p = non_torch("L40S")
     assert with_p2p - non_torch("L40S", peer_to_peer=False) == 4 * planner.ALL_REDUCE_BYTES_PER_RANK
-    assert non_torch("RTX-3090") == non_torch("L40S", peer_to_peer=False) == planner.NON_TORCH_BYTES
-    assert non_torch("RTX-3090", peer_to_peer=True) == with_p2p
+    assert non_torch("RTX-4090") == non_torch("L40S", peer_to_peer=False) == planner.NON_TORCH_BYTES
+    assert non_torch("RTX-4090", peer_to_peer=True) == with_p2p == non_torch("RTX-3090")
 
 
 def test_quantized_checkpoint_keeps_room_for_its_kernels() -> None:
