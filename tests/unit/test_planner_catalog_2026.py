@@ -76,3 +76,13 @@ def test_mla_model_on_too_few_gpus_names_the_layout_that_fits() -> None:
     with pytest.raises(planner.PlanRefused) as refused:
         planner.plan_vllm(catalog.models()["deepseek-v3"], catalog.gpu("H100"), 8)
     assert any("PP=" in fix for fix in refused.value.alternatives)
+
+
+@pytest.mark.parametrize(
+    ("name", "checkpoint"), [("qwen3-8b", "Qwen/Qwen3-8B-AWQ"), ("qwen3-32b", "Qwen/Qwen3-32B-AWQ")]
+)
+def test_qwen3_awq_checkpoints_plan(name: str, checkpoint: str) -> None:
+    """Qwen's own AWQ checkpoints (served in the L40S and A100 logs) plan as themselves."""
+    request = planner.Request(quantization="awq")
+    plan = planner.plan_vllm(catalog.models()[name], catalog.gpu("RTX-3090"), 1, request=request)
+    assert (plan.checkpoint, plan.quantization) == (checkpoint, "awq")
