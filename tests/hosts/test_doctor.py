@@ -167,7 +167,8 @@ def test_a_clock_ahead_on_one_node_is_named(fleet: DoctorFleet) -> None:
         fleet.b.run("rm -f /usr/local/bin/date")
     row = only_failure(report)
     assert code == 1 and row["host"] == fleet.b.name and row["check"].startswith("clock ")
-    assert row["found"].startswith("+3") and "NTP" in row["fix"]
+    skew = float(row["found"].split()[0])  # "+299.999 s (±0.055 s)": measured, so near 300
+    assert 290 <= skew <= 310 and "NTP" in row["fix"], row
 
 
 def test_a_weights_filesystem_too_small_is_named(fleet: DoctorFleet) -> None:
